@@ -1,0 +1,60 @@
+# DriftRec: `make serve` runs the service, `make test` runs the suite. Both set up what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/ml100k.yaml
+WORKERS ?= 1
+PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
+
+# No model hub is reachable: every model loads from local files.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv migrate import-data model bootstrap serve run test lint postgres bench-ingest bench-train clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel here; a plain `torch` would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+migrate: venv
+	$(PY) -m app migrate
+
+import-data: migrate
+	$(PY) -m training.data import-movielens --if-empty
+
+model: venv
+	$(PY) -m training ensure-champion --config $(CONFIG)
+
+# Everything `serve` needs before the first request: schema, data, a champion model.
+bootstrap: import-data model
+
+serve: bootstrap run
+
+run: venv
+	$(PY) -m app serve --workers $(WORKERS)
+
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
+		echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1
+
+lint: venv
+	$(PY) -m ruff check app training migrations tests bench
+
+test: venv postgres lint
+	DRIFTREC_TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) -m pytest
+
+bench-ingest: venv postgres
+	$(PY) -m bench.ingest
+
+bench-train: venv
+	$(PY) -m training train --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) var

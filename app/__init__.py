@@ -1,0 +1,1 @@
+"""DriftRec: interest profiles, interest-drift detection and drift-aware recommendations."""

@@ -1,0 +1,53 @@
+"""Dependencies routes take what they need from: settings, a DB session, the caller's key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.errors import ApiError
+from app.core.security import ApiKey, authenticate
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:
+    """A dependency that lets the call through only with a key holding `scope` (or admin)."""
+
+    def check(request: Request) -> ApiKey | None:
+        keys: list[ApiKey] = request.app.state.api_keys
+        if not keys:
+            return None  # auth is off: the server listens on 127.0.0.1 only
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized",
+                           "missing API key: send 'Authorization: Bearer <key>'")
+        key = authenticate(keys, token.strip())
+        if key is None:
+            raise ApiError(401, "unauthorized", "invalid API key")
+        if not key.allows(scope):
+            raise ApiError(403, "forbidden", f"this API key lacks the '{scope}' scope")
+        return key
+
+    return check
+
+
+ReadScope = Depends(require_scope("read"))
+WriteScope = Depends(require_scope("write"))
+AdminScope = Depends(require_scope("admin"))

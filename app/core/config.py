@@ -1,0 +1,62 @@
+"""Settings: one typed object, read from ``DRIFTREC_*`` environment variables (or ``.env``).
+
+Bad values fail at start-up, not at the first request that needs them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VAR_DIR = PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTREC_", env_file=".env", extra="ignore")
+
+    # Store: SQLite file is the zero-setup default; PostgreSQL in production
+    # (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/driftrec).
+    database_url: str = f"sqlite:///{VAR_DIR / 'driftrec.db'}"
+    # MLflow keeps its tables in a database of its own: its alembic_version would collide with ours.
+    mlflow_tracking_uri: str = f"sqlite:///{VAR_DIR / 'mlflow' / 'mlflow.db'}"
+    mlflow_artifact_root: str = str(VAR_DIR / "mlflow" / "artifacts")
+    model_name: str = "interest-model"
+    model_alias: str = "champion"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_cache_dir: Path = VAR_DIR / "cache"
+
+    # API keys as "key:scope1,scope2" entries separated by ";" or as a JSON list. Empty = auth off
+    # (then the server binds to 127.0.0.1 only). Scopes: read, write, admin.
+    api_keys: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # Limits on what a request may carry.
+    max_batch_items: int = Field(default=10_000, ge=1)
+    max_batch_events: int = Field(default=10_000, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1)
+    max_title_chars: int = Field(default=500, ge=1)
+    max_id_chars: int = Field(default=200, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_json_field_bytes: int = Field(default=16_384, ge=64)
+    max_future_skew_seconds: int = Field(default=86_400, ge=0)
+    max_page_size: int = Field(default=1_000, ge=1)
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

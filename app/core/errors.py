@@ -1,0 +1,113 @@
+"""Every error is JSON a person can act on: `{"error": code, "message": text, ...}`.
+
+A database outage is a 503 with a retry hint, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.services.ingestion import BatchRejected
+
+logger = logging.getLogger("driftrec.errors")
+
+RETRY_AFTER_SECONDS = "5"
+
+
+class ApiError(Exception):
+    """An error with a status, a stable code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    body = {"error": code, "message": message, **extra}
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+
+def _field_of(loc: list[Any]) -> tuple[int | None, str]:
+    # ("body", "events", 3, "timestamp") -> row 3, field "timestamp"
+    parts = [p for p in loc if p != "body"]
+    rows = [p for p in parts if isinstance(p, int)]
+    names = [str(p) for p in parts if not isinstance(p, int)]
+    return (rows[0] if rows else None), (names[-1] if names else "body")
+
+
+def _validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    details = []
+    for error in errors:
+        row, field = _field_of(list(error.get("loc", ())))
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        details.append({"loc": list(error.get("loc", ())), "msg": message,
+                        "type": error.get("type", "invalid"), "row": row, "field": field})
+    return details
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    shown = []
+    for d in details[:5]:
+        where = ".".join(str(p) for p in d["loc"] if p != "body")
+        shown.append(f"{where}: {d['msg']}")
+    more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
+    return "invalid request; nothing was written. " + "; ".join(shown) + more
+
+
+async def _on_validation(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    details = _validation_details(list(error.errors()))
+    return error_response(422, "validation_error", _summary(details), detail=details)
+
+
+async def _on_batch_rejected(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, BatchRejected)
+    details = [e.as_dict() for e in error.errors]
+    return error_response(422, "validation_error", _summary(details), detail=details)
+
+
+async def _on_api_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ApiError)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
+    return error_response(error.status, error.code, error.message, headers, **error.extra)
+
+
+async def _on_http(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+            403: "forbidden", 413: "payload_too_large"}.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail),
+                          dict(error.headers) if error.headers else None)
+
+
+async def _on_database(_: Request, error: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", type(error).__name__)
+    return error_response(503, "database_unavailable",
+                          "the database is unreachable; nothing was written, retry shortly",
+                          {"Retry-After": RETRY_AFTER_SECONDS})
+
+
+async def _on_unexpected(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "an internal error occurred; it was logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(BatchRejected, _on_batch_rejected)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    # Connection-level failures (server down, connection cut, pool exhausted) are outages.
+    app.add_exception_handler(sa_exc.OperationalError, _on_database)
+    app.add_exception_handler(sa_exc.InterfaceError, _on_database)
+    app.add_exception_handler(sa_exc.TimeoutError, _on_database)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,66 @@
+"""Field types shared by the request and response bodies."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
+
+# Ids travel in URL paths (`/users/{user_id}/events`), so they are restricted to characters
+# that need no escaping and cannot form path tricks ("../") or SQL/shell metacharacters.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+ID_MAX_LENGTH = 200
+
+EntityId = Annotated[
+    str,
+    Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN,
+          examples=["user-42"], description="Letters, digits and . _ : @ -, at most 200."),
+]
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """ISO-8601 text (UTC assumed when it has no offset) or epoch seconds, as aware UTC."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, bool):
+        raise ValueError("a timestamp is ISO-8601 text or epoch seconds, not a boolean")
+    elif isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("epoch seconds must be a finite number")
+        try:
+            parsed = datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError) as error:
+            raise ValueError("epoch seconds out of range") from error
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                return parse_timestamp(float(text))
+            except ValueError:
+                raise ValueError(
+                    "not an ISO-8601 timestamp (e.g. 2024-05-01T12:00:00Z) or epoch seconds"
+                ) from None
+    else:
+        raise ValueError("a timestamp is ISO-8601 text or epoch seconds")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    parsed = parsed.astimezone(UTC)
+    if parsed < datetime(1970, 1, 1, tzinfo=UTC):
+        raise ValueError("timestamps before 1970-01-01 are not accepted")
+    return parsed
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    Field(description="ISO-8601 (UTC when no offset is given) or epoch seconds.",
+          examples=["2024-05-01T12:00:00Z"]),
+]
+
+
+class ErrorBody(dict[str, Any]):
+    """Marker for documentation: every error is `{"error": code, "message": text, ...}`."""

@@ -1,0 +1,139 @@
+"""Ingestion: batch validation beyond the schema, idempotency keys, atomic writes.
+
+The API and the MovieLens importer both go through these functions, so there is one
+path into the store. Callers run them inside a transaction: a rejected batch writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.schemas.events import EventIn
+from app.schemas.items import ItemIn
+from app.store import repository
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    collection: str  # "events" or "items"
+    row: int
+    field: str
+    message: str
+    code: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loc": ["body", self.collection, self.row, self.field], "msg": self.message,
+                "type": self.code, "row": self.row, "field": self.field}
+
+
+class BatchRejected(Exception):
+    """The batch has invalid rows; nothing of it was written."""
+
+    def __init__(self, errors: list[RowError]) -> None:
+        super().__init__(f"{len(errors)} invalid row(s)")
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class EventIngestResult:
+    accepted: int
+    duplicates: int
+    user_ids: list[str]
+
+
+def derive_event_id(event: EventIn) -> str:
+    """A deterministic id from the event's content, so retries without ids still deduplicate."""
+    canonical = json.dumps(
+        [event.user_id, event.item_id, event.type, event.value, event.text,
+         event.timestamp.astimezone(UTC).isoformat(), event.context],
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
+    return "ev-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _check_size(collection: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise BatchRejected([RowError(collection, count - 1, collection,
+                                      f"batch of {count} rows exceeds the limit of {limit}",
+                                      "batch_too_large")])
+
+
+def _event_row_errors(index: int, event: EventIn, settings: Settings,
+                      now: datetime) -> list[RowError]:
+    errors = []
+    if event.text is not None and len(event.text) > settings.max_text_chars:
+        errors.append(RowError("events", index, "text",
+                               f"text longer than {settings.max_text_chars} characters",
+                               "text_too_long"))
+    if _json_size(event.context) > settings.max_json_field_bytes:
+        errors.append(RowError("events", index, "context",
+                               f"context larger than {settings.max_json_field_bytes} bytes",
+                               "context_too_large"))
+    if event.timestamp > now + timedelta(seconds=settings.max_future_skew_seconds):
+        errors.append(RowError("events", index, "timestamp",
+                               "timestamp is in the future", "timestamp_in_future"))
+    return errors
+
+
+def ingest_events(session: Session, events: Sequence[EventIn], settings: Settings,
+                  now: datetime | None = None) -> EventIngestResult:
+    """Validate and store a batch of events atomically; repeated event_ids count as duplicates."""
+    _check_size("events", len(events), settings.max_batch_events)
+    now = now or datetime.now(UTC)
+    errors = [error for i, event in enumerate(events)
+              for error in _event_row_errors(i, event, settings, now)]
+    known_items = repository.existing_item_ids(session, (event.item_id for event in events))
+    errors += [RowError("events", i, "item_id", f"unknown item '{event.item_id}': "
+                        "POST it to /items first", "unknown_item")
+               for i, event in enumerate(events) if event.item_id not in known_items]
+    if errors:
+        raise BatchRejected(sorted(errors, key=lambda error: error.row))
+
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:
+        event_id = event.event_id or derive_event_id(event)
+        rows.setdefault(event_id, {
+            "event_id": event_id, "user_id": event.user_id, "item_id": event.item_id,
+            "type": event.type, "value": event.value, "text": event.text,
+            "occurred_at": event.timestamp, "context": event.context, "ingested_at": now,
+        })
+    user_ids = sorted({row["user_id"] for row in rows.values()})
+    repository.ensure_users(session, user_ids)
+    inserted = repository.insert_events(session, list(rows.values()))
+    return EventIngestResult(accepted=len(inserted), duplicates=len(events) - len(inserted),
+                             user_ids=user_ids)
+
+
+def _item_row_errors(index: int, item: ItemIn, settings: Settings) -> list[RowError]:
+    errors = []
+    if item.text is not None and len(item.text) > settings.max_text_chars:
+        errors.append(RowError("items", index, "text",
+                               f"text longer than {settings.max_text_chars} characters",
+                               "text_too_long"))
+    if _json_size(item.attributes) > settings.max_json_field_bytes:
+        errors.append(RowError("items", index, "attributes",
+                               f"attributes larger than {settings.max_json_field_bytes} bytes",
+                               "attributes_too_large"))
+    return errors
+
+
+def upsert_items(session: Session, items: Sequence[ItemIn], settings: Settings) -> int:
+    """Validate and upsert a batch of items atomically (the last row wins for a repeated id)."""
+    _check_size("items", len(items), settings.max_batch_items)
+    errors = [e for i, item in enumerate(items) for e in _item_row_errors(i, item, settings)]
+    if errors:
+        raise BatchRejected(errors)
+    rows = {item.item_id: item.model_dump() for item in items}
+    return repository.upsert_items(session, [rows[key] for key in sorted(rows)])

@@ -1,0 +1,105 @@
+"""All SQL of the service: small functions over a Session, the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.store.models import Event, Item, User, utcnow
+
+# SQLite caps the number of bound parameters per statement; chunk long IN lists.
+_IN_CHUNK = 900
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def upsert_items(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert items or update them in place (by item_id). Returns the number of rows written."""
+    if not rows:
+        return 0
+    now = utcnow()
+    values = [{**row, "created_at": now, "updated_at": now} for row in rows]
+    statement = _insert(session, Item)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Item.item_id],
+        set_={
+            "title": statement.excluded.title,
+            "text": statement.excluded.text,
+            "categories": statement.excluded.categories,
+            "attributes": statement.excluded.attributes,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    session.execute(statement, values)
+    return len(values)
+
+
+def get_item(session: Session, item_id: str) -> Item | None:
+    return session.get(Item, item_id)
+
+
+def existing_item_ids(session: Session, item_ids: Iterable[str]) -> set[str]:
+    wanted = sorted(set(item_ids))
+    found: set[str] = set()
+    for chunk in _chunks(wanted):
+        found.update(session.scalars(select(Item.item_id).where(Item.item_id.in_(chunk))))
+    return found
+
+
+def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
+    # Sorted so concurrent batches lock users in the same order (no deadlocks).
+    values = [{"user_id": user_id, "created_at": utcnow()} for user_id in sorted(set(user_ids))]
+    if values:
+        session.execute(_insert(session, User).on_conflict_do_nothing(), values)
+
+
+def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert events, skipping event_ids already stored. Returns the event_ids inserted."""
+    if not rows:
+        return set()
+    statement = (
+        _insert(session, Event)
+        .on_conflict_do_nothing(index_elements=[Event.event_id])
+        .returning(Event.event_id)
+    )
+    return set(session.scalars(statement, list(rows)))
+
+
+def user_exists(session: Session, user_id: str) -> bool:
+    return session.get(User, user_id) is not None
+
+
+def user_events_page(
+    session: Session,
+    user_id: str,
+    limit: int,
+    before: datetime | None = None,
+    after_key: tuple[datetime, int] | None = None,
+) -> list[Event]:
+    """A user's events, newest first: strictly before `before` and/or the (time, seq) key."""
+    query: Select[tuple[Event]] = select(Event).where(Event.user_id == user_id)
+    if before is not None:
+        query = query.where(Event.occurred_at < before)
+    if after_key is not None:
+        at, seq = after_key
+        query = query.where(or_(Event.occurred_at < at,
+                                and_(Event.occurred_at == at, Event.seq < seq)))
+    query = query.order_by(Event.occurred_at.desc(), Event.seq.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def count_rows(session: Session, model: type[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(model)) or 0)

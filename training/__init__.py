@@ -1,0 +1,1 @@
+"""DriftRec training: datasets, model training, evaluation and MLflow registration."""

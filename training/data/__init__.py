@@ -1,0 +1,1 @@
+"""Datasets: fetching MovieLens-100k and turning interactions into model inputs."""
