@@ -10,7 +10,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv migrate import-data model bootstrap serve run test lint postgres bench-ingest bench-train clean
+.PHONY: venv migrate import-data model bootstrap serve run test lint postgres bench-ingest bench-serve bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ test: venv postgres lint
 
 bench-ingest: venv postgres
 	$(PY) -m bench.ingest
+
+bench-serve: venv postgres
+	$(PY) -m bench.serve
 
 bench-train: venv
 	$(PY) -m training train --config $(CONFIG)

@@ -7,7 +7,7 @@ import logging
 
 import uvicorn
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.security import parse_api_keys
 from app.store.migrate import upgrade_head
 
@@ -22,11 +22,16 @@ def main() -> None:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     sub.add_parser("migrate", help="apply the database migrations (alembic upgrade head)")
+    scan = sub.add_parser("drift-scan", help="check every user for drift with the champion")
+    scan.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     settings = get_settings()
     logging.basicConfig(level=settings.log_level)
     if args.command == "migrate":
         upgrade_head(settings.database_url)
+        return
+    if args.command == "drift-scan":
+        drift_scan(settings, progress=not args.no_progress)
         return
     host = args.host or settings.host
     if not parse_api_keys(settings.api_keys) and host != LOOPBACK:
@@ -35,6 +40,27 @@ def main() -> None:
         host = LOOPBACK
     uvicorn.run("app.main:create_app", factory=True, host=host,
                 port=args.port or settings.port, workers=args.workers)
+
+
+def drift_scan(settings: Settings, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from app.services.drift_scan import all_user_ids, scan_users
+    from app.services.model_manager import ModelManager
+    from app.store.db import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    manager = ModelManager(settings, factory)
+    outcome = manager.reload()
+    if manager.loaded is None:
+        raise SystemExit(f"no model to scan with: {outcome.error}")
+    users = all_user_ids(factory)
+    with tqdm(total=len(users), unit="user", desc="drift scan", disable=not progress) as bar:
+        report = scan_users(factory, manager.current, users, on_user=lambda: bar.update(1))
+    engine.dispose()
+    print(f"drift scan with {settings.model_name} v{manager.current.version}: "
+          f"{report.drifts} of {report.users} users drifted")
 
 
 if __name__ == "__main__":

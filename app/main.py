@@ -6,14 +6,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 
-from app.api.routes import events, health, items, users
+from app.api.routes import drift, events, health, interests, items, models, users
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.middleware import BodySizeLimit
 from app.core.security import parse_api_keys
-from app.store.db import make_engine, make_session_factory
+from app.services import interests as interest_service
+from app.services.drift_queue import DriftQueue
+from app.services.model_manager import ModelManager
+from app.store.db import make_engine, make_session_factory, transaction
 
 logger = logging.getLogger("driftrec")
 
@@ -25,14 +29,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Engines (and, for serving, models) open here, never at import: CUDA does not
         # survive a fork and each uvicorn worker must own its connections.
+        # Per-worker intra-op threads: torch's default (all cores) oversubscribes the CPU
+        # as soon as several workers or request threads run inference at once.
+        torch.set_num_threads(settings.torch_threads)
         engine = make_engine(settings.database_url)
-        app.state.engine = engine
-        app.state.session_factory = make_session_factory(engine)
+        factory = make_session_factory(engine)
+        app.state.engine, app.state.session_factory = engine, factory
         if not app.state.api_keys:
             logger.warning("auth is off: no API keys configured; listen on 127.0.0.1 only")
+        manager = ModelManager(settings, factory)
+        app.state.models = manager
+        manager.reload()
+        manager.start_polling()
+
+        def check_user(user_id: str) -> None:
+            with transaction(factory) as session:
+                interest_service.check_drift(session, manager.current, user_id)
+
+        app.state.drift_queue = DriftQueue(check_user, settings.drift_queue_size)
+        app.state.drift_queue.start()
         try:
             yield
         finally:
+            app.state.drift_queue.stop()
+            manager.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -45,6 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = parse_api_keys(settings.api_keys)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (health, items, events, users):
+    for module in (health, items, events, users, models, interests, drift):
         app.include_router(module.router)
     return app

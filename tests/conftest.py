@@ -6,17 +6,20 @@ on 127.0.0.1:5432 (override with DRIFTREC_TEST_PG_ADMIN_URL).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.core.config import Settings
+from app.core.config import PROJECT_ROOT, Settings
 from app.main import create_app
 from app.store.db import make_engine
 from app.store.migrate import upgrade_head
@@ -32,15 +35,15 @@ def _pg_url(database: str) -> str:
     return f"{base}/{database}"
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A database of this run's own on the real server, migrated, dropped at the end."""
-    name = f"driftrec_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def scratch_pg_database(label: str) -> Iterator[str]:
+    """Create a migrated database of our own on the real server; drop it afterwards."""
+    name = f"driftrec_{label}_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL is required for the tests ({PG_ADMIN_URL}): {error}. Start it "
-                    "with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+        pytest.fail(f"PostgreSQL is required for the tests ({PG_ADMIN_URL}): {error}. Start "
+                    "it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         url = _pg_url(name)
@@ -49,6 +52,13 @@ def pg_database() -> Iterator[str]:
             yield url
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """This run's PostgreSQL database for the store and API tests (emptied before each)."""
+    with scratch_pg_database("test") as url:
+        yield url
 
 
 def _truncate_all(url: str) -> None:
@@ -72,9 +82,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
 
 
+@pytest.fixture(scope="session")
+def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An MLflow store with no model in it (created once: MLflow's own migrations are slow)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    return uri
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_cache_dir=tmp_path / "cache")
+def settings(database_url: str, tmp_path: Path, empty_registry: str) -> Settings:
+    return Settings(database_url=database_url, data_cache_dir=tmp_path / "cache",
+                    mlflow_tracking_uri=empty_registry,
+                    mlflow_artifact_root=str(tmp_path / "artifacts"), model_poll_seconds=0)
 
 
 @pytest.fixture
@@ -90,3 +112,31 @@ def catalogue(client: TestClient) -> list[str]:
     response = client.post("/items", json={"items": items})
     assert response.status_code == 200, response.text
     return [item["item_id"] for item in items]
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class TinyModel:
+    """One tiny training run (tiny config), registered and promoted in a temporary MLflow store.
+
+    Shared by the training and serving tests: it is the slowest fixture of the suite.
+    """
+
+    report: Any
+    target: Any
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    from training.config import load_config
+    from training.pipeline import run_training
+    from training.registry import MlflowTarget
+
+    root = tmp_path_factory.mktemp("tiny")
+    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml")
+    config.run.output_dir = str(root / "runs")
+    target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
+    report = run_training(config, device="cpu", register=True, promote=True, progress=False,
+                          target=target, log=lambda _: None)
+    return TinyModel(report, target, root)

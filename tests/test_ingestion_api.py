@@ -138,3 +138,15 @@ def test_unknown_user_is_404_and_bad_cursor_is_422(client: TestClient, catalogue
     response = client.get("/users/u1/events", params={"cursor": "!!"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "cursor"
+
+
+def test_item_limits_name_the_field(client: TestClient, settings) -> None:
+    too_big = {"blob": "x" * settings.max_json_field_bytes}
+    response = client.post("/items", json={"items": [
+        {"item_id": "ok", "title": "Fine"},
+        {"item_id": "big", "title": "Big", "attributes": too_big},
+        {"item_id": "long", "title": "Long", "text": "y" * (settings.max_text_chars + 1)}]})
+    assert response.status_code == 422
+    assert [(e["row"], e["field"]) for e in response.json()["detail"]] == [
+        (1, "attributes"), (2, "text")]
+    assert client.get("/items/ok").status_code == 404  # the valid row was not written either

@@ -11,10 +11,20 @@ from app.main import create_app
 KEYS = "reader-key:read;writer-key:write;admin-key:admin"
 
 
-def test_health_and_ready(client: TestClient) -> None:
+def test_health_and_not_ready_without_a_model(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"] == "ok"
+    assert "interest-model" in ready.json()["checks"]["model"]
+
+
+def test_model_endpoints_are_503_without_a_model(client: TestClient) -> None:
+    for path in ("/recommend/u1", "/drift/u1", "/interest-profile/u1"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert response.json()["error"] == "model_unavailable"
+    assert client.get("/models/current").json()["version"] is None
 
 
 def test_openapi_lists_the_ingestion_api(client: TestClient) -> None:
@@ -45,9 +55,10 @@ def test_keys_are_kept_as_digests() -> None:
     assert hashed.digest == hash_key("other") and hashed.scopes == {"write"}
 
 
-def test_database_outage_is_503_with_retry_hint(tmp_path) -> None:
+def test_database_outage_is_503_with_retry_hint(tmp_path, empty_registry: str) -> None:
     down = Settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/none",
-                    data_cache_dir=tmp_path)
+                    data_cache_dir=tmp_path, mlflow_tracking_uri=empty_registry,
+                    model_poll_seconds=0)
     with TestClient(create_app(down)) as client:
         response = client.post("/events", json={"events": [
             {"user_id": "u1", "item_id": "m1", "type": "view", "timestamp": 1_700_000_000}]})

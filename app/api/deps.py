@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import ApiError
 from app.core.security import ApiKey, authenticate
+from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
+from app.services.model_manager import ModelUnavailable, ServedModel
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -22,8 +24,20 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_model(request: Request) -> ServedModel:
+    """The served model, taken once per request (a reload never changes it mid-request)."""
+    try:
+        return request.app.state.models.current
+    except ModelUnavailable as error:
+        raise ApiError(503, "model_unavailable",
+                       f"no model is being served: {error}. Train and promote one with "
+                       "`python -m training train --register --promote`") from error
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+UserIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 
 def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:

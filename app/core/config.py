@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     max_future_skew_seconds: int = Field(default=86_400, ge=0)
     max_page_size: int = Field(default=1_000, ge=1)
 
+    # Serving.
+    model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
+    torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
+    max_k: int = Field(default=100, ge=1)
+    profile_half_life_days: float = Field(default=30.0, gt=0)
+    short_term_events: int = Field(default=20, ge=1)
+    drift_strength: float = Field(default=1.0, ge=0)
+    drift_queue_size: int = Field(default=1_000, ge=1)
+
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.services.ingestion import BatchRejected
+from app.services.interests import UnknownItems, UnknownUser
 
 logger = logging.getLogger("driftrec.errors")
 
@@ -75,6 +76,19 @@ async def _on_batch_rejected(_: Request, error: Exception) -> JSONResponse:
     return error_response(422, "validation_error", _summary(details), detail=details)
 
 
+async def _on_unknown_user(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, UnknownUser)
+    return error_response(404, "not_found", str(error), user_id=error.user_id)
+
+
+async def _on_unknown_items(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, UnknownItems)
+    details = [{"loc": ["body", "recent_item_ids", position], "msg": f"unknown item '{item}'",
+                "type": "unknown_item", "row": position, "field": "recent_item_ids"}
+               for position, item in zip(error.positions, error.item_ids, strict=True)]
+    return error_response(422, "validation_error", _summary(details), detail=details)
+
+
 async def _on_api_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ApiError)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
@@ -105,6 +119,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(BatchRejected, _on_batch_rejected)
     app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(UnknownUser, _on_unknown_user)
+    app.add_exception_handler(UnknownItems, _on_unknown_items)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     # Connection-level failures (server down, connection cut, pool exhausted) are outages.
     app.add_exception_handler(sa_exc.OperationalError, _on_database)

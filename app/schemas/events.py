@@ -37,6 +37,8 @@ class EventBatch(BaseModel):
 class IngestResult(BaseModel):
     accepted: int = Field(description="Events stored by this request.")
     duplicates: int = Field(description="Events whose event_id was already stored (or repeated).")
+    drift_checks_queued: int | None = Field(
+        default=None, description="With detect_drift=true: users queued for a drift check.")
 
 
 class EventOut(BaseModel):

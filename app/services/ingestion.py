@@ -70,17 +70,24 @@ def _check_size(collection: str, count: int, limit: int) -> None:
                                       "batch_too_large")])
 
 
-def _event_row_errors(index: int, event: EventIn, settings: Settings,
-                      now: datetime) -> list[RowError]:
+def _size_errors(collection: str, index: int, text: str | None, json_field: str,
+                 json_value: Any, settings: Settings) -> list[RowError]:
+    """Limits shared by items and events: free text length, JSON object size."""
     errors = []
-    if event.text is not None and len(event.text) > settings.max_text_chars:
-        errors.append(RowError("events", index, "text",
+    if text is not None and len(text) > settings.max_text_chars:
+        errors.append(RowError(collection, index, "text",
                                f"text longer than {settings.max_text_chars} characters",
                                "text_too_long"))
-    if _json_size(event.context) > settings.max_json_field_bytes:
-        errors.append(RowError("events", index, "context",
-                               f"context larger than {settings.max_json_field_bytes} bytes",
-                               "context_too_large"))
+    if _json_size(json_value) > settings.max_json_field_bytes:
+        errors.append(RowError(collection, index, json_field,
+                               f"{json_field} larger than {settings.max_json_field_bytes} bytes",
+                               f"{json_field}_too_large"))
+    return errors
+
+
+def _event_row_errors(index: int, event: EventIn, settings: Settings,
+                      now: datetime) -> list[RowError]:
+    errors = _size_errors("events", index, event.text, "context", event.context, settings)
     if event.timestamp > now + timedelta(seconds=settings.max_future_skew_seconds):
         errors.append(RowError("events", index, "timestamp",
                                "timestamp is in the future", "timestamp_in_future"))
@@ -116,23 +123,11 @@ def ingest_events(session: Session, events: Sequence[EventIn], settings: Setting
                              user_ids=user_ids)
 
 
-def _item_row_errors(index: int, item: ItemIn, settings: Settings) -> list[RowError]:
-    errors = []
-    if item.text is not None and len(item.text) > settings.max_text_chars:
-        errors.append(RowError("items", index, "text",
-                               f"text longer than {settings.max_text_chars} characters",
-                               "text_too_long"))
-    if _json_size(item.attributes) > settings.max_json_field_bytes:
-        errors.append(RowError("items", index, "attributes",
-                               f"attributes larger than {settings.max_json_field_bytes} bytes",
-                               "attributes_too_large"))
-    return errors
-
-
 def upsert_items(session: Session, items: Sequence[ItemIn], settings: Settings) -> int:
     """Validate and upsert a batch of items atomically (the last row wins for a repeated id)."""
     _check_size("items", len(items), settings.max_batch_items)
-    errors = [e for i, item in enumerate(items) for e in _item_row_errors(i, item, settings)]
+    errors = [error for i, item in enumerate(items) for error in
+              _size_errors("items", i, item.text, "attributes", item.attributes, settings)]
     if errors:
         raise BatchRejected(errors)
     rows = {item.item_id: item.model_dump() for item in items}

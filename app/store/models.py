@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -130,3 +131,29 @@ class DriftRecord(Base):
     change_index: Mapped[int] = mapped_column(Integer)
     interests_before: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     interests_after: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # Heaviest topic of interests_before / interests_after (migration 0002), stored so the
+    # transition statistics can GROUP BY in SQL on both backends instead of parsing JSON.
+    from_topic: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    to_topic: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+
+class DriftCheck(Base):
+    """One drift check of one user (migration 0002): the denominator of drift rates."""
+
+    __tablename__ = "drift_checks"
+    __table_args__ = (
+        Index("ix_drift_checks_checked_at", "checked_at"),
+        Index("ix_drift_checks_user_checked", "user_id", "checked_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"))
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    model_version: Mapped[str] = mapped_column(String(64))
+    drift_detected: Mapped[bool] = mapped_column(Boolean)
+    record_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("drift_records.id", ondelete="SET NULL"),
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -66,10 +67,35 @@ def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
         session.execute(_insert(session, User).on_conflict_do_nothing(), values)
 
 
+# PostgreSQL: one statement whose parameters are column arrays. The generic multi-row VALUES
+# path spends most of its time formatting and parsing the huge statement client-side.
+_PG_INSERT_EVENTS = text("""
+    INSERT INTO events (event_id, user_id, item_id, type, value, text, occurred_at, context,
+                        ingested_at)
+    SELECT event_id, user_id, item_id, type, value, text, occurred_at, context, ingested_at
+    FROM unnest(
+        CAST(:event_id AS varchar[]), CAST(:user_id AS varchar[]), CAST(:item_id AS varchar[]),
+        CAST(:type AS varchar[]), CAST(:value AS float8[]), CAST(:text AS text[]),
+        CAST(:occurred_at AS timestamptz[]), CAST(:context AS json[]),
+        CAST(:ingested_at AS timestamptz[])
+    ) WITH ORDINALITY AS batch(event_id, user_id, item_id, type, value, text, occurred_at,
+                               context, ingested_at, position)
+    ORDER BY position  -- seq follows the batch order: it breaks ties between equal timestamps
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+""")
+_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "text", "occurred_at",
+                  "context", "ingested_at")
+
+
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert events, skipping event_ids already stored. Returns the event_ids inserted."""
     if not rows:
         return set()
+    if session.get_bind().dialect.name == "postgresql":
+        columns = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
+        columns["context"] = [json.dumps(value) for value in columns["context"]]
+        return set(session.scalars(_PG_INSERT_EVENTS, columns))
     statement = (
         _insert(session, Event)
         .on_conflict_do_nothing(index_elements=[Event.event_id])
@@ -103,3 +129,35 @@ def user_events_page(
 
 def count_rows(session: Session, model: type[Any]) -> int:
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def user_sequence(session: Session, user_id: str, limit: int | None = None) -> list[Event]:
+    """The user's last `limit` events (all when None), oldest first: the model's input order."""
+    query = (select(Event).where(Event.user_id == user_id)
+             .order_by(Event.occurred_at.desc(), Event.seq.desc()))
+    if limit is not None:
+        query = query.limit(limit)
+    return list(reversed(session.scalars(query).all()))
+
+
+def all_items(session: Session) -> list[Item]:
+    """The whole catalogue, by item_id (serving embeds it once per loaded model)."""
+    return list(session.scalars(select(Item).order_by(Item.item_id)))
+
+
+def items_by_id(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
+    wanted = sorted(set(item_ids))
+    found: dict[str, Item] = {}
+    for chunk in _chunks(wanted):
+        found.update((i.item_id, i) for i in session.scalars(select(Item).where(
+            Item.item_id.in_(chunk))))
+    return found
+
+
+def count_user_events(session: Session, user_id: str) -> int:
+    return int(session.scalar(select(func.count()).where(Event.user_id == user_id)) or 0)
+
+
+def user_item_ids(session: Session, user_id: str) -> set[str]:
+    """Every item the user has an event on (for excluding seen items)."""
+    return set(session.scalars(select(Event.item_id).where(Event.user_id == user_id).distinct()))

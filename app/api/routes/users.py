@@ -7,17 +7,15 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from app.api.deps import ReadScope, SessionDep, SettingsDep
+from app.api.deps import ReadScope, SessionDep, SettingsDep, UserIdPath
 from app.core.errors import ApiError
-from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, parse_timestamp
+from app.schemas.common import parse_timestamp
 from app.schemas.events import EventOut, EventPage
 from app.store import repository
 
 router = APIRouter(prefix="/users", tags=["users"])
-
-UserIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 
 def encode_cursor(at: datetime, seq: int) -> str:

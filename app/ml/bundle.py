@@ -1,0 +1,317 @@
+"""The model bundle: everything serving needs, in one directory, with a pinned format number.
+
+Layout of a bundle directory (format 1)::
+
+    manifest.json        format, configs, drift threshold, topics, metrics, fingerprint
+    item_ids.json        catalogue order: item_ids[i] has model index i + 1 (0 = padding)
+    encoder/             fine-tuned MiniLM: safetensors weights + tokenizer files
+    sequence_model.pt    SequenceInterestModel state dict (holds the item text embeddings)
+    drift_head.pt        DriftHead state dict (holds its feature standardisation)
+    topic_centroids.npy  float32[n_topics, 384]
+
+Serving and evaluation both score through the methods below, so the numbers evaluation
+reports come from the code that serves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.domain.drift import ChangePoint, detect_change_point
+from app.ml.device import autocast_context
+from app.ml.drift_head import DriftHead, drift_features
+from app.ml.encoder import ItemTextEncoder
+from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
+from app.ml.topics import TopicTable
+
+MODEL_FORMAT = 1
+MANIFEST = "manifest.json"
+ARTIFACTS = ("manifest.json", "item_ids.json", "encoder", "sequence_model.pt", "drift_head.pt",
+             "topic_centroids.npy")
+
+
+class BundleError(RuntimeError):
+    """A bundle directory cannot be read: unknown format or missing/inconsistent artifacts."""
+
+
+@dataclass
+class DriftSettings:
+    """How drift probabilities become decisions (the values calibration used)."""
+
+    threshold: float
+    min_events: int = 10
+    cooldown: int = 10
+    max_events: int = 200  # longest history the drift head reads (its training cases' cap)
+
+
+@dataclass
+class InterestModelBundle:
+    encoder: ItemTextEncoder
+    sequence_model: SequenceInterestModel
+    drift_head: DriftHead
+    drift: DriftSettings
+    item_ids: list[str]
+    topics: TopicTable
+    dataset_fingerprint: str
+    training_config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {item_id: i + 1 for i, item_id in enumerate(self.item_ids)}
+        self.sequence_model.eval()
+        self.drift_head.eval()
+        self.encoder.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.sequence_model.item_text.device
+
+    @property
+    def item_text_embeddings(self) -> torch.Tensor:
+        """FloatTensor[N + 1, 384]: row i + 1 is item_ids[i]'s text embedding, row 0 zeros."""
+        return self.sequence_model.item_text
+
+    def index_of(self, item_id: str) -> int | None:
+        """Model index of a catalogue item (1..N), None when unknown."""
+        return self._index.get(item_id)
+
+    # ----------------------------------------------------------------- scoring
+    def encode_histories(self, histories: Sequence[Sequence[str]],
+                         timestamps: Sequence[Sequence[float]], max_len: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last ``max_len`` known events of each history, right-padded: (LongTensor[B, L],
+        DoubleTensor[B, L]) on the bundle's device. Unknown item ids are skipped."""
+        rows = []
+        for items, times in zip(histories, timestamps, strict=True):
+            if len(items) != len(times):
+                raise ValueError("each history needs one timestamp per item")
+            known = [(self._index[i], float(t)) for i, t in zip(items, times, strict=True)
+                     if i in self._index][-max_len:]
+            rows.append(known)
+        width = max(1, max(len(r) for r in rows))
+        idx = torch.zeros(len(rows), width, dtype=torch.long)
+        ts = torch.zeros(len(rows), width, dtype=torch.float64)
+        for b, row in enumerate(rows):
+            if row:
+                idx[b, : len(row)] = torch.tensor([i for i, _ in row])
+                ts[b, : len(row)] = torch.tensor([t for _, t in row], dtype=torch.float64)
+        return idx.to(self.device), ts.to(self.device)
+
+    @torch.no_grad()
+    def score_next_batch(self, histories: Sequence[Sequence[str]],
+                         timestamps: Sequence[Sequence[float]],
+                         exclude_history: bool = False) -> torch.Tensor:
+        """Next-item scores over the catalogue: FloatTensor[B, N] on the CPU, column i is
+        ``item_ids[i]``. Each history is ordered oldest first (ties in ingestion order) and
+        read through its last ``max_len`` known events. A history with no known event gets
+        uniform zeros (serving falls back to popularity for those)."""
+        idx, ts = self.encode_histories(histories, timestamps, self.sequence_model.config.max_len)
+        empty = idx[:, 0] == 0
+        idx[empty, 0] = 1  # placeholder event so last_hidden is defined; row zeroed below
+        with autocast_context(self.device):
+            hidden = self.sequence_model.last_hidden(idx, ts)
+            logits = self.sequence_model.item_logits(hidden).float()
+        scores = logits[:, 1 : len(self.item_ids) + 1].cpu()
+        scores[empty.cpu()] = 0.0
+        if exclude_history:
+            for b, items in enumerate(histories):
+                seen = [self._index[i] - 1 for i in items if i in self._index]
+                scores[b, seen] = -torch.inf
+        return scores
+
+    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float],
+                   exclude_history: bool = False) -> np.ndarray:
+        """One user's next-item scores: float32[N] aligned with ``item_ids`` of the bundle."""
+        return self.score_next_batch([item_ids], [timestamps], exclude_history)[0].numpy()
+
+    def recommend(self, item_ids: Sequence[str], timestamps: Sequence[float], k: int = 10,
+                  exclude_history: bool = True) -> list[tuple[str, float]]:
+        """Top-k (item_id, score), best first."""
+        scores = torch.from_numpy(self.score_next(item_ids, timestamps, exclude_history))
+        top = torch.topk(scores, min(k, len(scores)))
+        return [(self.item_ids[int(i)], float(s)) for s, i in zip(top.values, top.indices,
+                                                                  strict=True)
+                if torch.isfinite(s)]
+
+    @torch.no_grad()
+    def interest_state(self, item_ids: Sequence[str], timestamps: Sequence[float]) -> np.ndarray:
+        """The user's interest state after their last known event: float32[H]."""
+        idx, ts = self.encode_histories([item_ids], [timestamps],
+                                        self.sequence_model.config.max_len)
+        if int(idx[0, 0]) == 0:
+            raise ValueError("no known item in this history")
+        return self.sequence_model.last_hidden(idx, ts)[0].float().cpu().numpy()
+
+    # ------------------------------------------------------------------- drift
+    @torch.no_grad()
+    def drift_probabilities_batch(self, histories: Sequence[Sequence[str]],
+                                  timestamps: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """Per-event drift probabilities of each history's last ``max_events`` known events:
+        float[L_b] each (causal: entry t depends on events up to t only)."""
+        idx, ts = self.encode_histories(histories, timestamps, self.drift.max_events)
+        lengths = (idx > 0).sum(dim=1).tolist()
+        idx[:, 0] = torch.where(idx[:, 0] == 0, 1, idx[:, 0])  # see score_next_batch
+        features = drift_features(self.sequence_model, idx, ts).float()
+        probs = self.drift_head.probabilities(features).float().cpu().numpy()
+        return [probs[b, :n] for b, n in enumerate(lengths)]
+
+    def drift_probabilities(self, item_ids: Sequence[str],
+                            timestamps: Sequence[float]) -> np.ndarray:
+        return self.drift_probabilities_batch([item_ids], [timestamps])[0]
+
+    def detect_drift(self, item_ids: Sequence[str],
+                     timestamps: Sequence[float]) -> ChangePoint | None:
+        """The latest change point of a history; its index counts within the last
+        ``max_events`` known events (the window drift_probabilities reads)."""
+        probs = self.drift_probabilities(item_ids, timestamps)
+        return detect_change_point(probs, self.drift.threshold, self.drift.min_events,
+                                   self.drift.cooldown)
+
+    # ------------------------------------------------------------------ topics
+    def item_topic(self, item_id: str) -> int | None:
+        index = self.index_of(item_id)
+        return None if index is None else int(self.topics.item_topics[index - 1])
+
+    def topic_for_new_item(self, text: str, categories: Sequence[str] = ()) -> int:
+        """Topic of a cold-start item: its categories if known, else its embedding's nearest
+        topic centroid. Uses the encoder's own tokenizer: call from one thread at a time."""
+        known = [c for c in categories if c in self.topics.category_counts]
+        embedding = None if known else self.encoder.embed([text])[0].numpy()
+        return self.topics.assign(embedding, categories)
+
+    def add_items(self, item_ids: Sequence[str], texts: Sequence[str],
+                  categories: Sequence[Sequence[str]] | None = None) -> list[int]:
+        """Append cold-start items (unknown ids only) to the catalogue: they are embedded with
+        the encoder, scored by their text alone from then on, and given a topic. Returns their
+        model indices. Mutates the bundle: serving calls it under its model lock."""
+        categories = categories if categories is not None else [()] * len(item_ids)
+        fresh = [(i, t, c) for i, t, c in zip(item_ids, texts, categories, strict=True)
+                 if i not in self._index]
+        if not fresh:
+            return []
+        embeddings = self.encoder.embed([t for _, t, _ in fresh])  # [n_new, D]
+        table = torch.cat([self.sequence_model.item_text.cpu(), embeddings])
+        self.sequence_model.set_item_text_embeddings(table)
+        topics = [self.topics.assign(e.numpy(), c) for e, (_, _, c) in zip(embeddings, fresh,
+                                                                            strict=True)]
+        self.topics.item_topics = np.concatenate([self.topics.item_topics,
+                                                  np.asarray(topics, dtype=np.int64)])
+        for item_id, _, _ in fresh:
+            self.item_ids.append(item_id)
+            self._index[item_id] = len(self.item_ids)
+        return [self._index[i] for i, _, _ in fresh]
+
+    # -------------------------------------------------------------- self-check
+    def smoke_test(self) -> None:
+        """Real inference on a short history; raises BundleError on bad shapes or values."""
+        n = len(self.item_ids)
+        if n == 0:
+            raise BundleError("bundle has an empty catalogue")
+        history = self.item_ids[: min(12, n)]
+        times = [1_000_000_000.0 + 3600.0 * i for i in range(len(history))]
+        scores = self.score_next(history, times)
+        if scores.shape != (n,) or not np.isfinite(scores).all():
+            raise BundleError(f"next-item scores: shape {scores.shape}, expected ({n},), finite")
+        probs = self.drift_probabilities(history, times)
+        if probs.shape != (len(history),) or not ((probs >= 0) & (probs <= 1)).all():
+            raise BundleError(f"drift probabilities: shape {probs.shape} or values out of [0, 1]")
+        embedding = self.encoder.embed(["smoke test item"])
+        if embedding.shape != (1, self.sequence_model.text_dim):
+            raise BundleError(f"encoder output shape {tuple(embedding.shape)}")
+
+    # --------------------------------------------------------------- save/load
+    def save(self, directory: Path | str) -> Path:
+        """Write the bundle to ``directory`` (created; must be empty or absent)."""
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()):
+            raise BundleError(f"{directory} is not empty")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(directory / "encoder")
+        torch.save(self.sequence_model.state_dict(), directory / "sequence_model.pt")
+        torch.save(self.drift_head.state_dict(), directory / "drift_head.pt")
+        np.save(directory / "topic_centroids.npy", self.topics.centroids.astype(np.float32))
+        (directory / "item_ids.json").write_text(json.dumps(self.item_ids))
+        (directory / MANIFEST).write_text(json.dumps(self._manifest(), indent=2, default=str))
+        return directory
+
+    def _manifest(self) -> dict[str, Any]:
+        head = self.drift_head
+        return {
+            "model_format": MODEL_FORMAT,
+            "n_items": self.sequence_model.n_items,
+            "text_dim": self.sequence_model.text_dim,
+            "sequence_config": asdict(self.sequence_model.config),
+            "drift_head": {"n_features": head.inp.in_features,
+                           "hidden_size": head.inp.out_features},
+            "drift": asdict(self.drift),
+            "topics": self.topics.to_json(),
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "training_config": self.training_config,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def load(cls, directory: Path | str, device: torch.device | str = "cpu"
+             ) -> InterestModelBundle:
+        """Read a bundle written by :meth:`save`; refuses other formats and missing files."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        missing = [name for name in ARTIFACTS if not (directory / name).exists()]
+        if missing:
+            raise BundleError(f"bundle {directory} is missing {missing}")
+        try:
+            return cls._build(directory, manifest, torch.device(device))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            # e.g. a config field this code no longer has, or weights of another shape
+            raise BundleError(f"bundle {directory} does not match this code's format "
+                              f"{MODEL_FORMAT} model classes: {error}") from error
+
+    @classmethod
+    def _build(cls, directory: Path, manifest: dict[str, Any], device: torch.device
+               ) -> InterestModelBundle:
+        item_ids = json.loads((directory / "item_ids.json").read_text())
+        state = _weights(directory / "sequence_model.pt")
+        if len(item_ids) + 1 != state["item_text"].shape[0]:
+            raise BundleError(f"item_ids.json has {len(item_ids)} ids, the model's item table "
+                              f"{state['item_text'].shape[0] - 1}")
+        model = SequenceInterestModel(SequenceModelConfig(**manifest["sequence_config"]),
+                                      manifest["n_items"], manifest["text_dim"])
+        model.set_item_text_embeddings(state["item_text"])  # may hold cold-start rows
+        model.load_state_dict(state)
+        head = DriftHead(**manifest["drift_head"])
+        head.load_state_dict(_weights(directory / "drift_head.pt"))
+        topics = TopicTable.from_json(manifest["topics"],
+                                      np.load(directory / "topic_centroids.npy"))
+        return cls(
+            encoder=ItemTextEncoder.from_dir(directory / "encoder", device),
+            sequence_model=model.to(device), drift_head=head.to(device),
+            drift=DriftSettings(**manifest["drift"]), item_ids=item_ids, topics=topics,
+            dataset_fingerprint=manifest["dataset_fingerprint"],
+            training_config=manifest["training_config"], metrics=manifest["metrics"],
+        )
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The bundle's manifest, after checking its format number is the one this code reads."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{directory} has no {MANIFEST}: not a model bundle")
+    manifest = json.loads(path.read_text())
+    found = manifest.get("model_format")
+    if found != MODEL_FORMAT:
+        raise BundleError(f"bundle {directory} has model_format {found!r}; this code reads "
+                          f"format {MODEL_FORMAT} only (retrain, or run a matching release)")
+    return manifest
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    # weights_only: a bundle file can never run code on load.
+    return torch.load(path, map_location="cpu", weights_only=True)

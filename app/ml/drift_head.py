@@ -1,0 +1,150 @@
+"""Per-event interest-drift features from the frozen sequence model, and the drift head.
+
+Everything here is causal: the features and the head's score at event ``t`` use events
+``0..t`` only, so the service can score a user online and get the numbers evaluation saw.
+
+Sequences longer than the sequence model's ``max_len`` are read through overlapping windows
+(stride ``max_len // 2``): event ``t`` takes its hidden state from the window that starts
+at the latest stride multiple leaving it at least ``max_len // 2`` events of history.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.ml.sequence import SequenceInterestModel
+
+SHORT = 3  # events in the "recent" window
+LONG = 30  # events in the "before" window that the recent one is compared with
+FEATURE_NAMES = (
+    "surprise", "surprise_vs_past", "recent_surprise_vs_past", "log_rank",
+    "text_shift", "text_shift_6", "item_shift", "item_vs_past_text", "hidden_change",
+    "log_position", "log_gap",
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+def windowed_hidden(model: SequenceInterestModel, item_idx: torch.Tensor,
+                    timestamps: torch.Tensor) -> torch.Tensor:
+    """Causal hidden states for sequences of any length: [B, L] -> FloatTensor[B, L, H]."""
+    width = model.config.max_len
+    length = item_idx.shape[1]
+    if length <= width:
+        return model(item_idx, timestamps)
+    stride = width // 2
+    starts = list(range(0, length - stride, stride))
+    hidden = None
+    for k, start in enumerate(starts):
+        chunk = model(item_idx[:, start:start + width], timestamps[:, start:start + width])
+        if hidden is None:
+            hidden = chunk.new_zeros(item_idx.shape[0], length, chunk.shape[-1])
+        # Window k provides events [start + stride, start + width) (all of it for k = 0).
+        first = 0 if k == 0 else stride
+        hidden[:, start + first:start + chunk.shape[1]] = chunk[:, first:]
+    assert hidden is not None
+    return hidden
+
+
+def causal_window_mean(x: torch.Tensor, back: int, skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``x[:, t - back .. t - skip]`` (inclusive, clipped at 0) for every t.
+
+    x: [B, L, D]. Returns (mean [B, L, D], count [B, L]); empty windows give zeros.
+    """
+    length = x.shape[1]
+    cum = torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x.cumsum(dim=1)], dim=1)
+    t = torch.arange(length, device=x.device)
+    start = (t - back).clamp(min=0)
+    stop = (t - skip + 1).clamp(min=0)
+    count = (stop - start).clamp(min=0).to(x.dtype)
+    total = cum[:, stop] - cum[:, torch.minimum(start, stop)]
+    return total / count.clamp(min=1.0).view(1, -1, 1), count.expand(x.shape[0], -1)
+
+
+def _cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity over the last dim; 0 where either side is all zeros."""
+    distance = 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+    empty = (a.abs().sum(-1) == 0) | (b.abs().sum(-1) == 0)
+    return distance.masked_fill(empty, 0.0)
+
+
+def _surprise_and_rank(model: SequenceInterestModel, hidden: torch.Tensor,
+                       item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log p(item_t | events < t) and log(1 + rank) / log(N): each [B, L]; t = 0 is uniform."""
+    n_rows = model.item_text.shape[0] - 1
+    logits = model.item_logits(hidden[:, :-1].float()).log_softmax(dim=-1)  # [B, L-1, N+1]
+    target = item_idx[:, 1:].unsqueeze(-1)
+    logp = logits.gather(-1, target)
+    rank = (logits > logp).sum(-1).float()
+    uniform = torch.full_like(item_idx[:, :1], math.log(n_rows), dtype=torch.float32)
+    surprise = torch.cat([uniform, -logp.squeeze(-1)], dim=1)
+    log_rank = torch.cat([torch.ones_like(uniform), torch.log1p(rank) / math.log(n_rows)], dim=1)
+    return surprise, log_rank
+
+
+@torch.no_grad()
+def drift_features(model: SequenceInterestModel, item_idx: torch.Tensor, timestamps: torch.Tensor,
+                   item_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-event drift features (see ``FEATURE_NAMES``): FloatTensor[B, L, N_FEATURES].
+
+    item_idx: LongTensor[B, L] right-padded with 0; timestamps: [B, L] epoch seconds;
+    item_embeddings: FloatTensor[N+1, D] item text embeddings (default: the model's own).
+    Values at padded positions are meaningless. The model is put in eval mode.
+    """
+    model.eval()
+    text = model.item_text if item_embeddings is None else item_embeddings.to(item_idx.device)
+    hidden = windowed_hidden(model, item_idx, timestamps).float()
+    surprise, log_rank = _surprise_and_rank(model, hidden, item_idx)
+    past_s, _ = causal_window_mean(surprise.unsqueeze(-1), LONG + SHORT, SHORT)
+    recent_s, _ = causal_window_mean(surprise.unsqueeze(-1), SHORT - 1, 0)
+    past_all, count = causal_window_mean(surprise.unsqueeze(-1), 10_000, 1)
+    emb = F.embedding(item_idx, text.float())
+    items = F.embedding(item_idx, model.item_table().float())
+    shift = []
+    for space, short in ((emb, SHORT), (emb, 2 * SHORT), (items, SHORT)):
+        recent, _ = causal_window_mean(space, short - 1, 0)
+        before, _ = causal_window_mean(space, LONG + short - 1, short)
+        shift.append(_cos_distance(recent, before))
+    before_t, _ = causal_window_mean(emb, LONG, 1)
+    back = torch.cat([hidden[:, :1].expand(-1, SHORT, -1), hidden[:, :-SHORT]], dim=1)
+    gaps = torch.diff(timestamps.double(), dim=1, prepend=timestamps[:, :1].double())
+    position = torch.arange(item_idx.shape[1], device=item_idx.device, dtype=torch.float32)
+    columns = [
+        surprise, surprise - past_all.squeeze(-1) * (count > 0),
+        (recent_s - past_s).squeeze(-1), log_rank, *shift,
+        _cos_distance(emb, before_t), _cos_distance(hidden, back),
+        torch.log1p(position).expand_as(surprise), torch.log1p(gaps.clamp(min=0)).float(),
+    ]
+    return torch.stack(columns, dim=-1)
+
+
+class DriftHead(nn.Module):
+    """Causal scorer of per-event features: a linear layer, a 1-layer GRU and a linear read-out.
+
+    ``feature_mean`` / ``feature_std`` (set by training) standardise the input, so the head
+    carries its own normalisation into the bundle.
+    """
+
+    def __init__(self, n_features: int = N_FEATURES, hidden_size: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.inp = nn.Linear(n_features, hidden_size)
+        self.gru = nn.GRU(hidden_size, hidden_size, batch_first=True)
+        self.out = nn.Linear(2 * hidden_size, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: [B, L, F] -> logits [B, L] ("interest changed at this event")."""
+        x = (features - self.feature_mean) / self.feature_std
+        x = torch.relu(self.inp(x))
+        state, _ = self.gru(x)
+        return self.out(torch.cat([state, x], dim=-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """features: [B, L, F] -> per-event drift probabilities [B, L] (eval mode)."""
+        self.eval()
+        return torch.sigmoid(self(features))

@@ -1,0 +1,118 @@
+"""The one place serving loads models: alias -> registered version -> bundle directory -> bundle.
+
+Serving reads the bundle directory with :meth:`InterestModelBundle.load` (and its pinned
+``MODEL_FORMAT`` check) rather than unpickling the pyfunc wrapper, so a version registered
+today keeps loading after the code changes, and one this code cannot read is refused with a
+clear error. :class:`InterestModelPyfunc` is what gets registered, so the version also loads
+on its own with ``mlflow.pyfunc.load_model`` (its ``code_paths`` carry ``app.ml``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from pydantic import BaseModel
+
+from app.ml.bundle import MANIFEST, InterestModelBundle
+from app.ml.device import resolve_device
+
+BUNDLE_ARTIFACT = "bundle"  # key of the bundle directory among the pyfunc model's artifacts
+
+
+@dataclass
+class LoadedModel:
+    bundle: InterestModelBundle
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+
+
+def resolve_version(client: MlflowClient, name: str, alias: str) -> ModelVersion:
+    """The version the alias points at; LookupError when the model or alias is missing."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        raise LookupError(f"no version of {name!r} has alias {alias!r}: {error.message}") from error
+
+
+def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path) -> Path:
+    """Download a version's model files (once) and return its bundle directory. The cache
+    key includes the version's source, so a recreated registry never serves a stale copy."""
+    source_key = hashlib.sha256(str(version.source).encode()).hexdigest()[:12]
+    target = Path(cache_dir) / version.name / f"v{version.version}-{source_key}"
+    if not (target / "MLmodel").is_file():
+        partial = target.with_name(f"{target.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(partial),
+            tracking_uri=tracking_uri, registry_uri=tracking_uri,
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)  # a crash mid-download never leaves a half bundle in place
+    return bundle_dir_of(target)
+
+
+def bundle_dir_of(model_dir: Path) -> Path:
+    """The bundle directory inside a downloaded pyfunc model (from its MLmodel file)."""
+    flavor = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
+    relative = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT, {}).get("path")
+    if relative is None or not (model_dir / relative / MANIFEST).is_file():
+        raise FileNotFoundError(f"{model_dir} holds no '{BUNDLE_ARTIFACT}' artifact")
+    return model_dir / relative
+
+
+def load_version(tracking_uri: str, name: str, alias: str, cache_dir: Path,
+                 device: str = "auto") -> LoadedModel:
+    """Resolve ``name@alias``, download it and load its bundle on the chosen device
+    (``auto``: CUDA when available). Raises LookupError when no version has the alias and
+    BundleError when the bundle's format or files are not readable by this code."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = resolve_version(client, name, alias)
+    bundle_dir = download_bundle(version, tracking_uri, cache_dir)
+    bundle = InterestModelBundle.load(bundle_dir, resolve_device(device))
+    return LoadedModel(bundle, name, str(version.version), alias, version.run_id)
+
+
+def load_settings_champion(device: str | None = None) -> LoadedModel:
+    """``load_version`` with everything taken from the service settings."""
+    from app.core.config import get_settings
+
+    settings = get_settings()
+    cache = Path(settings.mlflow_artifact_root).parent / "downloads"
+    return load_version(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
+                        cache, device or settings.device)
+
+
+class HistoryInput(BaseModel):
+    """One user's events, oldest first: item ids and epoch-second timestamps."""
+
+    item_ids: list[str]
+    timestamps: list[float]
+
+
+class InterestModelPyfunc(mlflow.pyfunc.PythonModel):
+    """Pyfunc face of a bundle (``mlflow.pyfunc.load_model(...).predict``): input a list of
+    {"item_ids": [...], "timestamps": [...]}, output the top 10 item ids per history (params
+    {"k": n} for another count). The type hints give MLflow the input schema to validate."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = InterestModelBundle.load(context.artifacts[BUNDLE_ARTIFACT],
+                                               resolve_device("auto"))
+
+    def predict(self, context: Any, model_input: list[HistoryInput],
+                params: dict[str, Any] | None = None) -> list[list[str]]:
+        k = int((params or {}).get("k", 10))
+        return [[item for item, _ in self.bundle.recommend(row.item_ids, row.timestamps, k)]
+                for row in model_input]

@@ -1,0 +1,162 @@
+"""Bodies of the model-backed endpoints: profiles, drift, recommendations, models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import EntityId, Timestamp
+
+
+class TopicWeight(BaseModel):
+    topic: str
+    weight: float
+
+
+class TopicTrendOut(BaseModel):
+    topic: str
+    trend: Literal["rising", "declining", "stable", "new", "dormant"]
+    change: float = Field(description="short-term weight minus long-term weight")
+
+
+class ProfileItem(BaseModel):
+    item_id: str
+    title: str | None
+    topic: str
+
+
+class InterestProfileOut(BaseModel):
+    user_id: str
+    model_version: str
+    as_of: datetime | None = Field(description="time of the user's last event")
+    event_count: int
+    enough_events: bool
+    long_term: list[TopicWeight]
+    short_term: list[TopicWeight]
+    trends: list[TopicTrendOut]
+    contexts: dict[str, list[TopicWeight]]
+    top_items: list[ProfileItem]
+
+
+class ChangePointOut(BaseModel):
+    event_id: str
+    timestamp: datetime
+    index: int = Field(description="position of the event in the user's history (0 = first)")
+
+
+class DriftOut(BaseModel):
+    user_id: str
+    model_version: str
+    drift_detected: bool
+    score: float = Field(description="highest drift probability over the events read")
+    threshold: float
+    kind: Literal["abrupt", "gradual", "none"]
+    change_point: ChangePointOut | None
+    from_interests: list[TopicWeight]
+    to_interests: list[TopicWeight]
+    record_id: int | None
+    event_count: int
+    enough_events: bool
+    min_events: int
+
+
+class DriftRecordOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    user_id: str
+    detected_at: datetime
+    model_version: str
+    score: float
+    threshold: float
+    kind: str
+    change_event_id: str
+    change_at: datetime
+    change_index: int
+    interests_before: dict[str, float]
+    interests_after: dict[str, float]
+    from_topic: str | None
+    to_topic: str | None
+
+
+class DriftHistoryOut(BaseModel):
+    records: list[DriftRecordOut]
+    next_cursor: str | None
+
+
+class SummaryBucket(BaseModel):
+    bucket_start: datetime
+    users_checked: int
+    drifts: int
+    drift_rate: float | None
+
+
+class TopicTransition(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_topic: str = Field(alias="from", serialization_alias="from")
+    to_topic: str = Field(alias="to", serialization_alias="to")
+    count: int
+
+
+class DriftSummaryOut(BaseModel):
+    bucket: Literal["hour", "day", "week"]
+    since: datetime | None
+    until: datetime | None
+    buckets: list[SummaryBucket]
+    transitions: list[TopicTransition]
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str | None
+    score: float
+    topic: str
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str | None
+    model_version: str
+    drift_aware: bool = Field(description="whether a recent drift changed the ranking")
+    items: list[RecommendedItem]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recent_item_ids: list[EntityId] = Field(min_length=1, max_length=1000,
+                                            description="oldest first")
+    timestamps: list[Timestamp] | None = Field(
+        default=None, description="one per item; without them events are taken as one "
+        "minute apart, ending now")
+    k: int = Field(default=10, ge=1)
+    exclude_seen: bool = True
+    drift_aware: bool = Field(default=True, description="false: the model's ranking alone, "
+                              "exactly as offline evaluation scores it")
+    user_id: EntityId | None = None
+
+    @model_validator(mode="after")
+    def _aligned(self) -> RecommendRequest:
+        if self.timestamps is not None and len(self.timestamps) != len(self.recent_item_ids):
+            raise ValueError("timestamps must have one entry per recent_item_ids entry")
+        return self
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str | None
+    alias: str
+    device: str | None
+    loaded_at: datetime | None
+    metrics: dict[str, Any]
+    last_checked_at: datetime | None
+    last_reload_error: str | None
+    reload_failures: int
+
+
+class ReloadOut(BaseModel):
+    changed: bool
+    version: str | None
+    error: str | None

@@ -1,0 +1,246 @@
+"""Profiles, drift checks and recommendations: the store's history through the served model
+and the domain functions. No HTTP here; routers call these and map errors to responses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.domain import drift as drift_domain
+from app.domain import profiles, ranking
+from app.services.model_manager import ServedModel
+from app.store import drift_records, repository
+
+PROFILE_EVENTS = 5_000  # the profile reads at most this many recent events
+TOP_ITEMS = 10
+
+
+class UnknownItems(ValueError):
+    """Items neither the model nor the store knows (positions in the request's list)."""
+
+    def __init__(self, positions: list[int], item_ids: list[str]) -> None:
+        super().__init__(f"unknown item(s): {', '.join(item_ids[:5])}")
+        self.positions, self.item_ids = positions, item_ids
+
+
+class UnknownUser(LookupError):
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user '{user_id}' has no events")
+        self.user_id = user_id
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A user's recent events, oldest first (ties in ingestion order)."""
+
+    event_ids: list[str]
+    item_ids: list[str]
+    timestamps: list[float]
+    values: list[float | None]
+    total: int  # all the user's events, of which these are the last len(item_ids)
+
+    @property
+    def offset(self) -> int:
+        return self.total - len(self.item_ids)
+
+
+def load_history(session: Session, user_id: str, limit: int) -> History:
+    events = repository.user_sequence(session, user_id, limit)
+    if not events:
+        raise UnknownUser(user_id)
+    total = len(events) if len(events) < limit else repository.count_user_events(session, user_id)
+    return History([e.event_id for e in events], [e.item_id for e in events],
+                   [e.occurred_at.timestamp() for e in events], [e.value for e in events], total)
+
+
+def _topics_of(model: ServedModel, item_ids: Sequence[str]) -> np.ndarray:
+    topics = [model.bundle.item_topic(item_id) for item_id in item_ids]
+    return np.asarray([-1 if t is None else t for t in topics], dtype=np.int64)
+
+
+def _weights_list(weights: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"topic": name, "weight": weight}
+            for name, weight in drift_domain.top_topics(weights, names, k=len(names))]
+
+
+def _as_time(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
+
+
+# ------------------------------------------------------------------------------ profile
+def interest_profile(session: Session, model: ServedModel, user_id: str,
+                     settings: Settings) -> dict[str, Any]:
+    history = load_history(session, user_id, PROFILE_EVENTS)
+    topics = _topics_of(model, history.item_ids)
+    known = topics >= 0
+    names = model.bundle.topics.names
+    timestamps = np.asarray(history.timestamps)[known]
+    profile = profiles.build_profile(
+        topics[known], timestamps, names,
+        half_life_days=settings.profile_half_life_days,
+        short_window=settings.short_term_events,
+    )
+    return {
+        "user_id": user_id, "model_version": model.version,
+        "as_of": _as_time(history.timestamps[-1]), "event_count": history.total,
+        "enough_events": bool(known.any()),
+        "long_term": [{"topic": t, "weight": w} for t, w in profile.long_term],
+        "short_term": [{"topic": t, "weight": w} for t, w in profile.short_term],
+        "trends": [{"topic": t.topic, "trend": t.label, "change": t.change}
+                   for t in profile.trends],
+        "contexts": {name: [{"topic": t, "weight": w} for t, w in weights]
+                     for name, weights in profile.contexts.items()},
+        "top_items": _top_items(session, model, history, settings),
+    }
+
+
+def _top_items(session: Session, model: ServedModel, history: History,
+               settings: Settings) -> list[dict[str, Any]]:
+    """The items that weigh most in the long-term profile: recency-decayed, ratings counted."""
+    times = np.asarray(history.timestamps)
+    decay = profiles.decay_weights(times, float(times[-1]),
+                                   settings.profile_half_life_days * profiles.DAY_S)
+    strength = decay * np.asarray([v if v and v > 0 else 1.0 for v in history.values])
+    best: dict[str, float] = {}
+    for item_id, weight in zip(history.item_ids, strength, strict=True):
+        best[item_id] = max(best.get(item_id, 0.0), float(weight))
+    chosen = sorted(best, key=lambda i: (-best[i], i))[:TOP_ITEMS]
+    stored = repository.items_by_id(session, chosen)
+    return [{"item_id": i, "title": stored[i].title if i in stored else None,
+             "topic": _topic_name(model, i)} for i in chosen]
+
+
+def _topic_name(model: ServedModel, item_id: str) -> str:
+    topic = model.bundle.item_topic(item_id)
+    return ranking.UNKNOWN_TOPIC if topic is None else model.bundle.topics.names[topic]
+
+
+# -------------------------------------------------------------------------------- drift
+@dataclass(frozen=True, slots=True)
+class DriftFinding:
+    history: History
+    probabilities: np.ndarray
+    change: drift_domain.ChangePoint | None
+    before: np.ndarray
+    after: np.ndarray
+
+
+def find_drift(model: ServedModel, history: History) -> DriftFinding:
+    """Run the drift head over the history and apply the calibrated decision rule."""
+    bundle = model.bundle
+    probs = bundle.drift_probabilities(history.item_ids, history.timestamps)
+    change = drift_domain.detect_change_point(probs, bundle.drift.threshold,
+                                              bundle.drift.min_events, bundle.drift.cooldown)
+    n_topics = len(bundle.topics.names)
+    before = after = np.zeros(n_topics)
+    if change is not None:
+        event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, history.item_ids)]
+        before, after = drift_domain.interests_around(event_topics, change.index, n_topics)
+    return DriftFinding(history, probs, change, before, after)
+
+
+def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str, Any]:
+    """The user's drift status; a detected change point is recorded once, every check logged.
+
+    Writes through `session`: the caller commits (one transaction for the whole check)."""
+    history = load_history(session, user_id, model.bundle.drift.max_events)
+    finding = find_drift(model, history)
+    names = model.bundle.topics.names
+    change, record_id, change_point = finding.change, None, None
+    if change is not None:
+        at = _as_time(history.timestamps[change.index])
+        record, _ = drift_records.record_drift(
+            session, user_id=user_id, change_event_id=history.event_ids[change.index],
+            change_at=at, change_index=history.offset + change.index, score=change.score,
+            threshold=model.bundle.drift.threshold, kind=change.kind,
+            model_version=model.version,
+            interests_before=dict(drift_domain.top_topics(finding.before, names, len(names))),
+            interests_after=dict(drift_domain.top_topics(finding.after, names, len(names))),
+        )
+        record_id = record.id
+        change_point = {"event_id": history.event_ids[change.index], "timestamp": at,
+                        "index": history.offset + change.index}
+    drift_records.record_check(session, user_id=user_id, model_version=model.version,
+                               drift_detected=change is not None, record_id=record_id)
+    probs = finding.probabilities
+    return {
+        "user_id": user_id, "model_version": model.version,
+        "drift_detected": change is not None,
+        "score": float(change.score if change else (probs.max() if len(probs) else 0.0)),
+        "threshold": float(model.bundle.drift.threshold),
+        "kind": change.kind if change else "none", "change_point": change_point,
+        "from_interests": _weights_list(finding.before, names) if change else [],
+        "to_interests": _weights_list(finding.after, names) if change else [],
+        "record_id": record_id, "event_count": history.total,
+        "enough_events": len(history.item_ids) >= model.bundle.drift.min_events,
+        "min_events": model.bundle.drift.min_events,
+    }
+
+
+# ---------------------------------------------------------------------- recommendations
+def rank_items(model: ServedModel, item_ids: Sequence[str], timestamps: Sequence[float],
+               k: int, exclude: set[str], strength: float,
+               drift_check: bool = True) -> tuple[list[tuple[str, float, str]], bool]:
+    """Top-k (item_id, score, topic) for a history, and whether drift changed the ranking."""
+    bundle = model.bundle
+    scores = bundle.score_next(item_ids, timestamps)
+    post_change = None
+    if drift_check and len(item_ids) >= bundle.drift.min_events:
+        window = History([""] * len(item_ids), list(item_ids), list(timestamps),
+                         [None] * len(item_ids), len(item_ids))
+        finding = find_drift(model, window)
+        if finding.change is not None:
+            post_change = finding.after
+    item_topics = bundle.topics.item_topics
+    excluded = [i - 1 for i in (bundle.index_of(item) for item in exclude) if i is not None]
+    result = ranking.rank(scores, item_topics, k, post_change, strength,
+                          exclude=excluded, pad_index=None)
+    names = ranking.explain_topics(result.indices, item_topics, bundle.topics.names)
+    chosen = [(bundle.item_ids[int(i)], float(s), name)
+              for i, s, name in zip(result.indices, result.scores, names, strict=True)]
+    return chosen, result.drift_aware
+
+
+def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
+                       exclude_seen: bool, settings: Settings,
+                       drift_aware: bool = True) -> dict[str, Any]:
+    bundle = model.bundle
+    limit = max(bundle.drift.max_events, bundle.sequence_model.config.max_len)
+    history = load_history(session, user_id, limit)
+    exclude = repository.user_item_ids(session, user_id) if exclude_seen else set()
+    chosen, changed = rank_items(model, history.item_ids, history.timestamps, k, exclude,
+                                 settings.drift_strength, drift_aware)
+    return _recommendations(session, model, user_id, chosen, changed)
+
+
+def recommend_for_items(session: Session, model: ServedModel, item_ids: Sequence[str],
+                        timestamps: Sequence[float] | None, k: int, exclude_seen: bool,
+                        settings: Settings, user_id: str | None = None,
+                        drift_aware: bool = True) -> dict[str, Any]:
+    unknown = [i for i, item_id in enumerate(item_ids) if model.bundle.index_of(item_id) is None]
+    if unknown:
+        raise UnknownItems(unknown, [item_ids[i] for i in unknown])
+    if timestamps is None:  # taken as one minute apart, ending now
+        now = datetime.now(UTC).timestamp()
+        timestamps = [now - 60.0 * (len(item_ids) - 1 - i) for i in range(len(item_ids))]
+    exclude = set(item_ids) if exclude_seen else set()
+    chosen, changed = rank_items(model, item_ids, timestamps, k, exclude,
+                                 settings.drift_strength, drift_aware)
+    return _recommendations(session, model, user_id, chosen, changed)
+
+
+def _recommendations(session: Session, model: ServedModel, user_id: str | None,
+                     chosen: list[tuple[str, float, str]], drift_aware: bool) -> dict[str, Any]:
+    stored = repository.items_by_id(session, [item_id for item_id, _, _ in chosen])
+    return {
+        "user_id": user_id, "model_version": model.version, "drift_aware": drift_aware,
+        "items": [{"item_id": item_id, "title": stored[item_id].title if item_id in stored
+                   else None, "score": score, "topic": topic}
+                  for item_id, score, topic in chosen],
+    }

@@ -1,0 +1,152 @@
+"""The served model: loaded in the lifespan, reloaded when the alias moves, swapped atomically.
+
+Requests take `manager.current` once and use that object to the end, so a request in flight
+finishes on the version it started with while a new one is swapped in. A version that fails
+to download, load, or pass its smoke inference is refused: the old one keeps serving and
+`/models/current` shows the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings
+from app.ml.bundle import InterestModelBundle
+from app.ml.catalogue import CatalogueItem, item_text, with_new_items
+from app.ml.device import resolve_device
+from app.ml.loader import download_bundle, resolve_version
+from app.store import repository
+
+logger = logging.getLogger("driftrec.models")
+
+
+class ModelUnavailable(RuntimeError):
+    """No model is loaded (no champion yet, or the first load failed)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    bundle: InterestModelBundle
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    device: str
+    loaded_at: datetime
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    changed: bool
+    version: str | None
+    error: str | None = None
+
+
+def catalogue_items(factory: sessionmaker[Session]) -> list[CatalogueItem]:
+    with factory() as session:
+        return [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories or ()))
+                for i in repository.all_items(session)]
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session],
+                 load_bundle: Callable[[Path, str], InterestModelBundle] | None = None) -> None:
+        self.settings = settings
+        self.factory = factory
+        self._load_bundle = load_bundle or (lambda path, device: InterestModelBundle.load(
+            path, resolve_device(device)))
+        self._current: ServedModel | None = None
+        self.last_error: str | None = None
+        self.last_checked_at: datetime | None = None
+        self.reload_failures = 0
+        self._reload_lock = threading.Lock()  # one load at a time; also guards the tokenizer
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def current(self) -> ServedModel:
+        model = self._current
+        if model is None:
+            raise ModelUnavailable(self.last_error or "no model loaded")
+        return model
+
+    @property
+    def loaded(self) -> ServedModel | None:
+        return self._current
+
+    def _client(self) -> MlflowClient:
+        uri = self.settings.mlflow_tracking_uri
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def reload(self, force: bool = False) -> ReloadOutcome:
+        """Load the version the alias points at, if it is not the one served (or `force`)."""
+        with self._reload_lock:
+            self.last_checked_at = datetime.now(UTC)
+            try:
+                version = resolve_version(self._client(), self.settings.model_name,
+                                          self.settings.model_alias)
+                served = self._current
+                if served is not None and served.version == str(version.version) and not force:
+                    return ReloadOutcome(False, served.version)
+                candidate = self._prepare(version)
+            except Exception as error:  # any failure keeps the old version serving
+                self.last_error = f"{type(error).__name__}: {error}"
+                self.reload_failures += 1
+                logger.warning("model reload failed, keeping the current version: %s",
+                               self.last_error)
+                return ReloadOutcome(False, self._current and self._current.version,
+                                     self.last_error)
+            self._current = candidate  # the atomic swap
+            self.last_error = None
+            logger.info("serving %s version %s on %s", candidate.name, candidate.version,
+                        candidate.device)
+            return ReloadOutcome(True, candidate.version)
+
+    def _prepare(self, version: Any) -> ServedModel:
+        cache = Path(self.settings.mlflow_artifact_root).parent / "downloads"
+        bundle_dir = download_bundle(version, self.settings.mlflow_tracking_uri, cache)
+        bundle = self._load_bundle(bundle_dir, self.settings.device)
+        bundle = with_new_items(bundle, catalogue_items(self.factory))
+        bundle.smoke_test()
+        return ServedModel(
+            bundle=bundle, name=version.name, version=str(version.version),
+            alias=self.settings.model_alias, run_id=version.run_id, device=str(bundle.device),
+            loaded_at=datetime.now(UTC), metrics=dict(bundle.metrics),
+        )
+
+    def add_items(self, items: list[CatalogueItem]) -> None:
+        """Embed items upserted after the model was loaded into the served catalogue."""
+        with self._reload_lock:
+            served = self._current
+            if served is None:
+                return
+            extended = with_new_items(served.bundle, items)
+            if extended is not served.bundle:
+                self._current = ServedModel(**{**served.__dict__, "bundle": extended})
+
+    def start_polling(self) -> None:
+        interval = self.settings.model_poll_seconds
+        if interval <= 0 or self._poller is not None:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(interval):
+                self.reload()
+
+        self._poller = threading.Thread(target=poll, name="model-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)

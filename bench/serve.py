@@ -1,0 +1,131 @@
+"""Serving latency and throughput of /recommend, /drift and /interest-profile.
+
+Run: `make bench-serve` (or `.venv/bin/python -m bench.serve`). Needs a champion in the
+configured MLflow registry (`make model`). Loads ml-100k into a fresh PostgreSQL database,
+starts uvicorn on 127.0.0.1 (1 worker, then 2), and drives it from this process with an
+async httpx client at concurrency 1 and 32. Also times the model's own forward pass for one
+request in-process, so the service overhead is a ratio. Writes bench/results/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from app.core.config import VAR_DIR, Settings, get_settings
+from app.ml.loader import load_version
+from app.store.db import make_engine, make_session_factory
+from bench.common import fresh_database, machine, running_service, write_result
+from training.data import movielens
+from training.data.importer import import_movielens
+
+ENDPOINTS = {
+    "recommend": "/recommend/{user}?k=10",
+    "drift": "/drift/{user}",
+    "interest_profile": "/interest-profile/{user}",
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def drive(base: str, path: str, users: list[str], concurrency: int,
+                requests: int) -> dict[str, float]:
+    """`requests` GETs spread over `concurrency` connections; latency per request in ms."""
+    latencies: list[float] = []
+    failures = 0
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal failures
+            for n in counter:
+                started = time.perf_counter()
+                response = await client.get(path.format(user=users[n % len(users)]))
+                latencies.append((time.perf_counter() - started) * 1000)
+                failures += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{failures} failed requests on {path}")
+    return {"p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(percentile(latencies, 99), 2),
+            "rps": round(requests / elapsed, 1), "requests": requests}
+
+
+def model_forward_ms(dataset: movielens.MovieLens, users: list[str], repeats: int) -> float:
+    """Median time of the model's own work for one /recommend: next-item scores + drift."""
+    torch.set_num_threads(1)  # as one serving worker runs it
+    bundle = load_version(get_settings().mlflow_tracking_uri, get_settings().model_name,
+                          get_settings().model_alias, VAR_DIR / "mlflow" / "downloads",
+                          "auto").bundle
+    histories: dict[str, list[movielens.Rating]] = {}
+    for rating in dataset.ratings:
+        histories.setdefault(rating.user_id, []).append(rating)
+    times = []
+    for n in range(repeats):
+        events = sorted(histories[users[n % len(users)]], key=lambda r: r.timestamp)[-200:]
+        items, stamps = [r.item_id for r in events], [float(r.timestamp) for r in events]
+        started = time.perf_counter()
+        bundle.score_next(items[-50:], stamps[-50:])
+        bundle.drift_probabilities(items, stamps)
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests-c1", type=int, default=200)
+    parser.add_argument("--requests-c32", type=int, default=2000)
+    args = parser.parse_args()
+    dataset = movielens.load(VAR_DIR / "cache")
+    users = sorted({r.user_id for r in dataset.ratings})
+    random.Random(0).shuffle(users)
+    results: dict[str, Any] = {name: {} for name in ENDPOINTS}
+    with tempfile.TemporaryDirectory() as workdir, \
+            fresh_database("postgresql", Path(workdir)) as url:
+        engine = make_engine(url)
+        import_movielens(dataset, make_session_factory(engine), Settings(database_url=url),
+                         progress=False)
+        engine.dispose()
+        env = {"DRIFTREC_DATABASE_URL": url, "DRIFTREC_API_KEYS": "",
+               "DRIFTREC_MODEL_POLL_SECONDS": "0", "DRIFTREC_LOG_LEVEL": "WARNING"}
+        for workers, runs in ((1, (("c1", 1, args.requests_c1), ("c32", 32, args.requests_c32))),
+                              (2, (("c32_2workers", 32, args.requests_c32),))):
+            with running_service(env, workers=workers) as base:
+                for name, path in ENDPOINTS.items():
+                    asyncio.run(drive(base, path, users, 8, 64))  # warm-up
+                    for key, concurrency, requests in runs:
+                        row = asyncio.run(drive(base, path, users, concurrency, requests))
+                        results[name][key] = row
+                        print(f"{name:17s} {key:13s} {row}")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        forward = model_forward_ms(dataset, users, 200)
+    payload = {
+        "benchmark": "serving latency/throughput, ml-100k on PostgreSQL, uvicorn on 127.0.0.1",
+        "command": "make bench-serve", "machine": machine(), **results,
+        "model_forward_ms": forward, "device": device,
+        "overhead_ratio_c1": {name: round(results[name]["c1"]["p50_ms"] / forward, 2)
+                              for name in ENDPOINTS},
+        "goals": "/recommend p99 < 50 ms at c32 and >= 300 rps with 2 workers; "
+                 "overhead <= 2x model forward at c1",
+    }
+    print(f"model forward {forward} ms on {device}; wrote {write_result('serve', payload)}")
+
+
+if __name__ == "__main__":
+    main()

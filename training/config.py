@@ -1,0 +1,105 @@
+"""Training configuration: one commented YAML file per setting (``configs/*.yaml``), merged over
+the dataclass defaults into typed objects. Unknown keys and wrongly typed values fail loudly.
+
+A file has three sections, each optional::
+
+    run:          RunConfig (seed, MLflow experiment, outputs, topics)
+    recommender:  training.recommender.RecommenderConfig (flat keys)
+    drift:        training.drift.pipeline.DriftConfig (``splice`` and ``head`` sub-sections)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.drift.pipeline import DriftConfig
+from training.recommender import RecommenderConfig
+
+SECTIONS = ("run", "recommender", "drift")
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable, has unknown keys or values of the wrong type."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "ml100k"  # names the run in MLflow and the output folder
+    seed: int = 2020
+    experiment: str = "driftrec"  # MLflow experiment
+    output_dir: str = "var/runs"  # run outputs (bundle, tables) go to <output_dir>/<name>
+    quality_json: str | None = None  # also publish the quality table here (full data only)
+    topic_clusters: int = 20  # k-means topics when the catalogue has no categories
+
+
+@dataclass
+class TrainingConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": asdict(self.run), "recommender": asdict(self.recommender),
+                "drift": asdict(self.drift)}
+
+    def digest(self) -> str:
+        """Short hash of the resolved config (tells runs with different settings apart)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def load_config(path: Path | str) -> TrainingConfig:
+    """Read a YAML file and merge it over the defaults."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from error
+    try:
+        return parse_config(data)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def parse_config(data: dict[str, Any]) -> TrainingConfig:
+    """Build a TrainingConfig from a parsed mapping (see the module docstring)."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config file must be a mapping of sections")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config sections {unknown}; expected {list(SECTIONS)}")
+    run_values = data.get("run") or {}
+    unknown = sorted(set(run_values) - {f.name for f in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise ConfigError(f"unknown run settings: {unknown}")
+    config = TrainingConfig(
+        run=RunConfig(**run_values),
+        recommender=RecommenderConfig.from_dict(data.get("recommender") or {}),
+        drift=DriftConfig.from_dict(data.get("drift") or {}),
+    )
+    for section in (config.run, config.recommender, config.drift, config.drift.splice,
+                    config.drift.head):
+        check_types(section)
+    return config
+
+
+def check_types(obj: Any) -> None:
+    """Every scalar field holds the type of its default (an int is accepted for a float;
+    ``None`` where the default is None). Catches ``seed: "2020"`` or ``dropout: high``."""
+    defaults = type(obj)()
+    for f in dataclasses.fields(obj):
+        value, default = getattr(obj, f.name), getattr(defaults, f.name)
+        if value is None or default is None or not isinstance(default, int | float | str):
+            continue
+        expected: tuple[type, ...] = (int, float) if type(default) is float else (type(default),)
+        wrong_bool = isinstance(value, bool) and type(default) is not bool
+        if wrong_bool or not isinstance(value, expected):
+            raise ConfigError(f"{type(obj).__name__}.{f.name} must be "
+                              f"{type(default).__name__}, got {value!r}")

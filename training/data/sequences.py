@@ -1,0 +1,160 @@
+"""Item vocabulary, per-user event sequences, the leave-one-out split and training windows.
+
+Protocol (RecBole ``order: TO``, ``split: LS valid_and_test``): each user's events are stably
+sorted by timestamp (ties keep file order); the last event is the test target, the second
+last the validation target, the rest is training. Validation predicts from the training part;
+test predicts from training + validation (the validation item is history by then).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.data.movielens import Movie, Rating
+
+
+@dataclass(frozen=True)
+class ItemVocab:
+    """Catalogue order: ``item_ids[i]`` has index ``i + 1``; index 0 is padding."""
+
+    item_ids: list[str]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def index(self) -> dict[str, int]:
+        return {item_id: position + 1 for position, item_id in enumerate(self.item_ids)}
+
+
+@dataclass(frozen=True)
+class UserSequence:
+    user_id: str
+    items: np.ndarray  # int64 [n] item indices (1..N), time-ordered
+    times: np.ndarray  # float64 [n] epoch seconds
+
+
+@dataclass(frozen=True)
+class LeaveOneOutSplit:
+    """Per-user training prefixes and held-out targets (same user order in every field)."""
+
+    train: list[UserSequence]  # all but the last two events
+    valid_items: np.ndarray  # int64 [U] second-last item
+    valid_times: np.ndarray  # float64 [U]
+    test_items: np.ndarray  # int64 [U] last item
+    test_times: np.ndarray  # float64 [U]
+
+    def valid_inputs(self) -> list[UserSequence]:
+        """History used to predict the validation item: the training part."""
+        return self.train
+
+    def test_inputs(self) -> list[UserSequence]:
+        """History used to predict the test item: training part + validation item."""
+        return [UserSequence(seq.user_id, np.append(seq.items, item), np.append(seq.times, t))
+                for seq, item, t in zip(self.train, self.valid_items, self.valid_times,
+                                        strict=True)]
+
+
+def build_vocab(movies: list[Movie]) -> ItemVocab:
+    """Vocabulary in the movies file's order."""
+    return ItemVocab([movie.item_id for movie in movies])
+
+
+def build_user_sequences(ratings: list[Rating], vocab: ItemVocab) -> list[UserSequence]:
+    """Each user's events, stably sorted by timestamp (ties keep file order); users in order of
+    first appearance in the file. Ratings of unknown items are an error."""
+    index = vocab.index()
+    events: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for rating in ratings:
+        events[rating.user_id].append((rating.timestamp, index[rating.item_id]))
+    sequences = []
+    for user_id, user_events in events.items():
+        user_events.sort(key=lambda event: event[0])  # list.sort is stable
+        sequences.append(UserSequence(
+            user_id=user_id,
+            items=np.array([item for _, item in user_events], dtype=np.int64),
+            times=np.array([t for t, _ in user_events], dtype=np.float64),
+        ))
+    return sequences
+
+
+def leave_one_out(sequences: list[UserSequence]) -> LeaveOneOutSplit:
+    """Split every user (who needs at least 3 events; others are dropped) into train/valid/test."""
+    kept = [seq for seq in sequences if len(seq.items) >= 3]
+    return LeaveOneOutSplit(
+        train=[UserSequence(seq.user_id, seq.items[:-2], seq.times[:-2]) for seq in kept],
+        valid_items=np.array([seq.items[-2] for seq in kept], dtype=np.int64),
+        valid_times=np.array([seq.times[-2] for seq in kept], dtype=np.float64),
+        test_items=np.array([seq.items[-1] for seq in kept], dtype=np.int64),
+        test_times=np.array([seq.times[-1] for seq in kept], dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingWindows:
+    """Right-padded windows; loss at every position where ``targets > 0``."""
+
+    items: torch.Tensor  # int64 [W, L] inputs, 0 = pad
+    times: torch.Tensor  # float64 [W, L] input timestamps (0 at pads)
+    targets: torch.Tensor  # int64 [W, L] next item at each position, 0 = no loss
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+def training_windows(sequences: list[UserSequence], max_len: int) -> TrainingWindows:
+    """Cut each sequence's (input = s[:-1], target = s[1:]) pairs into non-overlapping windows
+    of ``max_len``, aligned to the END so the most recent window is full and only the oldest
+    one is short; each window is right-padded. A sequence of n events gives ceil((n-1)/max_len)
+    windows (none if n < 2)."""
+    rows_items, rows_times, rows_targets = [], [], []
+    for seq in sequences:
+        inputs, times, targets = seq.items[:-1], seq.times[:-1], seq.items[1:]
+        for end in range(len(inputs), 0, -max_len):
+            start = max(0, end - max_len)
+            rows_items.append(_pad(inputs[start:end], max_len))
+            rows_times.append(_pad(times[start:end], max_len))
+            rows_targets.append(_pad(targets[start:end], max_len))
+    if not rows_items:
+        empty = torch.zeros(0, max_len, dtype=torch.int64)
+        return TrainingWindows(empty, empty.to(torch.float64), empty.clone())
+    return TrainingWindows(
+        items=torch.from_numpy(np.stack(rows_items)),
+        times=torch.from_numpy(np.stack(rows_times)),
+        targets=torch.from_numpy(np.stack(rows_targets)),
+    )
+
+
+def last_window(sequences: list[UserSequence], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``max_len`` events of each sequence, right-padded: (items int64 [U, L],
+    times float64 [U, L]) -- the input for predicting each user's next item."""
+    items = np.stack([_pad(seq.items[-max_len:], max_len) for seq in sequences])
+    times = np.stack([_pad(seq.times[-max_len:], max_len) for seq in sequences])
+    return torch.from_numpy(items), torch.from_numpy(times)
+
+
+def _pad(values: np.ndarray, length: int) -> np.ndarray:
+    """Right-pad a 1-D array with zeros to ``length``."""
+    out = np.zeros(length, dtype=values.dtype)
+    out[: len(values)] = values
+    return out
+
+
+def shuffle_ties(sequences: list[UserSequence], rng: np.random.Generator) -> list[UserSequence]:
+    """Randomly reorder events that share a timestamp (training augmentation).
+
+    Within one second the file order carries no meaning (415 of 943 ml-100k users rate their
+    last two items in the same second), so training on random tie orders teaches the model the
+    set of items rated together rather than an arbitrary order. Events with different
+    timestamps keep their order. Only ever applied to training parts.
+    """
+    shuffled = []
+    for seq in sequences:
+        # Integer-second timestamps: adding U(0, 0.5) never crosses to another second.
+        order = np.argsort(seq.times + rng.uniform(0.0, 0.5, len(seq.times)), kind="stable")
+        shuffled.append(UserSequence(seq.user_id, seq.items[order], seq.times[order]))
+    return shuffled

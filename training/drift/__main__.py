@@ -1,0 +1,79 @@
+"""Re-run the drift comparison on a trained sequence model, for one or more seeds.
+
+    python -m training.drift --bundle var/runs/<run>/bundle --seeds 0 1 2 --out var/drift
+    python -m training.drift --sequence-state seq.pt --item-text text.pt --seeds 0
+
+``--sequence-state`` is a SequenceInterestModel state dict (default SequenceModelConfig) and
+``--item-text`` a FloatTensor[N+1, D] of item text embeddings (row 0 zeros). Writes
+``drift_seed<k>.json`` (figures) and ``drift_cases_seed<k>.json`` (cases) per seed, and prints
+each detector's F1 / alarm rate as mean and spread over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.ml.device import resolve_device
+from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
+from training.data.movielens import load
+from training.data.sequences import build_user_sequences, build_vocab, leave_one_out
+from training.drift.pipeline import DriftConfig, train_and_evaluate_drift
+
+
+def _model(args: argparse.Namespace, n_items: int,
+           device: torch.device) -> tuple[SequenceInterestModel, torch.Tensor]:
+    if args.bundle:
+        from app.ml.bundle import InterestModelBundle
+
+        model = InterestModelBundle.load(args.bundle, device).sequence_model
+        return model, model.item_text.detach().clone()
+    text = torch.load(args.item_text)
+    model = SequenceInterestModel(SequenceModelConfig(), n_items, text.shape[1])
+    model.set_item_text_embeddings(text)
+    model.load_state_dict(torch.load(args.sequence_state, map_location="cpu"))
+    return model.to(device), text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path)
+    parser.add_argument("--sequence-state", type=Path)
+    parser.add_argument("--item-text", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("var/drift"))
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    if not args.bundle and not (args.sequence_state and args.item_text):
+        parser.error("give --bundle, or --sequence-state and --item-text")
+    device = resolve_device(args.device)
+    dataset = load(Path("var/cache"))
+    vocab = build_vocab(dataset.movies)
+    split = leave_one_out(build_user_sequences(dataset.ratings, vocab))
+    model, text = _model(args, vocab.n_items, device)
+    config = DriftConfig.tiny() if args.tiny else DriftConfig()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in args.seeds:
+        result = train_and_evaluate_drift(model, text, split.train, config, seed, device,
+                                          progress=False)
+        (args.out / f"drift_seed{seed}.json").write_text(json.dumps(result.summary(), indent=1))
+        result.save_cases(args.out / f"drift_cases_seed{seed}.json")
+        runs.append(result)
+        print(f"seed {seed}: threshold {result.threshold:.4f}, alarms/1k target "
+              f"{result.target_alarms_per_1k} calibration {result.calibration_alarms_per_1k:.2f}"
+              f" evaluation {result.measured_alarms_per_1k:.2f}, {result.seconds:.0f} s")
+    print(f"{'detector':<26}{'F1 mean':>9}{'F1 min':>8}{'F1 max':>8}{'alarms/1k':>11}")
+    for name in runs[0].metrics:
+        f1 = np.array([r.metrics[name]["f1"] or 0.0 for r in runs])
+        rate = np.mean([r.metrics[name]["alarms_per_1k"] or 0.0 for r in runs])
+        print(f"{name:<26}{f1.mean():9.3f}{f1.min():8.3f}{f1.max():8.3f}{rate:11.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Spliced sequences with a known interest change, for training and evaluating drift detectors.
+
+No public benchmark labels per-user interest drift, so we make our own (docs/drift-protocol.md):
+
+- ``abrupt``: the first ``c`` events of user A, then a run of user B's events, where B's
+  interests are far from A's. The change point is ``c`` (the first B event).
+- ``gradual``: the first ``c`` events of A; event ``c`` is B's; afterwards each event is B's next
+  event with probability ``min(1, (j + 1) / (ramp + 1))`` (``j`` = events since ``c``), else
+  A's next one, so B's share ramps up over ``ramp`` events. The change point is ``c``.
+- ``none``: a real user's sequence untouched (no change point; all labels 0).
+
+Times: each event keeps the gap to its predecessor in its own user's sequence, and times are
+rebuilt as a running sum from A's first time, so the splice leaves no jump in the clock that
+a detector could read instead of the interests. B's events that A already rated are dropped
+(a user never rates a film twice). Every draw comes from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from training.data.sequences import UserSequence
+
+CaseKind = Literal["abrupt", "gradual", "none"]
+
+
+@dataclass(slots=True)
+class SpliceConfig:
+    min_prefix: int = 30  # A events before the change (PageHinkley cannot fire before 30)
+    max_prefix: int = 80
+    min_suffix: int = 20  # B events after the change, at least
+    max_suffix: int = 60
+    ramp: int = 8  # gradual: events over which B's share climbs to 1
+    far_quantile: float = 0.5  # B is drawn among users farther from A than this quantile
+    max_unspliced: int = 200  # real sequences are cut to their first events (speed)
+
+
+@dataclass(slots=True)
+class DriftCase:
+    kind: CaseKind
+    user_a: str
+    user_b: str | None
+    change_point: int  # -1 for ``none``
+    items: list[int]
+    times: list[float]
+    from_b: list[int] = field(default_factory=list)  # 1 where the event is B's
+
+    def labels(self, window: int) -> np.ndarray:
+        """float32[L]: 1 for events ``change_point .. change_point + window - 1``, else 0."""
+        out = np.zeros(len(self.items), dtype=np.float32)
+        if self.change_point >= 0:
+            out[self.change_point : self.change_point + window] = 1.0
+        return out
+
+
+def user_profiles(users: list[UserSequence], item_vectors: np.ndarray) -> np.ndarray:
+    """float[U, D]: each user's mean item vector, L2-normalised (item_vectors: float[N+1, D])."""
+    means = np.stack([item_vectors[u.items].mean(axis=0) for u in users])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+
+
+def far_partners(profiles: np.ndarray, quantile: float) -> list[np.ndarray]:
+    """For each user, the indices of users whose cosine distance is above the group quantile."""
+    distance = 1.0 - profiles @ profiles.T
+    off_diagonal = distance[~np.eye(len(profiles), dtype=bool)]
+    cut = float(np.quantile(off_diagonal, quantile))
+    partners = []
+    for row, dist in enumerate(distance):
+        far = np.flatnonzero(dist > cut)
+        partners.append(far[far != row] if len(far) else np.array([int(np.argmax(dist))]))
+    return partners
+
+
+def _gaps(times: np.ndarray) -> np.ndarray:
+    """float[L]: time since the previous event of the same user (0 for the first)."""
+    return np.diff(times, prepend=times[0])
+
+
+def _assemble(a: UserSequence, b: UserSequence, cut: int, b_range: tuple[int, int],
+              ramp: int, ramp_draw: np.ndarray | None) -> DriftCase:
+    """Build one spliced case; ``ramp_draw`` (uniforms) makes it gradual, None abrupt."""
+    b_start, b_stop = b_range
+    seen = set(a.items[:cut].tolist())
+    a_gaps, b_gaps = _gaps(a.times), _gaps(b.times)
+    b_rest = [i for i in range(b_start, b_stop) if int(b.items[i]) not in seen]
+    a_rest = list(range(cut, len(a.items))) if ramp_draw is not None else []
+    b_set = {int(b.items[i]) for i in b_rest}
+    a_rest = [i for i in a_rest if int(a.items[i]) not in b_set]
+    items, gaps, from_b = list(a.items[:cut]), list(a_gaps[:cut]), [0] * cut
+    j = 0
+    while b_rest:
+        take_b = (ramp_draw is None or j == 0 or not a_rest
+                  or ramp_draw[j % len(ramp_draw)] < min(1.0, (j + 1) / (ramp + 1)))
+        source, pos = (b, b_rest.pop(0)) if take_b else (a, a_rest.pop(0))
+        items.append(int(source.items[pos]))
+        gaps.append(float((b_gaps if take_b else a_gaps)[pos]))
+        from_b.append(int(take_b))
+        j += 1
+    times = (a.times[0] + np.cumsum(gaps)).tolist()
+    kind: CaseKind = "abrupt" if ramp_draw is None else "gradual"
+    return DriftCase(kind, a.user_id, b.user_id, cut, [int(i) for i in items], times, from_b)
+
+
+def splice_case(a: UserSequence, b: UserSequence, kind: CaseKind, config: SpliceConfig,
+                rng: np.random.Generator) -> DriftCase:
+    """One abrupt or gradual case from A's start and a run of B's events."""
+    top = min(config.max_prefix, len(a.items) - (1 if kind == "abrupt" else config.ramp))
+    cut = int(rng.integers(config.min_prefix, max(top, config.min_prefix) + 1))
+    b_start = int(rng.integers(0, max(len(b.items) - config.min_suffix, 0) + 1))
+    b_stop = min(len(b.items), b_start + int(rng.integers(config.min_suffix,
+                                                          config.max_suffix + 1)))
+    draw = rng.random(4 * config.max_suffix) if kind == "gradual" else None
+    return _assemble(a, b, cut, (b_start, b_stop), config.ramp, draw)
+
+
+def unspliced_case(user: UserSequence, config: SpliceConfig) -> DriftCase:
+    """A real user's sequence, cut to its first ``max_unspliced`` events; no change point."""
+    n = min(len(user.items), config.max_unspliced)
+    return DriftCase("none", user.user_id, None, -1, [int(i) for i in user.items[:n]],
+                     [float(t) for t in user.times[:n]], [0] * n)
+
+
+def make_cases(users: list[UserSequence], item_vectors: np.ndarray, config: SpliceConfig,
+               per_user: dict[str, int], seed: int) -> list[DriftCase]:
+    """Cases for one user group: ``per_user`` maps kind -> spliced cases per eligible user A.
+
+    Every user of the group also gives one ``none`` case when ``per_user.get("none", 0)``.
+    A is eligible when it has more than ``min_prefix + ramp`` events; B is drawn among A's far
+    partners that have at least ``min_suffix`` events. Reproducible for a given seed.
+    """
+    rng = np.random.default_rng(seed)
+    partners = far_partners(user_profiles(users, item_vectors), config.far_quantile)
+    cases: list[DriftCase] = []
+    for row, a in enumerate(users):
+        if per_user.get("none", 0):
+            cases.append(unspliced_case(a, config))
+        if len(a.items) <= config.min_prefix + config.ramp:
+            continue
+        pool = [p for p in partners[row] if len(users[p].items) >= config.min_suffix]
+        if not pool:
+            continue
+        for kind in ("abrupt", "gradual"):
+            for _ in range(per_user.get(kind, 0)):
+                b = users[int(rng.choice(pool))]
+                case = splice_case(a, b, kind, config, rng)
+                if case.change_point < len(case.items):  # B's run was not all films A rated
+                    cases.append(case)
+    return cases
+
+
+def split_users(user_ids: list[str], fractions: tuple[float, float, float],
+                seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Three disjoint groups (head training, threshold calibration, evaluation), seeded."""
+    order = np.random.default_rng(seed).permutation(len(user_ids))
+    n_train = round(fractions[0] * len(user_ids))
+    n_calib = round(fractions[1] * len(user_ids))
+    shuffled = [user_ids[i] for i in order]
+    return (sorted(shuffled[:n_train]), sorted(shuffled[n_train : n_train + n_calib]),
+            sorted(shuffled[n_train + n_calib :]))
+
+
+def save_cases(cases: dict[str, list[DriftCase]], path: Path) -> None:
+    """Write the case list of every group as JSON (the run's exact test material)."""
+    path.write_text(json.dumps({g: [asdict(c) for c in cs] for g, cs in cases.items()}))
+
+
+def load_cases(path: Path) -> dict[str, list[DriftCase]]:
+    """Read a case list written by :func:`save_cases`."""
+    raw = json.loads(path.read_text())
+    return {g: [DriftCase(**c) for c in cs] for g, cs in raw.items()}

@@ -1,0 +1,144 @@
+"""Features of drift cases from the frozen sequence model, and the drift head's training loop."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from app.ml.drift_head import DriftHead, drift_features
+from app.ml.sequence import SequenceInterestModel
+from training.drift.splicing import DriftCase
+
+
+@dataclass
+class HeadTrainConfig:
+    hidden_size: int = 32  # GRU width
+    epochs: int = 20
+    batch_size: int = 64  # sequences per step
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    label_window: int = 3  # events labelled 1 from the change point on
+    pos_weight: float = 5.0  # BCE weight of positive events (they are ~2% of events)
+
+
+def pad_batch(rows: Sequence[Sequence[float]], dtype: torch.dtype) -> torch.Tensor:
+    """Right-pad 1-D rows with zeros: [B, max_len]."""
+    out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(np.asarray(row), dtype=dtype)
+    return out
+
+
+@torch.no_grad()
+def case_features(model: SequenceInterestModel, cases: Sequence[DriftCase],
+                  item_embeddings: torch.Tensor, device: torch.device,
+                  batch_size: int = 32, progress: bool = False) -> list[torch.Tensor]:
+    """Drift features of each case: FloatTensor[L_i, F] on the CPU, in the cases' order.
+
+    Cases are batched by length so little time goes on padding.
+    """
+    model.eval().to(device)
+    embeddings = item_embeddings.to(device)
+    order = sorted(range(len(cases)), key=lambda i: len(cases[i].items))
+    out: list[torch.Tensor | None] = [None] * len(cases)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="drift features", leave=False, disable=not progress):
+        picked = order[start : start + batch_size]
+        items = pad_batch([cases[i].items for i in picked], torch.int64).to(device)
+        times = pad_batch([cases[i].times for i in picked], torch.float64).to(device)
+        features = drift_features(model, items, times, embeddings).float().cpu()
+        for row, i in enumerate(picked):
+            out[i] = features[row, : len(cases[i].items)].clone()
+    return [f for f in out if f is not None]
+
+
+def _standardise(head: DriftHead, features: Sequence[torch.Tensor]) -> None:
+    """Set the head's input mean/std from all events of the training cases."""
+    stacked = torch.cat(list(features))
+    head.feature_mean.copy_(stacked.mean(dim=0))
+    head.feature_std.copy_(stacked.std(dim=0).clamp(min=1e-6))
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int,
+                    generator: torch.Generator) -> list[list[int]]:
+    """Batches of cases of similar length (little padding), in a random order each epoch."""
+    jitter = torch.rand(len(lengths), generator=generator)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], float(jitter[i])))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _loss_mask(lengths: Sequence[int], width: int, min_events: int) -> torch.Tensor:
+    """[B, width] 1 at real events from ``min_events - 1`` on (where decisions are made)."""
+    positions = torch.arange(width).unsqueeze(0)
+    lengths_t = torch.as_tensor(list(lengths)).unsqueeze(1)
+    return ((positions < lengths_t) & (positions >= min_events - 1)).float()
+
+
+@contextlib.contextmanager
+def _single_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """A 32-wide GRU gains nothing from intra-op threads on the CPU, and on a busy machine their
+    synchronisation made one head training 20x slower; the previous setting is restored."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train_head(features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+               config: HeadTrainConfig, min_events: int, seed: int, device: torch.device,
+               progress: bool = False) -> DriftHead:
+    """Fit a DriftHead with class-weighted BCE on per-event window labels; returns eval mode."""
+    with _single_thread_on_cpu(device):
+        return _fit_head(features, cases, config, min_events, seed, device, progress)
+
+
+def _fit_head(features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+              config: HeadTrainConfig, min_events: int, seed: int, device: torch.device,
+              progress: bool) -> DriftHead:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    head = DriftHead(features[0].shape[-1], config.hidden_size)
+    _standardise(head, features)
+    head.to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    labels = [torch.from_numpy(c.labels(config.label_window)) for c in cases]
+    pos_weight = torch.tensor(config.pos_weight, device=device)
+    for _ in tqdm(range(config.epochs), desc="drift head", leave=False, disable=not progress):
+        head.train()
+        for picked in _length_batches([len(y) for y in labels], config.batch_size, generator):
+            x = torch.nn.utils.rnn.pad_sequence([features[i] for i in picked], batch_first=True)
+            y = torch.nn.utils.rnn.pad_sequence([labels[i] for i in picked], batch_first=True)
+            mask = _loss_mask([len(labels[i]) for i in picked], y.shape[1], min_events)
+            x, y, mask = x.to(device), y.to(device), mask.to(device)
+            loss = F.binary_cross_entropy_with_logits(head(x), y, weight=mask,
+                                                      pos_weight=pos_weight, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            (loss / mask.sum().clamp(min=1.0)).backward()
+            optimizer.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def head_probabilities(head: DriftHead, features: Sequence[torch.Tensor],
+                       device: torch.device, batch_size: int = 256) -> list[np.ndarray]:
+    """Per-event drift probabilities of each case: float[L_i] numpy arrays."""
+    out = []
+    for start in range(0, len(features), batch_size):
+        chunk = list(features[start : start + batch_size])
+        x = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(device)
+        probs = head.probabilities(x).float().cpu().numpy()
+        out.extend(probs[row, : len(f)] for row, f in enumerate(chunk))
+    return out

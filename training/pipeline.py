@@ -1,0 +1,188 @@
+"""``run_training``: data -> recommender -> drift head -> topics -> bundle -> evaluation through
+the bundle -> outputs -> MLflow (log, and register / promote when asked)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+
+from app.core.config import PROJECT_ROOT, get_settings
+from app.ml.bundle import DriftSettings, InterestModelBundle
+from app.ml.device import resolve_device
+from app.ml.topics import TopicTable, build_topics
+from training import quality, registry
+from training.config import TrainingConfig
+from training.data.movielens import MovieLens, load
+from training.drift.pipeline import DriftResult, train_and_evaluate_drift
+from training.recommender import RecommenderResult, prepare_split, train_recommender
+from training.registry import MlflowTarget, PromotionDecision
+
+Log = Callable[[str], None]
+PATH_GAP_TOLERANCE = 2e-3  # bundle vs trainer metrics: float/bf16 noise only
+
+
+@dataclass
+class TrainingReport:
+    bundle_dir: Path
+    quality: dict[str, Any]  # the quality.json document
+    trainer_metrics: dict[str, Any]  # the trainers' own figures (for the path check)
+    bundle_metrics: dict[str, Any]  # the same figures through the bundle
+    fingerprint: str
+    run_id: str | None = None
+    version: str | None = None
+    promotion: PromotionDecision | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def dataset_fingerprint(dataset: MovieLens, config: TrainingConfig) -> str:
+    """The data a model saw: the files' fingerprint, plus the user subset when there is one."""
+    users = config.recommender.max_users
+    if users is None:
+        return dataset.fingerprint
+    return hashlib.sha256(f"{dataset.fingerprint};first_users={users}".encode()).hexdigest()
+
+
+def item_topics(dataset: MovieLens, embeddings: torch.Tensor, config: TrainingConfig
+                ) -> TopicTable:
+    """Genres as topics ("unknown" is no genre); embeddings: FloatTensor[N + 1, D]."""
+    categories = [tuple(g for g in m.genres if g != "unknown") for m in dataset.movies]
+    return build_topics(embeddings[1:].numpy(), categories, [m.title for m in dataset.movies],
+                        config.run.topic_clusters, config.run.seed)
+
+
+def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
+                 fingerprint: str, config: TrainingConfig, device: torch.device
+                 ) -> InterestModelBundle:
+    settings = DriftSettings(threshold=float(drift.threshold),
+                             min_events=config.drift.min_events, cooldown=config.drift.cooldown,
+                             max_events=config.drift.splice.max_unspliced)
+    return InterestModelBundle(
+        encoder=rec.encoder.to(device), sequence_model=rec.model.to(device),
+        drift_head=drift.head.to(device), drift=settings, item_ids=list(rec.item_ids),
+        topics=topics, dataset_fingerprint=fingerprint, training_config=config.to_dict(),
+        metrics={"recommender": rec.metrics, "drift": drift.metrics},
+    )
+
+
+def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: DriftResult,
+                    dataset: MovieLens, config: TrainingConfig, log: Log) -> dict[str, Any]:
+    """Ranking and drift metrics recomputed through the bundle; warns on a path gap."""
+    _, split = prepare_split(dataset, config.recommender.max_users)
+    ranking = quality.bundle_ranking_metrics(bundle, split)
+    drift_ours = quality.bundle_drift_metrics(bundle, drift.cases["evaluation"],
+                                              config.drift.margin)
+    gaps = {
+        "test": quality.max_gap(ranking["test"], rec.metrics["ours"]["test"],
+                                quality.RANKING_KEYS),
+        "drift": quality.max_gap(drift_ours, drift.metrics["ours"], quality.DRIFT_KEYS),
+    }
+    for name, gap in gaps.items():
+        status = "ok" if gap <= PATH_GAP_TOLERANCE else "MISMATCH"
+        log(f"bundle vs trainer ({name}): largest gap {gap:.5f} [{status}]")
+    return {"ranking": ranking, "drift_ours": drift_ours, "gaps": gaps}
+
+
+def write_outputs(bundle: InterestModelBundle, report: dict[str, Any], drift: DriftResult,
+                  tables: str, config: TrainingConfig) -> dict[str, Path]:
+    """Bundle, quality.json, quality.txt and drift_cases.json under the run's output folder;
+    quality.json is also published to ``run.quality_json`` for a full-data run only."""
+    out = PROJECT_ROOT / config.run.output_dir / config.run.name
+    if out.exists():
+        shutil.rmtree(out)
+    paths = {"bundle": bundle.save(out / "bundle"), "quality": out / "quality.json",
+             "tables": out / "quality.txt", "drift_cases": out / "drift_cases.json"}
+    paths["quality"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["tables"].write_text(tables + "\n")
+    drift.save_cases(paths["drift_cases"])
+    if config.run.quality_json and config.recommender.max_users is None:
+        published = PROJECT_ROOT / config.run.quality_json
+        published.parent.mkdir(parents=True, exist_ok=True)
+        published.write_text(json.dumps(report, indent=2) + "\n")
+        paths["published"] = published
+    return paths
+
+
+def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftResult,
+                  config: TrainingConfig, target: MlflowTarget, register: bool) -> str | None:
+    """Log the run (params, stepped history, metrics, tables, case list); register the bundle
+    as a new model version when asked. Returns the new version number, if any."""
+    experiment_id = registry.use_tracking(target, config.run.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=config.run.name) as run:
+        report.run_id = run.info.run_id
+        mlflow.log_params(registry.flatten(config.to_dict()))
+        mlflow.set_tags({registry.FINGERPRINT_TAG: report.fingerprint,
+                         "config_digest": config.digest()})
+        registry.log_history(rec.history)
+        registry.log_metrics_tree({"trainer": rec.metrics, "bundle": report.bundle_metrics})
+        registry.log_metrics_tree({"drift": drift.metrics, "timing": rec.timings})
+        for key in ("quality", "tables", "drift_cases"):
+            mlflow.log_artifact(str(report.outputs[key]))
+        model_uri = registry.log_bundle_model(report.outputs["bundle"])
+    if not register:
+        return None
+    test = report.bundle_metrics["ranking"]["test"]
+    headline = {"val_ndcg@10": report.bundle_metrics["ranking"]["val"]["ndcg@10"],
+                "test_ndcg@10": test["ndcg@10"], "test_hr@10": test["hr@10"],
+                "drift_f1": float(report.quality["drift"]["ours"]["f1"] or 0.0)}
+    version = registry.register(target, model_uri, report.fingerprint, headline,
+                                {"config": config.run.name, "run_id": run.info.run_id})
+    return str(version.version)
+
+
+def run_training(config: TrainingConfig, device: str = "auto", register: bool = False,
+                 promote: bool = False, force: bool = False, progress: bool = True,
+                 target: MlflowTarget | None = None, log: Log = print) -> TrainingReport:
+    """Train, evaluate through the bundle, write outputs, log to MLflow, register/promote."""
+    start = time.perf_counter()
+
+    def done(stage: str) -> None:
+        log(f"[{time.perf_counter() - start:7.1f} s] {stage}")
+
+    torch_device = resolve_device(device)
+    target = target or registry.default_target()
+    seed = config.run.seed
+    dataset = load(get_settings().data_cache_dir)
+    fingerprint = dataset_fingerprint(dataset, config)
+    log(f"training '{config.run.name}' on {torch_device} (seed {seed})")
+    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress)
+    done("recommender trained")
+    _, split = prepare_split(dataset, config.recommender.max_users)
+    drift = train_and_evaluate_drift(rec.model, rec.item_text_embeddings, split.train,
+                                     config.drift, seed, torch_device, progress)
+    done("drift head trained and compared")
+    topics = item_topics(dataset, rec.item_text_embeddings, config)
+    bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device)
+    bundle.smoke_test()
+    checked = evaluate_bundle(bundle, rec, drift, dataset, config, log)
+    done("bundle built and evaluated")
+    drift_rows = {**drift.metrics, "ours": checked["drift_ours"]}
+    report_doc = quality.quality_table(checked["ranking"]["test"], rec.metrics, drift_rows,
+                                       time.perf_counter() - start, device_name(torch_device))
+    tables = quality.format_tables(report_doc, drift_rows)
+    log(tables)
+    report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint)
+    report.outputs = write_outputs(bundle, report_doc, drift, tables, config)
+    report.bundle_dir = report.outputs["bundle"]
+    report.version = log_to_mlflow(report, rec, drift, config, target, register)
+    done(f"logged to MLflow ({target.tracking_uri}), run {report.run_id}")
+    if report.version is not None:
+        log(f"registered {target.model_name} v{report.version}")
+        if promote:
+            report.promotion = registry.promote(target, report.version, force)
+            log(report.promotion.reason)
+    return report

@@ -1,0 +1,120 @@
+"""Evaluation through the bundle, and the quality table (printed and written as JSON).
+
+The "ours" rows are recomputed here with the bundle's own scoring methods (string item ids in,
+scores out: what serving calls), so the published numbers come from the served code path.
+They are compared with the trainer's figures; a gap means the two code paths disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.domain.drift import alarm_indices
+from app.ml.bundle import InterestModelBundle
+from training.data.sequences import LeaveOneOutSplit, UserSequence
+from training.drift.evaluation import evaluate_alarms
+from training.drift.splicing import DriftCase
+from training.evaluate import all_metrics
+
+ANCHOR = {"name": "RecBole 1.2.1 SASRec (unmasked)", "hr@10": 0.1326, "ndcg@10": 0.0636,
+          "mrr@10": 0.0429}
+PROTOCOL = ("leave-one-out per user (events stably sorted by timestamp, ties in file order; "
+            "last = test, second last = validation); full ranking over all items; "
+            "unmasked, and *_masked with the user's history removed; HR/NDCG/MRR@10")
+RANKING_KEYS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@10_masked", "hr@10_masked")
+DRIFT_KEYS = ("f1", "precision", "recall", "median_delay", "alarms_per_1k")
+DRIFT_ROWS = ("ours", "adwin", "page_hinkley", "kernel_cpd")
+
+
+def _as_strings(sequences: Sequence[UserSequence], item_ids: Sequence[str]
+                ) -> tuple[list[list[str]], list[list[float]]]:
+    return ([[item_ids[i - 1] for i in seq.items] for seq in sequences],
+            [[float(t) for t in seq.times] for seq in sequences])
+
+
+def bundle_scores(bundle: InterestModelBundle, sequences: Sequence[UserSequence],
+                  batch_size: int = 256) -> torch.Tensor:
+    """Scores from ``bundle.score_next_batch``, with the padding column put back so they line
+    up with model indices: FloatTensor[U, N + 1], column 0 = -inf."""
+    histories, times = _as_strings(sequences, bundle.item_ids)
+    chunks = [bundle.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size])
+              for s in range(0, len(histories), batch_size)]
+    scores = torch.cat(chunks)
+    return torch.cat([torch.full((len(scores), 1), -math.inf), scores], dim=1)
+
+
+def bundle_ranking_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit
+                           ) -> dict[str, dict[str, float]]:
+    """{"val": metrics, "test": metrics} computed through the bundle's scoring."""
+    parts = {"val": (split.valid_inputs(), split.valid_items),
+             "test": (split.test_inputs(), split.test_items)}
+    return {part: all_metrics(bundle_scores(bundle, inputs), inputs, targets)
+            for part, (inputs, targets) in parts.items()}
+
+
+def bundle_drift_metrics(bundle: InterestModelBundle, cases: Sequence[DriftCase], margin: int,
+                         batch_size: int = 64) -> dict[str, float | None]:
+    """Our drift detector's metrics on ``cases``, through ``bundle.drift_probabilities_batch``
+    and the served alarm rule (threshold, min_events, cooldown from the bundle)."""
+    alarms = []
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start:start + batch_size]
+        histories = [[bundle.item_ids[i - 1] for i in c.items] for c in chunk]
+        probs = bundle.drift_probabilities_batch(histories, [c.times for c in chunk])
+        alarms.extend(alarm_indices(p, bundle.drift.threshold, bundle.drift.min_events,
+                                    bundle.drift.cooldown) for p in probs)
+    return evaluate_alarms(alarms, [c.change_point for c in cases], [len(c.items) for c in cases],
+                           [c.kind for c in cases], margin)
+
+
+def quality_table(ours: Mapping[str, float], trainer_metrics: Mapping[str, Any],
+                  drift: Mapping[str, Mapping[str, Any]], train_seconds: float, device: str
+                  ) -> dict[str, Any]:
+    """The bench/results/quality.json document (test split figures)."""
+    models = {"ours": _pick(ours, RANKING_KEYS)}
+    for name in ("sasrec_id", "pop"):
+        if name in trainer_metrics:
+            models[name] = _pick(trainer_metrics[name]["test"], RANKING_KEYS)
+    return {
+        "dataset": "ml-100k", "protocol": PROTOCOL, "models": models,
+        "drift": {name: _pick(drift[name], DRIFT_KEYS) for name in DRIFT_ROWS if name in drift},
+        "train_seconds": round(train_seconds, 1), "device": device,
+    }
+
+
+def _pick(values: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float | None]:
+    return {k: None if values.get(k) is None else round(float(values[k]), 6) for k in keys}
+
+
+def format_tables(quality: Mapping[str, Any], drift_all: Mapping[str, Mapping[str, Any]]
+                  ) -> str:
+    """Human-readable comparison: ranking rows next to the anchor, then every drift row."""
+    lines = [f"next-item, test split ({quality['dataset']}, full ranking)",
+             f"{'model':<34}" + "".join(f"{k:>16}" for k in RANKING_KEYS)]
+    rows = dict(quality["models"])
+    rows[ANCHOR["name"]] = {k: ANCHOR.get(k) for k in RANKING_KEYS}
+    for name, values in rows.items():
+        lines.append(f"{name:<34}" + "".join(_cell(values.get(k)) for k in RANKING_KEYS))
+    lines += ["", "interest drift, evaluation users (baselines tuned to our alarm rate)",
+              f"{'detector':<34}" + "".join(f"{k:>16}" for k in DRIFT_KEYS)]
+    for name, values in drift_all.items():
+        lines.append(f"{name:<34}" + "".join(_cell(values.get(k)) for k in DRIFT_KEYS))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return f"{'-':>16}"
+    return f"{float(value):>16.4f}"
+
+
+def max_gap(a: Mapping[str, Any], b: Mapping[str, Any], keys: Sequence[str]) -> float:
+    """Largest absolute difference over ``keys`` present (as numbers) in both."""
+    gaps = [abs(float(a[k]) - float(b[k])) for k in keys
+            if a.get(k) is not None and b.get(k) is not None]
+    return max(gaps, default=0.0)

@@ -1,0 +1,217 @@
+"""One entry point for the recommendation part: fine-tune the encoder, embed the items, train
+our sequence model and the ``sasrec_id`` baseline, evaluate them and the most-popular baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from app.ml.encoder import ItemTextEncoder
+from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
+from training.data.movielens import MovieLens
+from training.data.sequences import (
+    ItemVocab,
+    LeaveOneOutSplit,
+    build_user_sequences,
+    build_vocab,
+    leave_one_out,
+)
+from training.encoder_trainer import EncoderTrainConfig, finetune_encoder
+from training.evaluate import evaluate_model, evaluate_popularity
+from training.sequence_trainer import (
+    SequenceTrainConfig,
+    SequenceTrainResult,
+    train_sequence_model,
+)
+
+
+@dataclass
+class RecommenderConfig:
+    """Every setting of a recommender run (flat, so a YAML file maps key-for-key onto it).
+
+    Defaults are the full ml-100k run; :meth:`tiny` is the seconds-long CPU smoke setting.
+    """
+
+    # data
+    max_users: int | None = None  # keep only the first N users (file order); None = all
+    # text encoder (all-MiniLM-L6-v2) and its contrastive fine-tuning
+    encoder_num_layers: int | None = None  # keep the first k transformer layers; None = all 6
+    encoder_max_length: int = 64  # tokens per item text (ml-100k texts are ~16)
+    encoder_steps: int = 60  # InfoNCE steps on co-consumed training pairs; 0 = frozen encoder
+    encoder_batch_pairs: int = 96  # pairs per step (in-batch negatives)
+    encoder_window: int = 3  # pair an event with the next `window` training events
+    encoder_learning_rate: float = 5e-5
+    encoder_temperature: float = 0.05
+    # sequence model architecture (see app.ml.sequence.SequenceModelConfig)
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    ff_size: int = 256
+    dropout: float = 0.5
+    attn_dropout: float = 0.5
+    max_len: int = 50  # training window and inference history length
+    use_text: bool = True  # content: projected item text embeddings (ours only)
+    use_time: bool = True  # content: log-gap and hour-of-day embeddings (ours only)
+    gap_buckets: int = 16
+    # optimisation (shared by ours and the sasrec_id baseline)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128  # training windows per step
+    max_epochs: int = 200
+    patience: int = 10  # early stopping on validation NDCG@10
+    average_top_k: int = 5  # >1: try averaging the k best validation checkpoints (kept only
+    # when the average scores better on validation)
+    grad_clip: float = 5.0
+    shuffle_ties: bool = True  # re-draw the order of same-second training events each epoch
+    item_dropout: float = 0.0  # probability of hiding a training input item
+    # baselines
+    train_baseline: bool = True  # also train sasrec_id (same code, text/time off)
+
+    @classmethod
+    def tiny(cls) -> RecommenderConfig:
+        """A few dozen users, one epoch, a 1-layer encoder, windows of 20: seconds on a CPU."""
+        return cls(max_users=40, encoder_num_layers=1, encoder_steps=2, encoder_batch_pairs=16,
+                   max_len=20, max_epochs=1, patience=1, batch_size=32)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RecommenderConfig:
+        """Build from a mapping (e.g. parsed YAML); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown recommender config keys: {unknown}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_config(self, content: bool = True) -> SequenceModelConfig:
+        """Architecture of ours (content=True) or of the sasrec_id baseline (content=False)."""
+        return SequenceModelConfig(
+            hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
+            ff_size=self.ff_size, dropout=self.dropout, attn_dropout=self.attn_dropout,
+            max_len=self.max_len, use_text=self.use_text and content,
+            use_time=self.use_time and content, gap_buckets=self.gap_buckets)
+
+    def train_config(self) -> SequenceTrainConfig:
+        return SequenceTrainConfig(
+            learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
+            average_top_k=self.average_top_k, grad_clip=self.grad_clip,
+            shuffle_ties=self.shuffle_ties, item_dropout=self.item_dropout)
+
+    def encoder_config(self) -> EncoderTrainConfig:
+        return EncoderTrainConfig(
+            steps=self.encoder_steps, batch_pairs=self.encoder_batch_pairs,
+            window=self.encoder_window, learning_rate=self.encoder_learning_rate,
+            temperature=self.encoder_temperature)
+
+
+@dataclass
+class RecommenderResult:
+    encoder: ItemTextEncoder  # fine-tuned, eval mode
+    model: SequenceInterestModel  # ours, best-validation weights, eval mode
+    item_ids: list[str]  # item_ids[i] has index i + 1
+    item_text_embeddings: torch.Tensor  # FloatTensor[N + 1, 384], row 0 = zeros (CPU)
+    metrics: dict[str, dict[str, dict[str, float]]]  # model -> "val"/"test" -> metric -> value
+    history: list[dict[str, Any]] = field(default_factory=list)  # per encoder step / epoch
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    best_epochs: dict[str, int] = field(default_factory=dict)
+    averaged: dict[str, bool] = field(default_factory=dict)  # top-k checkpoint average kept?
+    baseline: SequenceInterestModel | None = None  # sasrec_id, when trained
+
+
+def prepare_split(dataset: MovieLens, max_users: int | None) -> tuple[ItemVocab, LeaveOneOutSplit]:
+    """Vocabulary (full catalogue) and the leave-one-out split of (the first max_users) users."""
+    vocab = build_vocab(dataset.movies)
+    sequences = build_user_sequences(dataset.ratings, vocab)
+    if max_users is not None:
+        sequences = sequences[:max_users]
+    return vocab, leave_one_out(sequences)
+
+
+def embed_items(config: RecommenderConfig, dataset: MovieLens, split: LeaveOneOutSplit,
+                device: torch.device, seed: int,
+                progress: bool) -> tuple[ItemTextEncoder, torch.Tensor, list[dict[str, Any]]]:
+    """Fine-tune the encoder on the training parts, then embed every catalogue item.
+
+    Returns (encoder, item text embeddings FloatTensor[N + 1, 384] with row 0 = zeros, the
+    encoder's per-step history).
+    """
+    texts = [movie.text for movie in dataset.movies]  # vocabulary order: index i = texts[i - 1]
+    encoder = ItemTextEncoder.pretrained(device, config.encoder_num_layers,
+                                         config.encoder_max_length)
+    run = finetune_encoder(encoder, texts, split.train, config.encoder_config(), device, seed,
+                           progress)
+    item_text = torch.cat([torch.zeros(1, encoder.dim), encoder.embed(texts)])
+    return encoder, item_text, run.history
+
+
+def train_recommender(config: RecommenderConfig, dataset: MovieLens, device: torch.device,
+                      seed: int, progress: bool = True) -> RecommenderResult:
+    """Run the whole recommendation pipeline; metrics hold "ours", "sasrec_id" (unless
+    ``train_baseline`` is off) and "pop", each with "val" and "test" dicts."""
+    start = time.perf_counter()
+    vocab, split = prepare_split(dataset, config.max_users)
+    encoder, item_text, history = embed_items(config, dataset, split, device, seed, progress)
+    timings = {"encoder_s": time.perf_counter() - start}
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    runs: dict[str, SequenceTrainResult] = {}
+    for name in ["ours", "sasrec_id"] if config.train_baseline else ["ours"]:
+        stage = time.perf_counter()
+        torch.manual_seed(seed)  # same initial weights whatever ran before
+        content = name == "ours"  # sasrec_id: the same model with text and time features off
+        model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim)
+        model.set_item_text_embeddings(item_text)
+        runs[name] = train_sequence_model(model, split, config.train_config(), device, seed,
+                                          progress, name)
+        metrics[name] = evaluate_model(runs[name].model, split, device)
+        history.extend(runs[name].history)
+        timings[f"{name}_s"] = time.perf_counter() - stage
+    metrics["pop"] = evaluate_popularity(split, vocab.n_items)
+    timings["total_s"] = time.perf_counter() - start
+    return RecommenderResult(
+        encoder=encoder, model=runs["ours"].model, item_ids=list(vocab.item_ids),
+        item_text_embeddings=item_text, metrics=metrics, history=history, timings=timings,
+        best_epochs={name: run.best_epoch for name, run in runs.items()},
+        averaged={name: run.averaged for name, run in runs.items()},
+        baseline=runs["sasrec_id"].model if "sasrec_id" in runs else None)
+
+
+def main() -> None:
+    """``python -m training.recommender [--tiny] [--seed S] [--set key=value ...]``: one run,
+    printing metrics, best epochs and timings as JSON (for measurements, not registration)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from app.ml.device import resolve_device
+    from training.data.movielens import load
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache", type=Path, default=Path("var/cache"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config fields (values parsed as YAML)")
+    args = parser.parse_args()
+    config = RecommenderConfig.tiny() if args.tiny else RecommenderConfig()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    config = RecommenderConfig.from_dict(
+        {**config.to_dict(), **{k: yaml.safe_load(v) for k, v in overrides.items()}})
+    result = train_recommender(config, load(args.cache), resolve_device(args.device), args.seed,
+                               progress=False)
+    print(json.dumps({"seed": args.seed, "config": config.to_dict(), "metrics": result.metrics,
+                      "best_epochs": result.best_epochs, "averaged": result.averaged,
+                      "timings": result.timings}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

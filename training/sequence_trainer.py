@@ -1,0 +1,154 @@
+"""Trainer for SequenceInterestModel: every-position full-softmax cross-entropy, Adam(W),
+early stopping on validation NDCG@10, best-validation checkpoint (optionally the average of
+the top-k validation checkpoints, kept only if it scores better on validation)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from app.ml.device import autocast_context
+from app.ml.sequence import SequenceInterestModel
+from training.data.sequences import (
+    LeaveOneOutSplit,
+    TrainingWindows,
+    shuffle_ties,
+    training_windows,
+)
+from training.evaluate import evaluate_model
+
+SELECT_METRIC = "ndcg@10"
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class SequenceTrainConfig:
+    """Optimisation settings of one sequence-model run."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # decoupled (AdamW); 0 = plain Adam as in RecBole
+    batch_size: int = 128  # windows per step
+    max_epochs: int = 200
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    average_top_k: int = 1  # >1: also try the mean weights of the k best validation epochs
+    grad_clip: float = 5.0  # max gradient norm (0 = off)
+    shuffle_ties: bool = True  # re-draw the order of same-second training events every epoch
+    item_dropout: float = 0.0  # probability of hiding an input item (its time stays visible)
+
+
+@dataclass
+class SequenceTrainResult:
+    model: SequenceInterestModel  # best-validation weights, eval mode
+    best_epoch: int
+    best_val: float  # validation NDCG@10 of the returned weights
+    averaged: bool  # True when the top-k average was kept
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all non-pad positions: inputs [B, L] -> scalar."""
+    real = targets > 0
+    hidden = model(items, times)[real]  # [P, H]: scoring pads would waste ~20% of the compute
+    logits = model.item_logits(hidden)  # [P, N+1]
+    return F.cross_entropy(logits.float(), targets[real])
+
+
+def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
+                optimizer: torch.optim.Optimizer, config: SequenceTrainConfig,
+                device: torch.device, generator: torch.Generator, progress: bool) -> float:
+    """One pass over shuffled windows; returns the mean training loss."""
+    model.train()
+    order = torch.randperm(len(windows), generator=generator)
+    batches = order.split(config.batch_size)
+    total = 0.0
+    for batch in tqdm(batches, desc="batches", leave=False, disable=not progress):
+        items = windows.items[batch]
+        if config.item_dropout > 0:
+            # Hidden inputs become the padding row; targets are kept (a cheap augmentation).
+            hide = torch.rand(items.shape, generator=generator) < config.item_dropout
+            items = items.masked_fill(hide, 0)
+        items = items.to(device)
+        times = windows.times[batch].to(device)
+        targets = windows.targets[batch].to(device)
+        with autocast_context(device):
+            loss = window_loss(model, items, times, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        total += float(loss.detach())
+    return total / max(len(batches), 1)
+
+
+def average_states(states: list[StateDict]) -> StateDict:
+    """Element-wise mean of floating-point tensors (others taken from the first state)."""
+    mean = {}
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            mean[key] = torch.stack([state[key] for state in states]).mean(dim=0)
+        else:
+            mean[key] = value.clone()
+    return mean
+
+
+def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
+                         config: SequenceTrainConfig,
+                         device: torch.device, seed: int, progress: bool = True,
+                         name: str = "ours") -> SequenceTrainResult:
+    """Train until validation NDCG@10 has not improved for ``patience`` epochs; return the
+    best-validation model and the per-epoch history (loss, validation metrics, seconds)."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    windows = training_windows(split.train, model.config.max_len)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    top: list[tuple[float, int, StateDict]] = []  # (val, epoch, cpu state), best first
+    history: list[dict[str, Any]] = []
+    bad_epochs = 0
+    epochs = tqdm(range(1, config.max_epochs + 1), desc=name, disable=not progress)
+    for epoch in epochs:
+        epoch_start = time.perf_counter()
+        if config.shuffle_ties:
+            windows = training_windows(shuffle_ties(split.train, rng), model.config.max_len)
+        loss = train_epoch(model, windows, optimizer, config, device, generator, progress)
+        val = evaluate_model(model, split, device, parts=("val",))["val"]
+        score = val[SELECT_METRIC]
+        history.append({"model": name, "epoch": epoch, "train_loss": loss,
+                        **{f"val_{key}": value for key, value in val.items()},
+                        "seconds": time.perf_counter() - epoch_start})
+        epochs.set_postfix(loss=f"{loss:.3f}", val_ndcg=f"{score:.4f}")
+        if not top or score > top[0][0]:
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+        top = sorted([*top, (score, epoch, state)], key=lambda entry: -entry[0])
+        top = top[: max(config.average_top_k, 1)]
+        if bad_epochs >= config.patience:
+            break
+    best_val, best_epoch, best_state = top[0]
+    model.load_state_dict(best_state)
+    averaged = False
+    if config.average_top_k > 1 and len(top) > 1:
+        model.load_state_dict(average_states([state for _, _, state in top]))
+        mean_val = evaluate_model(model, split, device, parts=("val",))["val"][SELECT_METRIC]
+        if mean_val > best_val:
+            best_val, averaged = mean_val, True
+        else:
+            model.load_state_dict(best_state)
+    model.eval()
+    return SequenceTrainResult(model=model, best_epoch=best_epoch, best_val=best_val,
+                               averaged=averaged, history=history,
+                               seconds=time.perf_counter() - start)
