@@ -145,9 +145,13 @@ def test_smoke_test_catches_broken_weights(bundle: InterestModelBundle) -> None:
 def test_cold_start_items_join_the_catalogue_with_a_topic(bundle: InterestModelBundle,
                                                           tmp_path: Path) -> None:
     before = bundle.score_next(HISTORY, TIMES)
-    added = bundle.add_items(["new1", "m3", "new2"], ["A horror night.", "dup", "A comedy."],
-                             [("Horror",), (), ()])
-    assert added == [N_ITEMS + 1, N_ITEMS + 2]  # the known id m3 is left alone
+    original = bundle
+    bundle = bundle.with_items(["new1", "m3", "new2"], ["A horror night.", "dup", "A comedy."],
+                               [("Horror",), (), ()])
+    # the known id m3 is left alone; the original bundle is untouched (copy-on-write)
+    assert [bundle.index_of(i) for i in ("new1", "new2")] == [N_ITEMS + 1, N_ITEMS + 2]
+    assert original.index_of("new1") is None and len(original.item_ids) == N_ITEMS
+    assert np.array_equal(original.score_next(HISTORY, TIMES), before)
     after = bundle.score_next(HISTORY, TIMES)
     assert after.shape == (N_ITEMS + 2,) and np.isfinite(after).all()
     assert np.allclose(after[:N_ITEMS], before, atol=1e-5)

@@ -1,13 +1,13 @@
 """The tiny config end to end: train, evaluate through the bundle, log, register, promote, load
 the champion back through app.ml.loader and score. Plus promotion rules, config and CLI checks.
 
-One tiny run (about 20 s of CPU) into a temporary SQLite MLflow store is shared by the module.
+The tiny run (about 30 s of CPU) is the suite's shared ``tiny_model`` fixture.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -18,7 +18,6 @@ from app.ml.loader import load_version
 from training import registry
 from training.__main__ import main
 from training.config import ConfigError, load_config, parse_config
-from training.pipeline import TrainingReport, run_training
 from training.quality import DRIFT_KEYS, RANKING_KEYS
 from training.registry import MlflowTarget
 
@@ -26,25 +25,14 @@ HISTORY = ["50", "172", "181", "1", "7", "100", "121", "258", "288", "294", "300
 TIMES = [880_000_000.0 + 600.0 * i for i in range(len(HISTORY))]
 
 
-@dataclass
-class TinyRun:
-    report: TrainingReport
-    target: MlflowTarget
-    root: Path
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    root = tmp_path_factory.mktemp("tiny")
-    config = load_config("configs/tiny.yaml")
-    config.run.output_dir = str(root / "runs")
-    target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
-    report = run_training(config, device="cpu", register=True, promote=True, progress=False,
-                          target=target, log=lambda _: None)
-    return TinyRun(report, target, root)
+def tiny(tiny_model: Any) -> Any:
+    """The suite's one tiny run (tests/conftest.py: report, target, root), trained on the CPU
+    with configs/tiny.yaml into a temporary SQLite MLflow store, registered and promoted."""
+    return tiny_model
 
 
-def test_tiny_run_registers_promotes_and_writes_the_quality_table(tiny: TinyRun) -> None:
+def test_tiny_run_registers_promotes_and_writes_the_quality_table(tiny: Any) -> None:
     report = tiny.report
     assert report.version == "1"
     assert report.promotion is not None and report.promotion.promoted
@@ -63,12 +51,12 @@ def test_tiny_run_registers_promotes_and_writes_the_quality_table(tiny: TinyRun)
     assert report.outputs["quality"].is_relative_to(tiny.root)
 
 
-def test_bundle_path_reproduces_the_trainers_figures(tiny: TinyRun) -> None:
+def test_bundle_path_reproduces_the_trainers_figures(tiny: Any) -> None:
     gaps = tiny.report.bundle_metrics["gaps"]
     assert gaps["test"] < 2e-3 and gaps["drift"] < 2e-3
 
 
-def test_run_logs_stepped_history_and_the_artifacts(tiny: TinyRun) -> None:
+def test_run_logs_stepped_history_and_the_artifacts(tiny: Any) -> None:
     client = tiny.target.client()
     run = client.get_run(tiny.report.run_id)
     assert run.data.params["recommender.max_users"] == "40"
@@ -77,9 +65,17 @@ def test_run_logs_stepped_history_and_the_artifacts(tiny: TinyRun) -> None:
     assert {"quality.json", "quality.txt", "drift_cases.json"} <= names
 
 
-def test_champion_loads_through_the_loader_and_scores(tiny: TinyRun) -> None:
+def test_champion_loads_through_the_loader_and_scores(tiny: Any) -> None:
     t = tiny.target
-    loaded = load_version(t.tracking_uri, t.model_name, t.alias, tiny.root / "cache", "cpu")
+    # The loader must use the URI it is given, never MLflow's process-wide one: point that
+    # at a store MLflow 3 refuses, so any use of it fails.
+    mlflow.set_tracking_uri("file:///nonexistent/store")
+    mlflow.set_registry_uri("file:///nonexistent/store")
+    try:
+        loaded = load_version(t.tracking_uri, t.model_name, t.alias, tiny.root / "cache", "cpu")
+    finally:
+        mlflow.set_tracking_uri(t.tracking_uri)
+        mlflow.set_registry_uri(t.tracking_uri)
     assert loaded.version == "1"
     bundle = loaded.bundle
     scores = bundle.score_next(HISTORY, TIMES)
@@ -91,7 +87,7 @@ def test_champion_loads_through_the_loader_and_scores(tiny: TinyRun) -> None:
     bundle.smoke_test()
 
 
-def test_registered_version_loads_as_a_pyfunc(tiny: TinyRun) -> None:
+def test_registered_version_loads_as_a_pyfunc(tiny: Any) -> None:
     mlflow.set_tracking_uri(tiny.target.tracking_uri)
     mlflow.set_registry_uri(tiny.target.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tiny.target.model_name}@champion")
@@ -100,7 +96,7 @@ def test_registered_version_loads_as_a_pyfunc(tiny: TinyRun) -> None:
     assert not set(top[0]) & set(HISTORY)
 
 
-def test_promotion_keeps_a_better_champion_unless_forced(tiny: TinyRun) -> None:
+def test_promotion_keeps_a_better_champion_unless_forced(tiny: Any) -> None:
     target = MlflowTarget(tiny.target.tracking_uri, tiny.target.artifact_root, "promotion-test")
     source = tiny.target.client().get_model_version(tiny.target.model_name, "1").source
     fp = tiny.report.fingerprint
@@ -122,7 +118,7 @@ def test_promotion_keeps_a_better_champion_unless_forced(tiny: TinyRun) -> None:
 
 
 def test_ensure_champion_exits_quickly_when_there_is_one(
-        tiny: TinyRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        tiny: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("training.registry.default_target", lambda: tiny.target)
     assert main(["ensure-champion", "--config", "configs/tiny.yaml"]) == 0

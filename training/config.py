@@ -85,7 +85,7 @@ def parse_config(data: dict[str, Any]) -> TrainingConfig:
         drift=DriftConfig.from_dict(data.get("drift") or {}),
     )
     for section in (config.run, config.recommender, config.drift, config.drift.splice,
-                    config.drift.head):
+                    config.drift.train_splice, config.drift.head):
         check_types(section)
     return config
 

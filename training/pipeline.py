@@ -70,7 +70,8 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
                  ) -> InterestModelBundle:
     settings = DriftSettings(threshold=float(drift.threshold),
                              min_events=config.drift.min_events, cooldown=config.drift.cooldown,
-                             max_events=config.drift.splice.max_unspliced)
+                             max_events=config.drift.splice.max_unspliced,
+                             kind_threshold=float(drift.kind_threshold))
     return InterestModelBundle(
         encoder=rec.encoder.to(device), sequence_model=rec.model.to(device),
         drift_head=drift.head.to(device), drift=settings, item_ids=list(rec.item_ids),

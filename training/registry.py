@@ -69,10 +69,12 @@ def use_tracking(target: MlflowTarget, experiment: str) -> str:
     mlflow.set_registry_uri(target.tracking_uri)
     client = target.client()
     found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    location = _artifact_uri(target.artifact_root, experiment)
-    return client.create_experiment(experiment, artifact_location=location)
+    experiment_id = (found.experiment_id if found is not None else client.create_experiment(
+        experiment, artifact_location=_artifact_uri(target.artifact_root, experiment)))
+    # A later plain mlflow.start_run() lands here too, never in the Default experiment (whose
+    # artifacts would go to ./mlruns in the current directory).
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def _artifact_uri(root: str, experiment: str) -> str:

@@ -15,6 +15,8 @@ reports come from the code that serves.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +28,7 @@ import torch
 
 from app.domain.drift import ChangePoint, detect_change_point
 from app.ml.device import autocast_context
-from app.ml.drift_head import DriftHead, drift_features
+from app.ml.drift_head import FEATURE_NAMES, DriftHead, drift_features
 from app.ml.encoder import ItemTextEncoder
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
 from app.ml.topics import TopicTable
@@ -49,6 +51,9 @@ class DriftSettings:
     min_events: int = 10
     cooldown: int = 10
     max_events: int = 200  # longest history the drift head reads (its training cases' cap)
+    # Cut on the surprise shift around a change above which it is "gradual" (fitted on the
+    # head-training splices); None falls back to how fast the drift score rose.
+    kind_threshold: float | None = None
 
 
 @dataclass
@@ -152,28 +157,37 @@ class InterestModelBundle:
 
     # ------------------------------------------------------------------- drift
     @torch.no_grad()
-    def drift_probabilities_batch(self, histories: Sequence[Sequence[str]],
-                                  timestamps: Sequence[Sequence[float]]) -> list[np.ndarray]:
-        """Per-event drift probabilities of each history's last ``max_events`` known events:
-        float[L_b] each (causal: entry t depends on events up to t only)."""
+    def drift_traces_batch(self, histories: Sequence[Sequence[str]],
+                           timestamps: Sequence[Sequence[float]]
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-event (drift probability, surprise -log p(item)) of each history's last
+        ``max_events`` known events: two float[L_b] each (causal: entry t depends on events up
+        to t only). Computed in fp32, as calibration did."""
         idx, ts = self.encode_histories(histories, timestamps, self.drift.max_events)
         lengths = (idx > 0).sum(dim=1).tolist()
         idx[:, 0] = torch.where(idx[:, 0] == 0, 1, idx[:, 0])  # see score_next_batch
         features = drift_features(self.sequence_model, idx, ts).float()
         probs = self.drift_head.probabilities(features).float().cpu().numpy()
-        return [probs[b, :n] for b, n in enumerate(lengths)]
+        surprise = features[..., FEATURE_NAMES.index("surprise")].cpu().numpy()
+        return [(probs[b, :n], surprise[b, :n]) for b, n in enumerate(lengths)]
+
+    def drift_probabilities_batch(self, histories: Sequence[Sequence[str]],
+                                  timestamps: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """Per-event drift probabilities: float[L_b] each (see drift_traces_batch)."""
+        return [probs for probs, _ in self.drift_traces_batch(histories, timestamps)]
 
     def drift_probabilities(self, item_ids: Sequence[str],
                             timestamps: Sequence[float]) -> np.ndarray:
         return self.drift_probabilities_batch([item_ids], [timestamps])[0]
 
-    def detect_drift(self, item_ids: Sequence[str],
-                     timestamps: Sequence[float]) -> ChangePoint | None:
-        """The latest change point of a history; its index counts within the last
-        ``max_events`` known events (the window drift_probabilities reads)."""
-        probs = self.drift_probabilities(item_ids, timestamps)
-        return detect_change_point(probs, self.drift.threshold, self.drift.min_events,
-                                   self.drift.cooldown)
+    def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
+                     ) -> tuple[np.ndarray, ChangePoint | None]:
+        """Drift probabilities and the latest change point of a history, by the calibrated
+        rule; indices count within the last ``max_events`` known events."""
+        [(probs, surprise)] = self.drift_traces_batch([item_ids], [timestamps])
+        change = detect_change_point(probs, self.drift.threshold, self.drift.min_events,
+                                     self.drift.cooldown, surprise, self.drift.kind_threshold)
+        return probs, change
 
     # ------------------------------------------------------------------ topics
     def item_topic(self, item_id: str) -> int | None:
@@ -187,27 +201,30 @@ class InterestModelBundle:
         embedding = None if known else self.encoder.embed([text])[0].numpy()
         return self.topics.assign(embedding, categories)
 
-    def add_items(self, item_ids: Sequence[str], texts: Sequence[str],
-                  categories: Sequence[Sequence[str]] | None = None) -> list[int]:
-        """Append cold-start items (unknown ids only) to the catalogue: they are embedded with
-        the encoder, scored by their text alone from then on, and given a topic. Returns their
-        model indices. Mutates the bundle: serving calls it under its model lock."""
+    def with_items(self, item_ids: Sequence[str], texts: Sequence[str],
+                   categories: Sequence[Sequence[str]] | None = None) -> InterestModelBundle:
+        """A copy whose catalogue also holds these cold-start items (unknown ids only): they
+        are embedded with the encoder, scored by their text alone, and given a topic.
+
+        This bundle is left as it is, so serving swaps the copy in atomically while requests
+        in flight keep using the original. Call from one thread at a time: the encoder's fast
+        tokenizer is not thread-safe.
+        """
         categories = categories if categories is not None else [()] * len(item_ids)
         fresh = [(i, t, c) for i, t, c in zip(item_ids, texts, categories, strict=True)
                  if i not in self._index]
         if not fresh:
-            return []
+            return self
         embeddings = self.encoder.embed([t for _, t, _ in fresh])  # [n_new, D]
-        table = torch.cat([self.sequence_model.item_text.cpu(), embeddings])
-        self.sequence_model.set_item_text_embeddings(table)
-        topics = [self.topics.assign(e.numpy(), c) for e, (_, _, c) in zip(embeddings, fresh,
-                                                                            strict=True)]
-        self.topics.item_topics = np.concatenate([self.topics.item_topics,
-                                                  np.asarray(topics, dtype=np.int64)])
-        for item_id, _, _ in fresh:
-            self.item_ids.append(item_id)
-            self._index[item_id] = len(self.item_ids)
-        return [self._index[i] for i, _, _ in fresh]
+        model = copy.deepcopy(self.sequence_model)
+        model.set_item_text_embeddings(torch.cat([model.item_text,
+                                                  embeddings.to(model.item_text.device)]))
+        new_topics = [self.topics.assign(e.float().cpu().numpy(), c)
+                      for e, (_, _, c) in zip(embeddings, fresh, strict=True)]
+        topics = dataclasses.replace(self.topics, item_topics=np.concatenate(
+            [self.topics.item_topics, np.asarray(new_topics, dtype=np.int64)]))
+        return dataclasses.replace(self, sequence_model=model, topics=topics,
+                                   item_ids=[*self.item_ids, *(i for i, _, _ in fresh)])
 
     # -------------------------------------------------------------- self-check
     def smoke_test(self) -> None:

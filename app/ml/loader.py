@@ -51,17 +51,31 @@ def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path) -
     key includes the version's source, so a recreated registry never serves a stale copy."""
     source_key = hashlib.sha256(str(version.source).encode()).hexdigest()[:12]
     target = Path(cache_dir) / version.name / f"v{version.version}-{source_key}"
-    if not (target / "MLmodel").is_file():
+    if _model_dir(target) is None:
         partial = target.with_name(f"{target.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(partial),
-            tracking_uri=tracking_uri, registry_uri=tracking_uri,
-        )
+        # Resolve the storage location with an explicit client: a models:/ URI would be
+        # resolved against MLflow's process-wide registry URI, not this one.
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        location = client.get_model_version_download_uri(version.name, str(version.version))
+        mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(partial),
+                                            tracking_uri=tracking_uri)
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)  # a crash mid-download never leaves a half bundle in place
-    return bundle_dir_of(target)
+    model_dir = _model_dir(target)
+    if model_dir is None:
+        raise FileNotFoundError(f"version {version.version} of {version.name} has no MLmodel")
+    return bundle_dir_of(model_dir)
+
+
+def _model_dir(directory: Path) -> Path | None:
+    """The folder holding MLmodel: ``directory`` itself or one level down (a downloaded
+    folder keeps its own name under the destination)."""
+    if (directory / "MLmodel").is_file():
+        return directory
+    found = sorted(directory.glob("*/MLmodel")) if directory.is_dir() else []
+    return found[0].parent if found else None
 
 
 def bundle_dir_of(model_dir: Path) -> Path:

@@ -134,9 +134,7 @@ class DriftFinding:
 def find_drift(model: ServedModel, history: History) -> DriftFinding:
     """Run the drift head over the history and apply the calibrated decision rule."""
     bundle = model.bundle
-    probs = bundle.drift_probabilities(history.item_ids, history.timestamps)
-    change = drift_domain.detect_change_point(probs, bundle.drift.threshold,
-                                              bundle.drift.min_events, bundle.drift.cooldown)
+    probs, change = bundle.detect_drift(history.item_ids, history.timestamps)
     n_topics = len(bundle.topics.names)
     before = after = np.zeros(n_topics)
     if change is not None:
