@@ -110,7 +110,8 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    windows = training_windows(split.train, model.config.max_len)
+    max_len = model.config.max_len
+    fixed_windows = None if config.shuffle_ties else training_windows(split.train, max_len)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -120,8 +121,8 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     epochs = tqdm(range(1, config.max_epochs + 1), desc=name, disable=not progress)
     for epoch in epochs:
         epoch_start = time.perf_counter()
-        if config.shuffle_ties:
-            windows = training_windows(shuffle_ties(split.train, rng), model.config.max_len)
+        windows = (fixed_windows if fixed_windows is not None
+                   else training_windows(shuffle_ties(split.train, rng), max_len))
         loss = train_epoch(model, windows, optimizer, config, device, generator, progress)
         val = evaluate_model(model, split, device, parts=("val",))["val"]
         score = val[SELECT_METRIC]
