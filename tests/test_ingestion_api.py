@@ -46,7 +46,7 @@ def test_batch_is_stored_and_retry_counts_duplicates(client: TestClient, catalog
 def test_events_without_ids_deduplicate_by_content(client: TestClient, catalogue) -> None:
     events = [{k: v for k, v in _event(i).items() if k != "event_id"} for i in range(3)]
     assert client.post("/events", json={"events": events}).json()["accepted"] == 3
-    retry = client.post("/events", json={"events": events + [events[0]]}).json()
+    retry = client.post("/events", json={"events": [*events, events[0]]}).json()
     assert retry == {"accepted": 0, "duplicates": 4}
 
 
