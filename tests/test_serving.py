@@ -172,6 +172,8 @@ def test_drift_is_recorded_once_per_change_point(served: Served) -> None:
     assert sum(b["users_checked"] for b in summary["buckets"]) >= 1
     calm = served.client.get(f"/drift/{user}").json()
     assert calm["threshold"] == pytest.approx(calibrated)
+    # The score is the evidence the decision used: below the threshold exactly when no drift.
+    assert calm["drift_detected"] == (calm["score"] >= calm["threshold"])
 
 
 def test_events_can_queue_drift_checks(served: Served) -> None:

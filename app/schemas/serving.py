@@ -50,7 +50,8 @@ class DriftOut(BaseModel):
     user_id: str
     model_version: str
     drift_detected: bool
-    score: float = Field(description="highest drift probability over the events read")
+    score: float = Field(description="the change point's drift probability; without one, the "
+                         "highest probability among events that may alarm (after min_events)")
     threshold: float
     kind: Literal["abrupt", "gradual", "none"]
     change_point: ChangePointOut | None

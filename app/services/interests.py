@@ -170,7 +170,7 @@ def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str,
     return {
         "user_id": user_id, "model_version": model.version,
         "drift_detected": change is not None,
-        "score": float(change.score if change else (probs.max() if len(probs) else 0.0)),
+        "score": float(change.score if change else _eligible_max(probs, model)),
         "threshold": float(model.bundle.drift.threshold),
         "kind": change.kind if change else "none", "change_point": change_point,
         "from_interests": _weights_list(finding.before, names) if change else [],
@@ -179,6 +179,12 @@ def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str,
         "enough_events": len(history.item_ids) >= model.bundle.drift.min_events,
         "min_events": model.bundle.drift.min_events,
     }
+
+
+def _eligible_max(probs: np.ndarray, model: ServedModel) -> float:
+    """Highest drift probability among events that may raise an alarm (after min_events)."""
+    eligible = probs[model.bundle.drift.min_events - 1:]
+    return float(eligible.max()) if len(eligible) else 0.0
 
 
 # ---------------------------------------------------------------------- recommendations
