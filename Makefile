@@ -10,7 +10,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv migrate import-data model bootstrap serve run test lint postgres bench-ingest bench-serve bench-train clean
+.PHONY: venv migrate import-data model bootstrap serve run test lint postgres bench-ingest bench-serve bench-consistency bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ bench-ingest: venv postgres
 
 bench-serve: venv postgres
 	$(PY) -m bench.serve
+
+bench-consistency: venv
+	$(PY) -m bench.consistency
 
 bench-train: venv
 	$(PY) -m training train --config $(CONFIG)
