@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import ruptures as rpt
@@ -29,28 +30,26 @@ def _guard(alarms: list[int], min_events: int) -> np.ndarray:
     return np.asarray([a for a in alarms if a >= min_events - 1], dtype=np.int64)
 
 
-def adwin_alarms(signal: np.ndarray, delta: float = 0.002,
-                 min_events: int = MIN_EVENTS) -> np.ndarray:
-    """Events (int[K]) where ADWIN on ``signal`` (float[L]) flags a drift."""
-    detector = ADWIN(delta=delta)
+def _river_alarms(detector: Any, signal: np.ndarray, min_events: int) -> np.ndarray:
+    """Feed ``signal`` (float[L]) to a River drift detector; the events (int[K]) it flags."""
     alarms = []
     for t, value in enumerate(signal):
         detector.update(float(value))
         if detector.drift_detected:
             alarms.append(t)
     return _guard(alarms, min_events)
+
+
+def adwin_alarms(signal: np.ndarray, delta: float = 0.002,
+                 min_events: int = MIN_EVENTS) -> np.ndarray:
+    """Events (int[K]) where ADWIN on ``signal`` (float[L]) flags a drift."""
+    return _river_alarms(ADWIN(delta=delta), signal, min_events)
 
 
 def page_hinkley_alarms(signal: np.ndarray, threshold: float = 50.0,
                         min_events: int = MIN_EVENTS) -> np.ndarray:
     """Events (int[K]) where PageHinkley (River defaults but ``threshold``) flags a drift."""
-    detector = PageHinkley(threshold=threshold)
-    alarms = []
-    for t, value in enumerate(signal):
-        detector.update(float(value))
-        if detector.drift_detected:
-            alarms.append(t)
-    return _guard(alarms, min_events)
+    return _river_alarms(PageHinkley(threshold=threshold), signal, min_events)
 
 
 class KernelCPDRunner:
