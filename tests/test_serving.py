@@ -272,3 +272,15 @@ def test_drift_scan_checks_every_user(served: Served) -> None:
     # All five checks fall in this hour's bucket (users are counted once per bucket).
     after = served.client.get("/drift/summary", params={"bucket": "hour"}).json()
     assert after["buckets"][-1]["users_checked"] >= 5
+
+
+def test_items_added_after_loading_are_recommendable(served: Served) -> None:
+    client = served.client
+    item = {"item_id": "cold-1", "title": "Space Horror Night",
+            "text": "A crew fights an alien on a dark spaceship.", "categories": ["Horror"]}
+    assert client.post("/items", json={"items": [item]}).status_code == 200
+    bundle = client.app.state.models.current.bundle
+    assert bundle.index_of("cold-1") is not None
+    assert bundle.topics.names[bundle.item_topic("cold-1")] == "Horror"
+    body = client.post("/recommend", json={"recent_item_ids": ["cold-1", "1"], "k": 3})
+    assert body.status_code == 200 and len(body.json()["items"]) == 3

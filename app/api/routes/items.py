@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 
 from app.api.deps import ReadScope, SessionDep, SettingsDep, WriteScope
 from app.core.errors import ApiError
+from app.ml.catalogue import CatalogueItem, item_text
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from app.schemas.items import ItemBatch, ItemOut, UpsertResult
 from app.services import ingestion
@@ -15,10 +16,18 @@ router = APIRouter(prefix="/items", tags=["items"])
 
 
 @router.post("", dependencies=[WriteScope], response_model=UpsertResult)
-def upsert_items(batch: ItemBatch, session: SessionDep, settings: SettingsDep) -> UpsertResult:
-    """Insert or update items by `item_id`; the whole batch or nothing."""
+def upsert_items(batch: ItemBatch, session: SessionDep, settings: SettingsDep,
+                 request: Request) -> UpsertResult:
+    """Insert or update items by `item_id`; the whole batch or nothing.
+
+    Items new to the served model are embedded from their text right after the commit, so
+    they can be recommended at once (cold start); a reloaded model embeds the whole catalogue.
+    """
     with session.begin():
         count = ingestion.upsert_items(session, batch.items, settings)
+    request.app.state.models.add_items(
+        [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories))
+         for i in batch.items])
     return UpsertResult(upserted=count)
 
 
