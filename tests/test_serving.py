@@ -284,3 +284,26 @@ def test_items_added_after_loading_are_recommendable(served: Served) -> None:
     assert bundle.topics.names[bundle.item_topic("cold-1")] == "Horror"
     body = client.post("/recommend", json={"recent_item_ids": ["cold-1", "1"], "k": 3})
     assert body.status_code == 200 and len(body.json()["items"]) == 3
+
+
+def test_drift_is_computed_once_per_new_event(served: Served,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.services import interests
+
+    calls: list[str] = []
+    real = interests.find_drift
+    monkeypatch.setattr(interests, "find_drift",
+                        lambda model, history: calls.append("run") or real(model, history))
+    user = _user(served, 6)
+    first = served.client.get(f"/drift/{user}").json()
+    served.client.get(f"/recommend/{user}")
+    assert served.client.get(f"/drift/{user}").json()["score"] == first["score"]
+    assert len(calls) <= 1  # one computation (none if an earlier test left it cached)
+    cached = len(calls)
+    event = {"event_id": "cache-new", "user_id": user, "item_id": "2", "type": "view",
+             "timestamp": time.time() - 30}
+    served.client.post("/events", json={"events": [event]})
+    served.client.get(f"/drift/{user}")
+    assert len(calls) == cached + 1  # a new event: computed again, once
+    served.client.get(f"/recommend/{user}")
+    assert len(calls) == cached + 1  # ... and reused by the next request

@@ -51,12 +51,12 @@ class History:
 
 
 def load_history(session: Session, user_id: str, limit: int) -> History:
-    events = repository.user_sequence(session, user_id, limit)
-    if not events:
+    rows = repository.user_history_rows(session, user_id, limit)
+    if not rows:
         raise UnknownUser(user_id)
-    total = len(events) if len(events) < limit else repository.count_user_events(session, user_id)
-    return History([e.event_id for e in events], [e.item_id for e in events],
-                   [e.occurred_at.timestamp() for e in events], [e.value for e in events], total)
+    total = len(rows) if len(rows) < limit else repository.count_user_events(session, user_id)
+    return History([r[0] for r in rows], [r[1] for r in rows], [r[2].timestamp() for r in rows],
+                   [r[3] for r in rows], total)
 
 
 def _topics_of(model: ServedModel, item_ids: Sequence[str]) -> np.ndarray:
@@ -143,12 +143,24 @@ def find_drift(model: ServedModel, history: History) -> DriftFinding:
     return DriftFinding(history, probs, change, before, after)
 
 
+def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFinding:
+    """find_drift, remembered per (user, last event, event count) for the served version
+    (and its decision settings, which an operator may tune on a loaded model)."""
+    drift = model.bundle.drift
+    key = (user_id, history.event_ids[-1], history.total, drift.threshold, drift.kind_threshold)
+    finding = model.drift_cache.get(key)
+    if finding is None:
+        finding = find_drift(model, history)
+        model.drift_cache.put(key, finding)
+    return finding
+
+
 def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str, Any]:
     """The user's drift status; a detected change point is recorded once, every check logged.
 
     Writes through `session`: the caller commits (one transaction for the whole check)."""
     history = load_history(session, user_id, model.bundle.drift.max_events)
-    finding = find_drift(model, history)
+    finding = cached_drift(model, user_id, history)
     names = model.bundle.topics.names
     change, record_id, change_point = finding.change, None, None
     if change is not None:
@@ -190,17 +202,13 @@ def _eligible_max(probs: np.ndarray, model: ServedModel) -> float:
 # ---------------------------------------------------------------------- recommendations
 def rank_items(model: ServedModel, item_ids: Sequence[str], timestamps: Sequence[float],
                k: int, exclude: set[str], strength: float,
-               drift_check: bool = True) -> tuple[list[tuple[str, float, str]], bool]:
-    """Top-k (item_id, score, topic) for a history, and whether drift changed the ranking."""
+               finding: DriftFinding | None) -> tuple[list[tuple[str, float, str]], bool]:
+    """Top-k (item_id, score, topic) for a history, and whether drift changed the ranking.
+
+    With a detected change in `finding`, scores tilt toward the post-change interests."""
     bundle = model.bundle
     scores = bundle.score_next(item_ids, timestamps)
-    post_change = None
-    if drift_check and len(item_ids) >= bundle.drift.min_events:
-        window = History([""] * len(item_ids), list(item_ids), list(timestamps),
-                         [None] * len(item_ids), len(item_ids))
-        finding = find_drift(model, window)
-        if finding.change is not None:
-            post_change = finding.after
+    post_change = finding.after if finding is not None and finding.change is not None else None
     item_topics = bundle.topics.item_topics
     excluded = [i - 1 for i in (bundle.index_of(item) for item in exclude) if i is not None]
     result = ranking.rank(scores, item_topics, k, post_change, strength,
@@ -211,15 +219,26 @@ def rank_items(model: ServedModel, item_ids: Sequence[str], timestamps: Sequence
     return chosen, result.drift_aware
 
 
+def _drift_of(model: ServedModel, history: History, enabled: bool,
+              user_id: str | None = None) -> DriftFinding | None:
+    if not enabled or len(history.item_ids) < model.bundle.drift.min_events:
+        return None
+    return cached_drift(model, user_id, history) if user_id else find_drift(model, history)
+
+
 def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
                        exclude_seen: bool, settings: Settings,
                        drift_aware: bool = True) -> dict[str, Any]:
     bundle = model.bundle
     limit = max(bundle.drift.max_events, bundle.sequence_model.config.max_len)
     history = load_history(session, user_id, limit)
-    exclude = repository.user_item_ids(session, user_id) if exclude_seen else set()
+    exclude: set[str] = set()
+    if exclude_seen:  # the window already holds every event when the user has few
+        exclude = (set(history.item_ids) if history.offset == 0
+                   else repository.user_item_ids(session, user_id))
+    finding = _drift_of(model, history, drift_aware, user_id)
     chosen, changed = rank_items(model, history.item_ids, history.timestamps, k, exclude,
-                                 settings.drift_strength, drift_aware)
+                                 settings.drift_strength, finding)
     return _recommendations(session, model, user_id, chosen, changed)
 
 
@@ -234,8 +253,10 @@ def recommend_for_items(session: Session, model: ServedModel, item_ids: Sequence
         now = datetime.now(UTC).timestamp()
         timestamps = [now - 60.0 * (len(item_ids) - 1 - i) for i in range(len(item_ids))]
     exclude = set(item_ids) if exclude_seen else set()
+    window = History([""] * len(item_ids), list(item_ids), list(timestamps),
+                     [None] * len(item_ids), len(item_ids))
     chosen, changed = rank_items(model, item_ids, timestamps, k, exclude,
-                                 settings.drift_strength, drift_aware)
+                                 settings.drift_strength, _drift_of(model, window, drift_aware))
     return _recommendations(session, model, user_id, chosen, changed)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,29 @@ class ModelUnavailable(RuntimeError):
     """No model is loaded (no champion yet, or the first load failed)."""
 
 
+class LruCache:
+    """A small thread-safe LRU map (per served version: a reload starts an empty one)."""
+
+    def __init__(self, maxsize: int = 50_000) -> None:
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.maxsize = maxsize
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            if len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class ServedModel:
     bundle: InterestModelBundle
@@ -43,6 +67,9 @@ class ServedModel:
     device: str
     loaded_at: datetime
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Drift findings by (user, last event, event count): the drift head over 200 events is the
+    # costliest part of a request, and its answer only changes when the user has a new event.
+    drift_cache: LruCache = field(default_factory=LruCache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +159,8 @@ class ModelManager:
                 return
             extended = with_new_items(served.bundle, items)
             if extended is not served.bundle:
-                self._current = ServedModel(**{**served.__dict__, "bundle": extended})
+                self._current = ServedModel(**{**served.__dict__, "bundle": extended,
+                                               "drift_cache": LruCache()})
 
     def start_polling(self) -> None:
         interval = self.settings.model_poll_seconds

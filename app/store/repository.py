@@ -131,13 +131,16 @@ def count_rows(session: Session, model: type[Any]) -> int:
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def user_sequence(session: Session, user_id: str, limit: int | None = None) -> list[Event]:
-    """The user's last `limit` events (all when None), oldest first: the model's input order."""
-    query = (select(Event).where(Event.user_id == user_id)
-             .order_by(Event.occurred_at.desc(), Event.seq.desc()))
-    if limit is not None:
-        query = query.limit(limit)
-    return list(reversed(session.scalars(query).all()))
+def user_history_rows(session: Session, user_id: str, limit: int
+                      ) -> list[tuple[str, str, datetime, float | None]]:
+    """(event_id, item_id, occurred_at, value) of the user's last `limit` events, oldest first.
+
+    Plain rows, not ORM objects: this runs on every model request.
+    """
+    query = (select(Event.event_id, Event.item_id, Event.occurred_at, Event.value)
+             .where(Event.user_id == user_id)
+             .order_by(Event.occurred_at.desc(), Event.seq.desc()).limit(limit))
+    return [tuple(row) for row in reversed(session.execute(query).all())]  # type: ignore[misc]
 
 
 def all_items(session: Session) -> list[Item]:
