@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import torch
 
-from app.core.config import VAR_DIR, Settings, get_settings
-from app.ml.loader import load_version
+from app.core.config import VAR_DIR, Settings
+from app.ml.loader import load_settings_champion
 from app.store.db import make_engine, make_session_factory
 from bench.common import fresh_database, machine, running_service, write_result
 from training.data import movielens
@@ -70,9 +70,7 @@ async def drive(base: str, path: str, users: list[str], concurrency: int,
 def model_forward_ms(dataset: movielens.MovieLens, users: list[str], repeats: int) -> float:
     """Median time of the model's own work for one /recommend: next-item scores + drift."""
     torch.set_num_threads(1)  # as one serving worker runs it
-    bundle = load_version(get_settings().mlflow_tracking_uri, get_settings().model_name,
-                          get_settings().model_alias, VAR_DIR / "mlflow" / "downloads",
-                          "auto").bundle
+    bundle = load_settings_champion("auto").bundle
     histories: dict[str, list[movielens.Rating]] = {}
     for rating in dataset.ratings:
         histories.setdefault(rating.user_id, []).append(rating)

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @property
+    def model_download_dir(self) -> Path:
+        """Where registered model versions are downloaded to (once per version)."""
+        return Path(self.mlflow_artifact_root).parent / "downloads"
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:

@@ -146,15 +146,6 @@ class InterestModelBundle:
                                                                   strict=True)
                 if torch.isfinite(s)]
 
-    @torch.no_grad()
-    def interest_state(self, item_ids: Sequence[str], timestamps: Sequence[float]) -> np.ndarray:
-        """The user's interest state after their last known event: float32[H]."""
-        idx, ts = self.encode_histories([item_ids], [timestamps],
-                                        self.sequence_model.config.max_len)
-        if int(idx[0, 0]) == 0:
-            raise ValueError("no known item in this history")
-        return self.sequence_model.last_hidden(idx, ts)[0].float().cpu().numpy()
-
     # ------------------------------------------------------------------- drift
     @torch.no_grad()
     def drift_traces_batch(self, histories: Sequence[Sequence[str]],

@@ -104,9 +104,8 @@ def load_settings_champion(device: str | None = None) -> LoadedModel:
     from app.core.config import get_settings
 
     settings = get_settings()
-    cache = Path(settings.mlflow_artifact_root).parent / "downloads"
     return load_version(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
-                        cache, device or settings.device)
+                        settings.model_download_dir, device or settings.device)
 
 
 class HistoryInput(BaseModel):

@@ -118,7 +118,7 @@ def _top_items(session: Session, model: ServedModel, history: History,
 
 def _topic_name(model: ServedModel, item_id: str) -> str:
     topic = model.bundle.item_topic(item_id)
-    return ranking.UNKNOWN_TOPIC if topic is None else model.bundle.topics.names[topic]
+    return ranking.UNKNOWN_TOPIC if topic is None else model.bundle.topics.topic_name(topic)
 
 
 # -------------------------------------------------------------------------------- drift

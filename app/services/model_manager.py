@@ -140,8 +140,8 @@ class ModelManager:
             return ReloadOutcome(True, candidate.version)
 
     def _prepare(self, version: Any) -> ServedModel:
-        cache = Path(self.settings.mlflow_artifact_root).parent / "downloads"
-        bundle_dir = download_bundle(version, self.settings.mlflow_tracking_uri, cache)
+        bundle_dir = download_bundle(version, self.settings.mlflow_tracking_uri,
+                                     self.settings.model_download_dir)
         bundle = self._load_bundle(bundle_dir, self.settings.device)
         bundle = with_new_items(bundle, catalogue_items(self.factory))
         bundle.smoke_test()
