@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from app.ml.drift_head import N_FEATURES, DriftHead
 from app.ml.encoder import ItemTextEncoder
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
 from app.ml.topics import topics_from_categories
+from app.services.model_manager import ServedModel
 
 GENRES = [("Action",), ("Comedy",), ("Drama",), ("Action", "Sci-Fi"), ("Horror",)]
 N_ITEMS = 25
@@ -170,3 +173,23 @@ def test_load_refuses_a_bundle_written_by_incompatible_model_code(
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="does not match"):
         InterestModelBundle.load(directory)
+
+
+def test_served_model_batches_score_like_the_bundle_alone(bundle: InterestModelBundle) -> None:
+    """Padding histories of different lengths into one batch must not change any score."""
+    served = ServedModel(bundle=bundle, name="m", version="1", alias="champion", run_id=None,
+                         device="cpu", loaded_at=datetime.now(UTC))
+    rng = np.random.default_rng(0)
+    histories = []
+    for length in (1, 3, 7, 12, 20):
+        items = [bundle.item_ids[i] for i in rng.integers(0, len(bundle.item_ids), length)]
+        histories.append((items, [1e9 + 3600.0 * t for t in range(length)]))
+    alone = [bundle.score_next(items, times) for items, times in histories]
+    traces = [bundle.detect_drift(items, times)[0] for items, times in histories]
+    with ThreadPoolExecutor(max_workers=len(histories)) as pool:
+        batched = list(pool.map(lambda h: served.score_next(*h), histories * 4))
+        drifts = list(pool.map(lambda h: served.detect_drift(*h)[0], histories * 4))
+    for n, scores in enumerate(batched):
+        np.testing.assert_allclose(scores, alone[n % len(histories)], rtol=1e-5, atol=1e-5)
+    for n, probs in enumerate(drifts):
+        np.testing.assert_allclose(probs, traces[n % len(histories)], rtol=1e-5, atol=1e-5)

@@ -85,6 +85,11 @@ def test_time_features_buckets_and_hours() -> None:
     assert hour.tolist() == [[0, 0, 0, 1]]
 
 
+def test_a_single_event_history_has_one_time_feature_per_event() -> None:
+    gap_bucket, hour = time_features(torch.tensor([[3600.0 * 5], [60.0]]), gap_buckets=16)
+    assert gap_bucket.tolist() == [[0], [0]] and hour.tolist() == [[5], [0]]
+
+
 def test_ranking_metrics_on_a_known_score_matrix() -> None:
     scores = torch.tensor([[-math.inf, 0.9, 0.8, 0.1, 0.0],  # target 1 ranked first
                            [-math.inf, 0.9, 0.8, 0.7, 0.0],  # target 3 ranked third
@@ -150,3 +155,20 @@ def test_tiny_config_trains_and_its_loss_falls() -> None:
         assert all(0.0 <= v <= 1.0 for v in values.values())
     assert result.item_text_embeddings.shape == (41, 384)
     assert torch.all(result.item_text_embeddings[0] == 0)
+
+
+def test_the_inference_item_table_follows_weight_and_catalogue_changes() -> None:
+    torch.manual_seed(0)
+    model = SequenceInterestModel(SequenceModelConfig(hidden_size=8, num_layers=1, ff_size=16,
+                                                      max_len=4), 5, 6)
+    model.set_item_text_embeddings(torch.randn(6, 6))
+    model.eval()
+    with torch.no_grad():
+        first = model.item_table()
+        assert model.item_table() is first  # reused at inference
+        model.item_embedding.weight.add_(1.0)  # an in-place update (an optimizer step)
+        assert torch.allclose(model.item_table(), first + 1.0)
+        model.set_item_text_embeddings(torch.randn(8, 6))  # cold-start rows appended
+        assert model.item_table().shape == (8, 8)
+    model.train()
+    assert model.item_table().requires_grad  # training never sees a cached table

@@ -307,3 +307,26 @@ def test_drift_is_computed_once_per_new_event(served: Served,
     assert len(calls) == cached + 1  # a new event: computed again, once
     served.client.get(f"/recommend/{user}")
     assert len(calls) == cached + 1  # ... and reused by the next request
+
+
+def test_a_ranking_is_reused_until_the_user_has_a_new_event(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.services import interests
+
+    calls: list[int] = []
+    real = interests._rank_for_user
+    monkeypatch.setattr(interests, "_rank_for_user",
+                        lambda *args: calls.append(1) or real(*args))
+    user = _user(served, 7)
+    first = served.client.get(f"/recommend/{user}", params={"k": 7}).json()
+    again = served.client.get(f"/recommend/{user}", params={"k": 7}).json()
+    assert again == first and len(calls) == 1
+    served.client.get(f"/recommend/{user}", params={"k": 8})
+    assert len(calls) == 2  # other options: their own ranking
+    shown = first["items"][0]["item_id"]
+    event = {"event_id": "ranking-new", "user_id": user, "item_id": shown, "type": "view",
+             "timestamp": time.time() - 30}
+    assert served.client.post("/events", json={"events": [event]}).status_code == 200
+    after = served.client.get(f"/recommend/{user}", params={"k": 7}).json()
+    assert len(calls) == 3  # a new event: ranked again ...
+    assert shown not in [item["item_id"] for item in after["items"]]  # ... and it is now seen

@@ -176,9 +176,12 @@ class InterestModelBundle:
         """Drift probabilities and the latest change point of a history, by the calibrated
         rule; indices count within the last ``max_events`` known events."""
         [(probs, surprise)] = self.drift_traces_batch([item_ids], [timestamps])
-        change = detect_change_point(probs, self.drift.threshold, self.drift.min_events,
-                                     self.drift.cooldown, surprise, self.drift.kind_threshold)
-        return probs, change
+        return probs, self.change_point(probs, surprise)
+
+    def change_point(self, probs: np.ndarray, surprise: np.ndarray) -> ChangePoint | None:
+        """The latest change point of one history's drift trace, by the calibrated rule."""
+        return detect_change_point(probs, self.drift.threshold, self.drift.min_events,
+                                   self.drift.cooldown, surprise, self.drift.kind_threshold)
 
     # ------------------------------------------------------------------ topics
     def item_topic(self, item_id: str) -> int | None:

@@ -109,7 +109,10 @@ def drift_features(model: SequenceInterestModel, item_idx: torch.Tensor, timesta
         before, _ = causal_window_mean(space, LONG + short - 1, short)
         shift.append(_cos_distance(recent, before))
     before_t, _ = causal_window_mean(emb, LONG, 1)
-    back = torch.cat([hidden[:, :1].expand(-1, SHORT, -1), hidden[:, :-SHORT]], dim=1)
+    # hidden state SHORT events back (the first one for the first SHORT events); indexing
+    # rather than cat-with-a-shift keeps the length right for histories under SHORT events
+    back_index = (torch.arange(item_idx.shape[1], device=item_idx.device) - SHORT).clamp(min=0)
+    back = hidden[:, back_index]
     gaps = torch.diff(timestamps.double(), dim=1, prepend=timestamps[:, :1].double())
     position = torch.arange(item_idx.shape[1], device=item_idx.device, dtype=torch.float32)
     columns = [

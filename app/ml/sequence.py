@@ -50,7 +50,8 @@ def time_features(timestamps: torch.Tensor, gap_buckets: int) -> tuple[torch.Ten
     # log2(1 + gap) / 2: 0 s -> 1, a minute -> 3, an hour -> 6, a day -> 9, a year -> 13.
     buckets = 1 + torch.floor(torch.log2(1.0 + gaps) / 2.0).long()
     buckets = buckets.clamp(max=gap_buckets - 1)
-    first = torch.zeros_like(buckets[:, :1])
+    # not zeros_like(buckets[:, :1]): with one event, buckets has no column to copy
+    first = torch.zeros(times.shape[0], 1, dtype=torch.long, device=times.device)
     gap_bucket = torch.cat([first, buckets], dim=1)
     hour = torch.remainder(torch.floor(times / SECONDS_PER_HOUR), 24).long()
     return gap_bucket, hour
@@ -132,7 +133,28 @@ class SequenceInterestModel(nn.Module):
         self.item_text = emb.detach().to(self.item_text.device, torch.float32).clone()
 
     def item_table(self) -> torch.Tensor:
-        """Representation of every item row (0 = padding): FloatTensor[n_rows, H]."""
+        """Representation of every item row (0 = padding): FloatTensor[n_rows, H].
+
+        At inference (eval mode, no grad) the table is computed once and reused until a weight
+        or the text embeddings change: a request calls this several times, and projecting every
+        item's text each time was the costliest step of serving."""
+        if self.training or torch.is_grad_enabled():
+            return self._compute_item_table()
+        tensors = [self.item_text, self.item_embedding.weight]
+        if self.text_projection is not None:
+            tensors += [self.text_projection.weight, self.text_projection.bias]
+        # Changes whenever the table would: a tensor replaced (new object), updated in place
+        # (its version counter: optimizer steps, load_state_dict) or autocast turned on/off.
+        key = (*((id(t), t._version) for t in tensors),
+               torch.is_autocast_enabled(self.item_text.device.type))
+        cached = getattr(self, "_item_table_cache", None)
+        if cached is None or cached[0] != key:
+            # the tensors ride along so their ids cannot be reused while the key holds them
+            cached = (key, self._compute_item_table(), tensors)
+            self._item_table_cache = cached
+        return cached[1]
+
+    def _compute_item_table(self) -> torch.Tensor:
         table = self.item_embedding.weight
         n_rows = self.item_text.shape[0]
         if n_rows > table.shape[0]:  # cold-start items have no learned ID embedding

@@ -50,11 +50,14 @@ class History:
         return self.total - len(self.item_ids)
 
 
-def load_history(session: Session, user_id: str, limit: int) -> History:
+def load_history(session: Session, user_id: str, limit: int, total: int | None = None
+                 ) -> History:
+    """The user's last `limit` events (`total`: their event count, when the caller has it)."""
     rows = repository.user_history_rows(session, user_id, limit)
     if not rows:
         raise UnknownUser(user_id)
-    total = len(rows) if len(rows) < limit else repository.count_user_events(session, user_id)
+    if total is None:
+        total = len(rows) if len(rows) < limit else repository.count_user_events(session, user_id)
     return History([r[0] for r in rows], [r[1] for r in rows], [r[2].timestamp() for r in rows],
                    [r[3] for r in rows], total)
 
@@ -134,7 +137,7 @@ class DriftFinding:
 def find_drift(model: ServedModel, history: History) -> DriftFinding:
     """Run the drift head over the history and apply the calibrated decision rule."""
     bundle = model.bundle
-    probs, change = bundle.detect_drift(history.item_ids, history.timestamps)
+    probs, change = model.detect_drift(history.item_ids, history.timestamps)
     n_topics = len(bundle.topics.names)
     before = after = np.zeros(n_topics)
     if change is not None:
@@ -207,7 +210,7 @@ def rank_items(model: ServedModel, item_ids: Sequence[str], timestamps: Sequence
 
     With a detected change in `finding`, scores tilt toward the post-change interests."""
     bundle = model.bundle
-    scores = bundle.score_next(item_ids, timestamps)
+    scores = model.score_next(item_ids, timestamps)
     post_change = finding.after if finding is not None and finding.change is not None else None
     item_topics = bundle.topics.item_topics
     excluded = [i - 1 for i in (bundle.index_of(item) for item in exclude) if i is not None]
@@ -229,17 +232,36 @@ def _drift_of(model: ServedModel, history: History, enabled: bool,
 def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
                        exclude_seen: bool, settings: Settings,
                        drift_aware: bool = True) -> dict[str, Any]:
+    # The ranking depends only on the user's events and the request's options, and events are
+    # only ever added: one aggregate read tells whether a remembered ranking still holds.
+    total, last_seq = repository.user_event_state(session, user_id)
+    if total == 0:
+        raise UnknownUser(user_id)
+    drift = model.bundle.drift
+    key = (user_id, total, last_seq, k, exclude_seen, drift_aware, settings.drift_strength,
+           drift.threshold, drift.kind_threshold)
+    ranked = model.ranking_cache.get(key)
+    if ranked is None:
+        ranked = _rank_for_user(session, model, user_id, total, k, exclude_seen, settings,
+                                drift_aware)
+        model.ranking_cache.put(key, ranked)
+    chosen, changed = ranked
+    return _recommendations(session, model, user_id, chosen, changed)
+
+
+def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: int, k: int,
+                   exclude_seen: bool, settings: Settings, drift_aware: bool
+                   ) -> tuple[list[tuple[str, float, str]], bool]:
     bundle = model.bundle
     limit = max(bundle.drift.max_events, bundle.sequence_model.config.max_len)
-    history = load_history(session, user_id, limit)
+    history = load_history(session, user_id, limit, total)
     exclude: set[str] = set()
     if exclude_seen:  # the window already holds every event when the user has few
         exclude = (set(history.item_ids) if history.offset == 0
                    else repository.user_item_ids(session, user_id))
     finding = _drift_of(model, history, drift_aware, user_id)
-    chosen, changed = rank_items(model, history.item_ids, history.timestamps, k, exclude,
-                                 settings.drift_strength, finding)
-    return _recommendations(session, model, user_id, chosen, changed)
+    return rank_items(model, history.item_ids, history.timestamps, k, exclude,
+                      settings.drift_strength, finding)
 
 
 def recommend_for_items(session: Session, model: ServedModel, item_ids: Sequence[str],

@@ -8,26 +8,35 @@ to download, load, or pass its smoke inference is refused: the old one keeps ser
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
+from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
 from app.ml.catalogue import CatalogueItem, item_text, with_new_items
 from app.ml.device import resolve_device
 from app.ml.loader import download_bundle, resolve_version
+from app.services.batching import MicroBatcher
 from app.store import repository
 
 logger = logging.getLogger("driftrec.models")
+
+
+DEFAULT_MAX_BATCH = 64  # histories per forward pass
+History = tuple[Sequence[str], Sequence[float]]  # item ids and timestamps, oldest first
+DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
 
 
 class ModelUnavailable(RuntimeError):
@@ -50,6 +59,8 @@ class LruCache:
             return value
 
     def put(self, key: Any, value: Any) -> None:
+        if self.maxsize <= 0:  # turned off
+            return
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
@@ -70,6 +81,37 @@ class ServedModel:
     # Drift findings by (user, last event, event count): the drift head over 200 events is the
     # costliest part of a request, and its answer only changes when the user has a new event.
     drift_cache: LruCache = field(default_factory=LruCache)
+    # Rankings by (user, event state, request options): they too change only with new events.
+    ranking_cache: LruCache = field(default_factory=LruCache)
+    max_batch: int = DEFAULT_MAX_BATCH
+    # Concurrent requests share forward passes (see app.services.batching).
+    scorer: MicroBatcher[History, np.ndarray] = field(init=False, repr=False)
+    drift_tracer: MicroBatcher[History, DriftTrace] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bundle = self.bundle
+
+        def score(histories: Sequence[History]) -> list[np.ndarray]:
+            scores = bundle.score_next_batch([h[0] for h in histories],
+                                             [h[1] for h in histories])
+            return list(scores.numpy())
+
+        def trace(histories: Sequence[History]) -> list[DriftTrace]:
+            return bundle.drift_traces_batch([h[0] for h in histories],
+                                             [h[1] for h in histories])
+
+        object.__setattr__(self, "scorer", MicroBatcher(score, self.max_batch))
+        object.__setattr__(self, "drift_tracer", MicroBatcher(trace, self.max_batch))
+
+    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float]) -> np.ndarray:
+        """Next-item scores of one history (float32[N]), batched with concurrent requests."""
+        return self.scorer.submit((item_ids, timestamps))
+
+    def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
+                     ) -> tuple[np.ndarray, ChangePoint | None]:
+        """Drift probabilities and change point of one history, batched like `score_next`."""
+        probs, surprise = self.drift_tracer.submit((item_ids, timestamps))
+        return probs, self.bundle.change_point(probs, surprise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +138,8 @@ class ModelManager:
         self.last_error: str | None = None
         self.last_checked_at: datetime | None = None
         self.reload_failures = 0
+        # Called (under the reload lock) after a version is swapped in or refused: the metrics.
+        self.on_reload: Callable[[ModelManager], None] | None = None
         self._reload_lock = threading.Lock()  # one load at a time; also guards the tokenizer
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -131,13 +175,19 @@ class ModelManager:
                 self.reload_failures += 1
                 logger.warning("model reload failed, keeping the current version: %s",
                                self.last_error)
+                self._notify()
                 return ReloadOutcome(False, self._current and self._current.version,
                                      self.last_error)
             self._current = candidate  # the atomic swap
             self.last_error = None
             logger.info("serving %s version %s on %s", candidate.name, candidate.version,
                         candidate.device)
+            self._notify()
             return ReloadOutcome(True, candidate.version)
+
+    def _notify(self) -> None:
+        if self.on_reload is not None:
+            self.on_reload(self)
 
     def _prepare(self, version: Any) -> ServedModel:
         bundle_dir = download_bundle(version, self.settings.mlflow_tracking_uri,
@@ -149,7 +199,11 @@ class ModelManager:
             bundle=bundle, name=version.name, version=str(version.version),
             alias=self.settings.model_alias, run_id=version.run_id, device=str(bundle.device),
             loaded_at=datetime.now(UTC), metrics=dict(bundle.metrics),
+            ranking_cache=self._ranking_cache(), max_batch=self.settings.max_inference_batch,
         )
+
+    def _ranking_cache(self) -> LruCache:
+        return LruCache(self.settings.ranking_cache_size)
 
     def add_items(self, items: list[CatalogueItem]) -> None:
         """Embed items upserted after the model was loaded into the served catalogue."""
@@ -159,8 +213,10 @@ class ModelManager:
                 return
             extended = with_new_items(served.bundle, items)
             if extended is not served.bundle:
-                self._current = ServedModel(**{**served.__dict__, "bundle": extended,
-                                               "drift_cache": LruCache()})
+                # a fresh copy: new caches (the catalogue changed) and batchers
+                self._current = dataclasses.replace(served, bundle=extended,
+                                                    drift_cache=LruCache(),
+                                                    ranking_cache=self._ranking_cache())
 
     def start_polling(self) -> None:
         interval = self.settings.model_poll_seconds

@@ -161,6 +161,14 @@ def count_user_events(session: Session, user_id: str) -> int:
     return int(session.scalar(select(func.count()).where(Event.user_id == user_id)) or 0)
 
 
+def user_event_state(session: Session, user_id: str) -> tuple[int, int | None]:
+    """(event count, highest seq) of a user: one index-only read that changes whenever an
+    event of the user is stored (events are only ever added), so it can key caches."""
+    count, last_seq = session.execute(
+        select(func.count(), func.max(Event.seq)).where(Event.user_id == user_id)).one()
+    return int(count), last_seq
+
+
 def user_item_ids(session: Session, user_id: str) -> set[str]:
     """Every item the user has an event on (for excluding seen items)."""
     return set(session.scalars(select(Event.item_id).where(Event.user_id == user_id).distinct()))
