@@ -10,7 +10,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv migrate import-data model bootstrap serve run test lint postgres bench-ingest bench-serve bench-consistency bench-train clean
+.PHONY: venv migrate import-data model bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,11 @@ import-data: migrate
 model: venv
 	$(PY) -m training ensure-champion --config $(CONFIG)
 
-# Everything `serve` needs before the first request: schema, data, a champion model.
+# Everything `serve` needs before the first request: schema, data, a champion model, and a
+# drift check of every imported user (a backfill at each user's last event time) so the
+# dashboard has history; users already checked are skipped, so a second run is quick.
 bootstrap: import-data model
+	$(PY) -m app drift-scan --unchecked-only
 
 serve: bootstrap run
 
@@ -47,7 +50,13 @@ postgres:
 lint: venv
 	$(PY) -m ruff check app training migrations tests bench
 
-test: venv postgres lint
+# The browser tests drive Debian's chromium (never a browser downloaded by a test tool).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: venv postgres lint chromium
 	DRIFTREC_TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) -m pytest
 
 bench-ingest: venv postgres

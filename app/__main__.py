@@ -8,6 +8,8 @@ import logging
 import uvicorn
 
 from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging, uvicorn_log_config
+from app.core.metrics import empty_multiprocess_dir
 from app.core.security import parse_api_keys
 from app.store.migrate import upgrade_head
 
@@ -22,27 +24,33 @@ def main() -> None:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     sub.add_parser("migrate", help="apply the database migrations (alembic upgrade head)")
-    scan = sub.add_parser("drift-scan", help="check every user for drift with the champion")
+    scan = sub.add_parser("drift-scan", help="check every user for drift with the champion "
+                          "(a backfill: stamped with each user's last event time)")
     scan.add_argument("--no-progress", action="store_true")
+    scan.add_argument("--unchecked-only", action="store_true",
+                      help="only users without any drift check yet (what bootstrap runs)")
     args = parser.parse_args()
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level)
+    configure_logging(settings)
     if args.command == "migrate":
         upgrade_head(settings.database_url)
         return
     if args.command == "drift-scan":
-        drift_scan(settings, progress=not args.no_progress)
+        drift_scan(settings, progress=not args.no_progress, unchecked_only=args.unchecked_only)
         return
     host = args.host or settings.host
     if not parse_api_keys(settings.api_keys) and host != LOOPBACK:
         logging.getLogger("driftrec").warning(
             "no API keys configured: binding to %s instead of %s", LOOPBACK, host)
         host = LOOPBACK
+    empty_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR: no counts left from the last run
+    # uvicorn's own lines go through our formatter; its access log is replaced by ours.
     uvicorn.run("app.main:create_app", factory=True, host=host,
-                port=args.port or settings.port, workers=args.workers)
+                port=args.port or settings.port, workers=args.workers,
+                log_config=uvicorn_log_config(settings), access_log=False)
 
 
-def drift_scan(settings: Settings, progress: bool) -> None:
+def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False) -> None:
     from tqdm import tqdm
 
     from app.services.drift_scan import all_user_ids, scan_users
@@ -51,13 +59,18 @@ def drift_scan(settings: Settings, progress: bool) -> None:
 
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
+    users = all_user_ids(factory, unchecked_only)
+    if not users:  # e.g. a repeated bootstrap: nothing to do, no model to load
+        print("drift scan: no user to check")
+        engine.dispose()
+        return
     manager = ModelManager(settings, factory)
     outcome = manager.reload()
     if manager.loaded is None:
         raise SystemExit(f"no model to scan with: {outcome.error}")
-    users = all_user_ids(factory)
     with tqdm(total=len(users), unit="user", desc="drift scan", disable=not progress) as bar:
-        report = scan_users(factory, manager.current, users, on_user=lambda: bar.update(1))
+        report = scan_users(factory, manager.current, users, on_user=lambda: bar.update(1),
+                            backfill=True)
     engine.dispose()
     print(f"drift scan with {settings.model_name} v{manager.current.version}: "
           f"{report.drifts} of {report.users} users drifted")

@@ -61,6 +61,31 @@ def free_port() -> int:
 def running_service(env: dict[str, str], workers: int = 1,
                     timeout: float = 180.0) -> Iterator[str]:
     """Start `python -m app serve` on 127.0.0.1 and yield its base URL once it is ready."""
+    with running_service_process(env, workers, timeout) as (base, _):
+        yield base
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process (Linux /proc), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The uvicorn worker processes of a `serve` process (itself when it has no children)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    # workers are spawned processes; multiprocessing's resource tracker is not one
+    workers = [int(c) for c in children
+               if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    return workers or [pid]
+
+
+@contextlib.contextmanager
+def running_service_process(env: dict[str, str], workers: int = 1, timeout: float = 180.0
+                            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`running_service`, also yielding the process (to read its workers' memory)."""
     port = free_port()
     command = [sys.executable, "-m", "app", "serve", "--port", str(port),
                "--workers", str(workers)]
@@ -74,7 +99,7 @@ def running_service(env: dict[str, str], workers: int = 1,
                 raise RuntimeError(f"service exited: {process.stderr.read().decode()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    yield base
+                    yield base, process
                     return
             time.sleep(0.5)
         raise RuntimeError("service did not become ready in time")

@@ -2,15 +2,15 @@
 
 Run: `make bench-serve` (or `.venv/bin/python -m bench.serve`). Needs a champion in the
 configured MLflow registry (`make model`). Loads ml-100k into a fresh PostgreSQL database,
-starts uvicorn on 127.0.0.1 (1 worker, then 2), and drives it from this process with an
-async httpx client at concurrency 1 and 32. Also times the model's own forward pass for one
-request in-process, so the service overhead is a ratio. Writes bench/results/serve.json.
+starts uvicorn on 127.0.0.1 (1 worker, then 2), and drives it from this process with a lean
+keep-alive HTTP client (bench/loadgen.py) at concurrency 1 and 32. Also times the model's own
+forward pass for one request in-process, so the service overhead is a ratio. Writes
+bench/results/serve.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import statistics
 import tempfile
@@ -18,13 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
 from app.core.config import VAR_DIR, Settings
 from app.ml.loader import load_settings_champion
 from app.store.db import make_engine, make_session_factory
-from bench.common import fresh_database, machine, running_service, write_result
+from bench.common import (
+    fresh_database,
+    machine,
+    rss_mib,
+    running_service_process,
+    worker_pids,
+    write_result,
+)
+from bench.loadgen import run_load
 from training.data import movielens
 from training.data.importer import import_movielens
 
@@ -40,31 +47,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def drive(base: str, path: str, users: list[str], concurrency: int,
-                requests: int) -> dict[str, float]:
+def drive(base: str, path: str, users: list[str], concurrency: int,
+          requests: int) -> dict[str, float]:
     """`requests` GETs spread over `concurrency` connections; latency per request in ms."""
-    latencies: list[float] = []
-    failures = 0
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-
-        async def worker() -> None:
-            nonlocal failures
-            for n in counter:
-                started = time.perf_counter()
-                response = await client.get(path.format(user=users[n % len(users)]))
-                latencies.append((time.perf_counter() - started) * 1000)
-                failures += response.status_code != 200
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    result = run_load(base, lambda n: path.format(user=users[n % len(users)]), concurrency,
+                      requests)
+    failures = requests - result.statuses.get(200, 0)
     if failures:
-        raise RuntimeError(f"{failures} failed requests on {path}")
-    return {"p50_ms": round(statistics.median(latencies), 2),
-            "p99_ms": round(percentile(latencies, 99), 2),
-            "rps": round(requests / elapsed, 1), "requests": requests}
+        raise RuntimeError(f"{failures} failed requests on {path}: {result.statuses}")
+    return {"p50_ms": round(statistics.median(result.latencies_ms), 2),
+            "p99_ms": round(percentile(result.latencies_ms, 99), 2),
+            "rps": round(requests / result.elapsed_s, 1), "requests": requests}
 
 
 def model_forward_ms(dataset: movielens.MovieLens, users: list[str], repeats: int
@@ -115,6 +108,7 @@ def main() -> None:
     users = sorted({r.user_id for r in dataset.ratings})
     random.Random(0).shuffle(users)
     results: dict[str, Any] = {}
+    memory: dict[str, list[float]] = {}  # resident MiB of each worker after its runs
     with tempfile.TemporaryDirectory() as workdir, \
             fresh_database("postgresql", Path(workdir)) as url:
         engine = make_engine(url)
@@ -127,21 +121,25 @@ def main() -> None:
             for workers, runs in ((1, (("c1", 1, args.requests_c1),
                                        ("c32", 32, args.requests_c32))),
                                   (2, (("c32_2workers", 32, args.requests_c32),))):
-                with running_service({**base_env, **extra_env}, workers=workers) as base:
+                with running_service_process({**base_env, **extra_env},
+                                             workers=workers) as (base, process):
                     for name, path in endpoints.items():
+                        # every user several times: requests land on workers at random
                         warm_users = users if warm_all else users[:64]
-                        asyncio.run(drive(base, path, warm_users, 8, len(warm_users) * workers))
+                        drive(base, path, warm_users, 8, len(warm_users) * 3 * workers)
                         for key, concurrency, requests in runs:
-                            row = asyncio.run(drive(base, path, users, concurrency, requests))
+                            row = drive(base, path, users, concurrency, requests)
                             results.setdefault(name, {})[key] = row
                             print(f"{name:19s} {key:13s} {row}")
+                    memory.setdefault(f"{workers}_workers", [
+                        rss_mib(pid) for pid in worker_pids(process.pid)])
         device = "cuda" if torch.cuda.is_available() else "cpu"
         forward, forward_batched = model_forward_ms(dataset, users, 200)
     payload = {
         "benchmark": "serving latency/throughput, ml-100k on PostgreSQL, uvicorn on 127.0.0.1",
         "command": "make bench-serve", "machine": machine(), **results,
         "model_forward_ms": forward, "model_forward_ms_batched_32": forward_batched,
-        "device": device,
+        "device": device, "worker_rss_mib": memory,
         "overhead_ratio_c1": {name: round(rows["c1"]["p50_ms"] / forward, 2)
                               for name, rows in results.items()},
         "notes": "cached: every user requested once before measuring, so /recommend answers "

@@ -330,3 +330,47 @@ def test_a_ranking_is_reused_until_the_user_has_a_new_event(
     after = served.client.get(f"/recommend/{user}", params={"k": 7}).json()
     assert len(calls) == 3  # a new event: ranked again ...
     assert shown not in [item["item_id"] for item in after["items"]]  # ... and it is now seen
+
+
+def _wait_live(client: TestClient) -> None:
+    feed = client.app.state.change_feed
+    deadline = time.monotonic() + 10
+    while not feed.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert feed.live, "the PostgreSQL change feed never started listening"
+
+
+def test_remembered_answers_skip_the_database_and_follow_other_workers_writes(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes' worth of apps on one database: a write through one makes the other
+    forget its remembered ranking (PostgreSQL NOTIFY), with no database read for a hit."""
+    from app.store import repository
+
+    settings: Settings = served.client.app.state.settings
+    with TestClient(create_app(settings)) as other:
+        _wait_live(served.client)
+        _wait_live(other)
+        user = _user(served, 8)
+        first = served.client.get(f"/recommend/{user}", params={"k": 5}).json()
+
+        def no_database(*_: object) -> None:
+            raise AssertionError("a remembered answer must not read the database")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(repository, "user_event_state", no_database)
+            patch.setattr(repository, "user_history_rows", no_database)
+            patch.setattr(repository, "items_by_id", no_database)
+            assert served.client.get(f"/recommend/{user}", params={"k": 5}).json() == first
+
+        shown = first["items"][0]["item_id"]
+        event = {"event_id": "feed-new", "user_id": user, "item_id": shown, "type": "view",
+                 "timestamp": time.time() - 30}
+        assert other.post("/events", json={"events": [event]}).status_code == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the notification arrives within milliseconds
+            after = served.client.get(f"/recommend/{user}", params={"k": 5}).json()
+            if shown not in [item["item_id"] for item in after["items"]]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the other app's write never reached this app's remembered ranking")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -15,7 +17,9 @@ from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from app.services.model_manager import ModelUnavailable, ServedModel
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies without I/O are `async def`: FastAPI runs sync ones in the thread pool, a hop
+# per dependency per request that cost more than the work itself.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -24,7 +28,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_model(request: Request) -> ServedModel:
+async def get_model(request: Request) -> ServedModel:
     """The served model, taken once per request (a reload never changes it mid-request)."""
     try:
         return request.app.state.models.current
@@ -40,19 +44,37 @@ ModelDep = Annotated[ServedModel, Depends(get_model)]
 UserIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 
-def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:
+def presented_key(header: str) -> str | None:
+    """The API key in an Authorization header: `Bearer <key>`, or HTTP Basic whose password is
+    the key (any user name), which is what a browser can send for a page (the dashboard)."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not token:
+        return None
+    if scheme.lower() == "bearer":
+        return token
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(token, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, separator, password = decoded.partition(":")
+        return password if separator and password else None
+    return None
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
     """A dependency that lets the call through only with a key holding `scope` (or admin)."""
 
-    def check(request: Request) -> ApiKey | None:
+    async def check(request: Request) -> ApiKey | None:
         keys: list[ApiKey] = request.app.state.api_keys
         if not keys:
             return None  # auth is off: the server listens on 127.0.0.1 only
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = presented_key(request.headers.get("authorization", ""))
+        if token is None:
             raise ApiError(401, "unauthorized",
                            "missing API key: send 'Authorization: Bearer <key>'")
-        key = authenticate(keys, token.strip())
+        key = authenticate(keys, token)
         if key is None:
             raise ApiError(401, "unauthorized", "invalid API key")
         if not key.allows(scope):

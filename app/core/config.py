@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_future_skew_seconds: int = Field(default=86_400, ge=0)
     max_page_size: int = Field(default=1_000, ge=1)
 
+    # PostgreSQL cancels a request's statement after this long (0: no limit).
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
     # Serving.
     model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
@@ -55,8 +58,15 @@ class Settings(BaseSettings):
     short_term_events: int = Field(default=20, ge=1)
     drift_strength: float = Field(default=1.0, ge=0)
     drift_queue_size: int = Field(default=1_000, ge=1)
+    # Remembered rankings (a user's top-k for one state of their events; ~1 KB each);
+    # 0 turns the cache off, so every /recommend runs the model.
+    ranking_cache_size: int = Field(default=20_000, ge=0)
+    max_inference_batch: int = Field(default=64, ge=1,
+                                     description="histories per batched forward pass")
 
     log_level: str = "INFO"
+    # json: one object per line for log shippers; text: for a terminal.
+    log_format: Literal["json", "text"] = "json"
 
     @property
     def model_download_dir(self) -> Path:

@@ -50,6 +50,11 @@ def _validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for error in errors:
         row, field = _field_of(list(error.get("loc", ())))
         message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") == "json_invalid":
+            # Its number is a character offset, not a row.
+            reason = (error.get("ctx") or {}).get("error")
+            message = f"{message} at character {row}" + (f": {reason}" if reason else "")
+            row, field = None, "body"
         details.append({"loc": list(error.get("loc", ())), "msg": message,
                         "type": error.get("type", "invalid"), "row": row, "field": field})
     return details
@@ -58,7 +63,8 @@ def _validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _summary(details: list[dict[str, Any]]) -> str:
     shown = []
     for d in details[:5]:
-        where = ".".join(str(p) for p in d["loc"] if p != "body")
+        where = ("body" if d["field"] == "body"
+                 else ".".join(str(p) for p in d["loc"] if p != "body"))
         shown.append(f"{where}: {d['msg']}")
     more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
     return "invalid request; nothing was written. " + "; ".join(shown) + more
@@ -97,6 +103,15 @@ async def _on_api_error(_: Request, error: Exception) -> JSONResponse:
 
 async def _on_http(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400 and isinstance(error.__cause__, ValueError | RecursionError):
+        # FastAPI's body parser: bytes that are not UTF-8, or JSON nested deeper than Python's
+        # parser goes. Answered like any other body that is not JSON (a 422 naming the body),
+        # not as a bare "there was an error parsing the body".
+        problem = ("nests too deeply" if isinstance(error.__cause__, RecursionError)
+                   else "is not UTF-8 encoded JSON")
+        details = [{"loc": ["body"], "msg": f"the body {problem}", "type": "json_invalid",
+                    "row": None, "field": "body"}]
+        return error_response(422, "validation_error", _summary(details), detail=details)
     code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
             403: "forbidden", 413: "payload_too_large"}.get(error.status_code, "http_error")
     return error_response(error.status_code, code, str(error.detail),

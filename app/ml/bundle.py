@@ -280,6 +280,8 @@ class InterestModelBundle:
             raise BundleError(f"bundle {directory} is missing {missing}")
         try:
             return cls._build(directory, manifest, torch.device(device))
+        except BundleError:
+            raise  # already says which file is wrong
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             # e.g. a config field this code no longer has, or weights of another shape
             raise BundleError(f"bundle {directory} does not match this code's format "
@@ -315,8 +317,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{directory} has no {MANIFEST}: not a model bundle")
-    manifest = json.loads(path.read_text())
-    found = manifest.get("model_format")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BundleError(f"{path} is not valid JSON: {error}") from error
+    found = manifest.get("model_format") if isinstance(manifest, dict) else None
     if found != MODEL_FORMAT:
         raise BundleError(f"bundle {directory} has model_format {found!r}; this code reads "
                           f"format {MODEL_FORMAT} only (retrain, or run a matching release)")
@@ -325,4 +330,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     # weights_only: a bundle file can never run code on load.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt or truncated: UnpicklingError, RuntimeError, EOFError
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        raise BundleError(f"{path.name} is not a readable weights file "
+                          f"({type(error).__name__}: {first_line})") from error

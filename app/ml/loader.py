@@ -10,6 +10,7 @@ on its own with ``mlflow.pyfunc.load_model`` (its ``code_paths`` carry ``app.ml`
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,33 @@ from app.ml.device import resolve_device
 
 BUNDLE_ARTIFACT = "bundle"  # key of the bundle directory among the pyfunc model's artifacts
 
+# MLflow's own defaults retry a failed registry call 7 times with exponential backoff and wait
+# up to 120 s per attempt: about 4 minutes before an unreachable registry is reported (measured:
+# 247 s on a refused connection). Serving holds the model manager's reload lock meanwhile (item
+# upserts wait on it) and start-up waits for the first load, so serving gives up in seconds and
+# tries again at the next poll. An operator's own MLFLOW_HTTP_REQUEST_* values win.
+SERVING_REGISTRY_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def bound_registry_calls() -> None:
+    """Make MLflow's HTTP calls of this process fail fast (see SERVING_REGISTRY_HTTP)."""
+    for name, value in SERVING_REGISTRY_HTTP.items():
+        os.environ.setdefault(name, value)
+
+
+# What MLflow answers for a missing model (RESOURCE_DOES_NOT_EXIST) or alias
+# (INVALID_PARAMETER_VALUE); anything else (INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE, ...) means
+# the registry itself did not answer properly.
+ALIAS_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+class RegistryUnavailable(ConnectionError):
+    """The MLflow registry did not answer (down, unreachable, or failing)."""
+
 
 @dataclass
 class LoadedModel:
@@ -39,16 +67,23 @@ class LoadedModel:
 
 
 def resolve_version(client: MlflowClient, name: str, alias: str) -> ModelVersion:
-    """The version the alias points at; LookupError when the model or alias is missing."""
+    """The version the alias points at; LookupError when the model or alias is missing,
+    RegistryUnavailable when the registry cannot be asked."""
+    bound_registry_calls()
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
-        raise LookupError(f"no version of {name!r} has alias {alias!r}: {error.message}") from error
+        if error.error_code in ALIAS_NOT_FOUND_CODES:
+            raise LookupError(f"no version of {name!r} has alias {alias!r}: "
+                              f"{error.message}") from error
+        # Said as it is: "no version has the alias" would send an operator the wrong way.
+        raise RegistryUnavailable(f"model registry unavailable: {error.message}") from error
 
 
 def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path) -> Path:
     """Download a version's model files (once) and return its bundle directory. The cache
     key includes the version's source, so a recreated registry never serves a stale copy."""
+    bound_registry_calls()
     source_key = hashlib.sha256(str(version.source).encode()).hexdigest()[:12]
     target = Path(cache_dir) / version.name / f"v{version.version}-{source_key}"
     if _model_dir(target) is None:

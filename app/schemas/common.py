@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
 # Ids travel in URL paths (`/users/{user_id}/events`), so they are restricted to characters
 # that need no escaping and cannot form path tricks ("../") or SQL/shell metacharacters.
@@ -57,9 +58,29 @@ def parse_timestamp(value: Any) -> datetime:
 Timestamp = Annotated[
     datetime,
     BeforeValidator(parse_timestamp),
+    # Documented as what is accepted (clients and fuzzers read the schema): either form.
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                              {"type": "number", "minimum": 0}]}),
     Field(description="ISO-8601 (UTC when no offset is given) or epoch seconds.",
           examples=["2024-05-01T12:00:00Z"]),
 ]
+
+
+# What no store can keep: PostgreSQL text cannot hold NUL, and an unpaired UTF-16 surrogate
+# (valid in JSON as an escape, e.g. "\\ud800") has no UTF-8 form. One regex pass: texts are long.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "NUL (\\u0000)" if found.group() == "\x00" else "unpaired surrogate"
+        raise ValueError(f"text must not contain {what} characters")
+    return value
+
+
+# Free text of items and events (titles, descriptions, reviews, categories).
+StorableText = Annotated[str, AfterValidator(storable_text)]
 
 
 class ErrorBody(dict[str, Any]):

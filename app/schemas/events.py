@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import EntityId, Timestamp
+from app.schemas.common import EntityId, StorableText, Timestamp
 
 
 class EventIn(BaseModel):
@@ -23,7 +23,7 @@ class EventIn(BaseModel):
     type: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$",
                       examples=["view", "click", "purchase", "rate"])
     value: float | None = Field(default=None, description="E.g. a rating; finite.")
-    text: str | None = Field(default=None, description="Optional text, e.g. a review.")
+    text: StorableText | None = Field(default=None, description="Optional text, e.g. a review.")
     timestamp: Timestamp
     context: dict[str, Any] = Field(default_factory=dict)
 

@@ -7,17 +7,18 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import EntityId
+from app.schemas.common import EntityId, StorableText
 
-Category = Annotated[str, Field(min_length=1, max_length=100)]
+Category = Annotated[StorableText, Field(min_length=1, max_length=100)]
 
 
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: EntityId
-    title: str = Field(min_length=1, max_length=500)
-    text: str | None = Field(default=None, description="Free text the item encoder reads.")
+    title: StorableText = Field(min_length=1, max_length=500)
+    text: StorableText | None = Field(default=None,
+                                     description="Free text the item encoder reads.")
     categories: list[Category] = Field(default_factory=list, max_length=50)
     attributes: dict[str, Any] = Field(default_factory=dict)
 

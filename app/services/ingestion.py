@@ -59,8 +59,18 @@ def derive_event_id(event: EventIn) -> str:
     return "ev-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
 
 
-def _json_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+def _json_size(value: Any) -> int | str:
+    """Bytes of `value` as UTF-8 JSON, or what makes it unstorable: NaN or an infinity (not
+    JSON; PostgreSQL's json type refuses them), or an unpaired surrogate (no UTF-8 form: the
+    row would be stored, then fail every response that carries it)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return "holds NaN or an infinite number (not JSON)"
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return "holds an unpaired surrogate (not valid Unicode)"
 
 
 def _check_size(collection: str, count: int, limit: int) -> None:
@@ -78,7 +88,11 @@ def _size_errors(collection: str, index: int, text: str | None, json_field: str,
         errors.append(RowError(collection, index, "text",
                                f"text longer than {settings.max_text_chars} characters",
                                "text_too_long"))
-    if _json_size(json_value) > settings.max_json_field_bytes:
+    size = _json_size(json_value)
+    if isinstance(size, str):
+        errors.append(RowError(collection, index, json_field, f"{json_field} {size}",
+                               f"{json_field}_not_storable"))
+    elif size > settings.max_json_field_bytes:
         errors.append(RowError(collection, index, json_field,
                                f"{json_field} larger than {settings.max_json_field_bytes} bytes",
                                f"{json_field}_too_large"))
@@ -119,6 +133,8 @@ def ingest_events(session: Session, events: Sequence[EventIn], settings: Setting
     user_ids = sorted({row["user_id"] for row in rows.values()})
     repository.ensure_users(session, user_ids)
     inserted = repository.insert_events(session, list(rows.values()))
+    # serving processes forget these users' remembered rankings when this commits
+    repository.announce_changes(session, sorted({rows[e]["user_id"] for e in inserted}))
     return EventIngestResult(accepted=len(inserted), duplicates=len(events) - len(inserted),
                              user_ids=user_ids)
 
@@ -131,4 +147,6 @@ def upsert_items(session: Session, items: Sequence[ItemIn], settings: Settings) 
     if errors:
         raise BatchRejected(errors)
     rows = {item.item_id: item.model_dump() for item in items}
-    return repository.upsert_items(session, [rows[key] for key in sorted(rows)])
+    count = repository.upsert_items(session, [rows[key] for key in sorted(rows)])
+    repository.announce_changes(session, None)  # titles and candidates may have changed
+    return count

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.domain import drift as drift_domain
 from app.domain import profiles, ranking
+from app.services.change_feed import ChangeFeed
 from app.services.model_manager import ServedModel
 from app.store import drift_records, repository
 
@@ -229,28 +230,72 @@ def _drift_of(model: ServedModel, history: History, enabled: bool,
     return cached_drift(model, user_id, history) if user_id else find_drift(model, history)
 
 
-def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
-                       exclude_seen: bool, settings: Settings,
-                       drift_aware: bool = True) -> dict[str, Any]:
-    # The ranking depends only on the user's events and the request's options, and events are
-    # only ever added: one aggregate read tells whether a remembered ranking still holds.
-    total, last_seq = repository.user_event_state(session, user_id)
-    if total == 0:
-        raise UnknownUser(user_id)
+@dataclass(frozen=True, slots=True)
+class RememberedRanking:
+    """A user's ranking and the state of their events it was computed from. `response` (with
+    titles) is kept only when the state came from the change feed, which also tracks the
+    catalogue; otherwise titles are read again on use."""
+
+    state: tuple[Any, ...]
+    chosen: list[tuple[str, float, str]]
+    drift_aware: bool
+    response: dict[str, Any] | None
+
+
+def _ranking_key(model: ServedModel, user_id: str, k: int, exclude_seen: bool,
+                 drift_aware: bool, settings: Settings) -> tuple[Any, ...]:
     drift = model.bundle.drift
-    key = (user_id, total, last_seq, k, exclude_seen, drift_aware, settings.drift_strength,
-           drift.threshold, drift.kind_threshold)
-    ranked = model.ranking_cache.get(key)
-    if ranked is None:
-        ranked = _rank_for_user(session, model, user_id, total, k, exclude_seen, settings,
-                                drift_aware)
-        model.ranking_cache.put(key, ranked)
-    chosen, changed = ranked
-    return _recommendations(session, model, user_id, chosen, changed)
+    return (user_id, k, exclude_seen, drift_aware, settings.drift_strength, drift.threshold,
+            drift.kind_threshold)
 
 
-def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: int, k: int,
-                   exclude_seen: bool, settings: Settings, drift_aware: bool
+def remembered_recommendations(model: ServedModel, feed: ChangeFeed | None, user_id: str,
+                               k: int, exclude_seen: bool, drift_aware: bool,
+                               settings: Settings) -> dict[str, Any] | None:
+    """The answer for a user whose events have not changed since it was computed, from memory
+    alone (no database), when the change feed can vouch for that; else None."""
+    token = feed.token(user_id) if feed is not None else None
+    if token is None:
+        return None
+    entry = model.ranking_cache.get(_ranking_key(model, user_id, k, exclude_seen, drift_aware,
+                                                 settings))
+    if entry is None or entry.state != ("feed", *token):
+        return None
+    return entry.response
+
+
+def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
+                       exclude_seen: bool, settings: Settings, drift_aware: bool = True,
+                       feed: ChangeFeed | None = None) -> dict[str, Any]:
+    # A ranking depends only on the user's events and the request's options. Its state is the
+    # change feed's token for the user (taken before reading, so a change that lands meanwhile
+    # invalidates it) or, without a live feed, one aggregate read of the user's events, which
+    # changes with every new event since events are only ever added.
+    token = feed.token(user_id) if feed is not None else None
+    if token is not None:
+        state: tuple[Any, ...] = ("feed", *token)
+        total = None
+    else:
+        total, last_seq = repository.user_event_state(session, user_id)
+        if total == 0:
+            raise UnknownUser(user_id)
+        state = ("db", total, last_seq)
+    key = _ranking_key(model, user_id, k, exclude_seen, drift_aware, settings)
+    entry = model.ranking_cache.get(key)
+    if entry is not None and entry.state == state:
+        if entry.response is not None:
+            return entry.response
+        return _recommendations(session, model, user_id, entry.chosen, entry.drift_aware)
+    chosen, changed = _rank_for_user(session, model, user_id, total, k, exclude_seen, settings,
+                                     drift_aware)
+    response = _recommendations(session, model, user_id, chosen, changed)
+    model.ranking_cache.put(key, RememberedRanking(
+        state, chosen, changed, response if token is not None else None))
+    return response
+
+
+def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: int | None,
+                   k: int, exclude_seen: bool, settings: Settings, drift_aware: bool
                    ) -> tuple[list[tuple[str, float, str]], bool]:
     bundle = model.bundle
     limit = max(bundle.drift.max_events, bundle.sequence_model.config.max_len)

@@ -168,6 +168,9 @@ class ModelManager:
                                           self.settings.model_alias)
                 served = self._current
                 if served is not None and served.version == str(version.version) and not force:
+                    # the alias is readable and points at what we serve: an earlier error
+                    # (registry away, a refused version since un-promoted) no longer applies
+                    self.last_error = None
                     return ReloadOutcome(False, served.version)
                 candidate = self._prepare(version)
             except Exception as error:  # any failure keeps the old version serving

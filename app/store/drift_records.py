@@ -11,6 +11,11 @@ Definitions (time ranges are ``since <= t < until``; either end may be None = op
 - ``drift_rate = drifts / users_checked`` (None when no user was checked in the bucket);
 - buckets are UTC hours / days / ISO weeks (starting Monday 00:00 UTC); buckets with neither
   checks nor drifts are left out;
+- times: live checks are stamped with the wall clock; the batch scan (``python -m app
+  drift-scan``) is a backfill and stamps each check and record with the user's last event time
+  (``stamped_at``), the earliest moment a live system could have made that check. An imported
+  history (ml-100k is from 1997-98) then spreads over the buckets its data covers instead of
+  piling up in the hour the scan ran;
 - a *transition* is the pair (``from_topic``, ``to_topic``): the heaviest topic of
   ``interests_before`` and of ``interests_after`` (ties by name), stored by ``record_drift``.
   Records missing either side are not counted; ``A -> A`` (the top topic stayed, the rest of
@@ -22,7 +27,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Literal
 
@@ -30,7 +37,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coer
 from sqlalchemy.orm import Session
 
 from app.domain.profiles import top_topic
-from app.store.models import DriftCheck, DriftRecord, UTCDateTime, utcnow
+from app.store.models import DriftCheck, DriftRecord, Event, User, UTCDateTime, utcnow
 from app.store.repository import _insert
 
 Bucket = Literal["hour", "day", "week"]
@@ -43,8 +50,50 @@ _SQLITE_BUCKET = {
 }
 
 
+# The time `record_drift` / `record_check` stamp when the caller gives none: None = the wall
+# clock. A context variable, so a backfill can reuse the live check code unchanged, and live
+# checks in other threads (the drift queue, requests) keep the wall clock.
+_STAMP: ContextVar[datetime | None] = ContextVar("drift_stamp", default=None)
+
+
+# session.info key: drift records this session's open transaction created (app.core.metrics).
+NEW_DRIFT_RECORDS = "driftrec.new_drift_records"
+
+
 class InvalidCursor(ValueError):
     """A history cursor that this module did not produce."""
+
+
+@contextmanager
+def stamped_at(at: datetime) -> Iterator[None]:
+    """Within the block (this thread / task only), checks and records written without an
+    explicit time are stamped ``at`` instead of the wall clock: the drift-scan backfill."""
+    if at.tzinfo is None:
+        raise ValueError("stamped_at needs an aware datetime")
+    token = _STAMP.set(at)
+    try:
+        yield
+    finally:
+        _STAMP.reset(token)
+
+
+def _now() -> datetime:
+    return _STAMP.get() or utcnow()
+
+
+def last_event_at(session: Session, user_id: str) -> datetime | None:
+    """Time of the user's newest event (the as-of time of a backfilled check)."""
+    return session.scalar(select(func.max(Event.occurred_at)).where(Event.user_id == user_id))
+
+
+def user_ids_to_scan(session: Session, unchecked_only: bool = False) -> list[str]:
+    """Every stored user, by id; with ``unchecked_only`` those without any drift check yet
+    (so an interrupted or repeated bootstrap scan does only the remaining work)."""
+    query = select(User.user_id).order_by(User.user_id)
+    if unchecked_only:
+        query = query.where(~select(DriftCheck.id).where(DriftCheck.user_id == User.user_id)
+                            .exists())
+    return list(session.scalars(query))
 
 
 def record_drift(
@@ -71,7 +120,7 @@ def record_drift(
     values = {
         "user_id": user_id, "change_event_id": change_event_id, "change_at": change_at,
         "change_index": change_index, "score": score, "threshold": threshold, "kind": kind,
-        "model_version": model_version, "detected_at": detected_at or utcnow(),
+        "model_version": model_version, "detected_at": detected_at or _now(),
         "interests_before": dict(interests_before), "interests_after": dict(interests_after),
         "from_topic": top_topic(interests_before), "to_topic": top_topic(interests_after),
     }
@@ -83,6 +132,8 @@ def record_drift(
         .returning(DriftRecord.id)
     )
     created = session.execute(statement).scalar_one_or_none() is not None
+    if created:  # counted by the metrics when (if) the transaction commits
+        session.info[NEW_DRIFT_RECORDS] = session.info.get(NEW_DRIFT_RECORDS, 0) + 1
     record = session.scalars(
         select(DriftRecord)
         .where(DriftRecord.user_id == user_id, DriftRecord.change_event_id == change_event_id)
@@ -103,7 +154,7 @@ def record_check(
     """Log one drift check of a user (the denominator of drift rates)."""
     check = DriftCheck(user_id=user_id, model_version=model_version,
                        drift_detected=drift_detected, record_id=record_id,
-                       checked_at=checked_at or utcnow())
+                       checked_at=checked_at or _now())
     session.add(check)
     session.flush()
     return check

@@ -11,6 +11,7 @@ from sqlalchemy import Select, and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.store.changes import CHANNEL, change_payloads
 from app.store.models import Event, Item, User, utcnow
 
 # SQLite caps the number of bound parameters per statement; chunk long IN lists.
@@ -102,6 +103,17 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
         .returning(Event.event_id)
     )
     return set(session.scalars(statement, list(rows)))
+
+
+def announce_changes(session: Session, user_ids: Iterable[str] | None) -> None:
+    """Tell every serving process, when this transaction commits, that these users have new
+    events (None: the catalogue changed). PostgreSQL NOTIFY; SQLite has none (serving there
+    checks each user's event state instead)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for payload in change_payloads(user_ids):
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": CHANNEL, "payload": payload})
 
 
 def user_exists(session: Session, user_id: str) -> bool:

@@ -25,6 +25,9 @@ def post_events(batch: EventBatch, session: SessionDep, settings: SettingsDep, r
     """
     with session.begin():
         result = ingestion.ingest_events(session, batch.events, settings)
+    request.app.state.metrics.count_events(result.accepted, result.duplicates)
+    # before the acknowledgement: this process never answers from a ranking it knows is stale
+    request.app.state.change_feed.users_changed(result.user_ids)
     queued = None
     if detect_drift:
         queued = request.app.state.drift_queue.submit(result.user_ids)

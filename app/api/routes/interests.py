@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import ModelDep, ReadScope, SessionDep, SettingsDep, UserIdPath
 from app.core.errors import ApiError
 from app.schemas.serving import InterestProfileOut, RecommendationsOut, RecommendRequest
-from app.services import interests
+from app.schemas.timeline import InterestTimelineOut
+from app.services import interests, timeline
 
 router = APIRouter(tags=["interests"])
 
@@ -34,14 +36,26 @@ def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
 
 @router.get("/recommend/{user_id}", dependencies=[ReadScope],
             response_model=RecommendationsOut, responses=NOT_FOUND)
-def recommend(user_id: UserIdPath, session: SessionDep, model: ModelDep, settings: SettingsDep,
-              k: Annotated[int, Query(ge=1)] = 10, exclude_seen: bool = True,
-              drift_aware: bool = True) -> dict[str, Any]:
+async def recommend(user_id: UserIdPath, request: Request, model: ModelDep,
+                    settings: SettingsDep, k: Annotated[int, Query(ge=1)] = 10,
+                    exclude_seen: bool = True, drift_aware: bool = True) -> dict[str, Any]:
     """Top-k items for the user's interests now; after a drift, the new interests weigh more
     (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it)."""
     _check_k(k, settings.max_k)
-    return interests.recommend_for_user(session, model, user_id, k, exclude_seen, settings,
-                                        drift_aware)
+    # async, and no session dependency: a user whose events have not changed since the last
+    # answer is served from memory on the event loop, without a thread hop or a query
+    feed = request.app.state.change_feed
+    remembered = interests.remembered_recommendations(model, feed, user_id, k, exclude_seen,
+                                                      drift_aware, settings)
+    if remembered is not None:
+        return remembered
+
+    def compute() -> dict[str, Any]:
+        with request.app.state.session_factory() as session:
+            return interests.recommend_for_user(session, model, user_id, k, exclude_seen,
+                                                settings, drift_aware, feed)
+
+    return await run_in_threadpool(compute)
 
 
 @router.post("/recommend", dependencies=[ReadScope], response_model=RecommendationsOut,
@@ -54,3 +68,16 @@ def recommend_for_session(body: RecommendRequest, session: SessionDep, model: Mo
     return interests.recommend_for_items(session, model, body.recent_item_ids, timestamps,
                                          body.k, body.exclude_seen, settings, body.user_id,
                                          body.drift_aware)
+
+
+@router.get("/interest-profile/{user_id}/timeline", dependencies=[ReadScope],
+            response_model=InterestTimelineOut, responses=NOT_FOUND)
+def interest_timeline(user_id: UserIdPath, session: SessionDep, model: ModelDep,
+                      settings: SettingsDep,
+                      limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+                      window: Annotated[int | None, Query(ge=1, le=500)] = None
+                      ) -> dict[str, Any]:
+    """Topic weights after each of the user's last `limit` events: the shares of the last
+    `window` events (default: the short-term profile's window), oldest first."""
+    return timeline.interest_timeline(session, model, user_id, limit,
+                                      window or settings.short_term_events)

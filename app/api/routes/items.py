@@ -25,6 +25,7 @@ def upsert_items(batch: ItemBatch, session: SessionDep, settings: SettingsDep,
     """
     with session.begin():
         count = ingestion.upsert_items(session, batch.items, settings)
+    request.app.state.change_feed.everything_changed()  # titles in remembered answers
     request.app.state.models.add_items(
         [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories))
          for i in batch.items])

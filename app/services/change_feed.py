@@ -1,0 +1,113 @@
+"""Which users' events (and whether the catalogue) changed: lets serving trust what it remembers.
+
+A remembered ranking stays right until the user has a new event or the catalogue changes. On
+PostgreSQL, every write that changes either sends a `NOTIFY` in its own transaction (so it is
+delivered exactly when the write commits), and each worker process keeps one connection
+`LISTEN`ing. While that connection is up, a worker can answer a repeated `/recommend` from
+memory without touching the database. While it is down (startup, an outage), or on SQLite,
+which has no notifications, `ChangeFeed.token` returns None and serving checks the user's
+event state in the database instead, as before.
+
+Consistency: the worker that stored an event forgets the user's rankings before it
+acknowledges the write, so a client reads its own writes. Other workers learn of it when the
+notification arrives, normally within a few milliseconds of the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from app.store.changes import CHANNEL, EVERYTHING
+
+logger = logging.getLogger("driftrec.change_feed")
+
+class ChangeFeed:
+    """Per-process change counters: a token that moves whenever a user's answers may have.
+
+    `token(user_id)` is None while the feed cannot vouch for completeness (not listening)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation: dict[str, int] = {}
+        self._epoch = 0  # moves when everything changed (or notifications may have been lost)
+        self._live = False
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def token(self, user_id: str) -> tuple[int, int] | None:
+        if not self._live:
+            return None
+        return self._epoch, self._generation.get(user_id, 0)
+
+    def users_changed(self, user_ids: Iterable[str]) -> None:
+        with self._lock:
+            for user_id in user_ids:
+                self._generation[user_id] = self._generation.get(user_id, 0) + 1
+
+    def everything_changed(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._generation.clear()
+
+    def apply(self, payload: str) -> None:
+        if payload == EVERYTHING:
+            self.everything_changed()
+        else:
+            self.users_changed(payload.split("\n"))
+
+    def set_live(self, live: bool) -> None:
+        if live and not self._live:
+            # notifications sent while we were not listening are lost: start afresh
+            self.everything_changed()
+        self._live = live
+
+
+class PostgresChangeListener:
+    """A thread that keeps a `LISTEN` connection open and feeds notifications to a ChangeFeed,
+    reconnecting with backoff after errors (the feed is not live meanwhile)."""
+
+    def __init__(self, database_url: str, feed: ChangeFeed, poll_seconds: float = 1.0) -> None:
+        url = make_url(database_url).set(drivername="postgresql")
+        self._conninfo = url.render_as_string(hide_password=False)
+        self._feed = feed
+        self._poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="change-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._feed.set_live(False)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                # keepalives: a silently dropped connection must fail, not hang the feed live
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
+                                     keepalives=1, keepalives_idle=5, keepalives_interval=2,
+                                     keepalives_count=2) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    self._feed.set_live(True)
+                    backoff = 0.5
+                    while not self._stop.is_set():
+                        for notification in connection.notifies(timeout=self._poll_seconds):
+                            self._feed.apply(notification.payload)
+                        connection.execute("SELECT 1")  # notices a dead connection
+            except psycopg.Error as error:
+                if self._feed.live:
+                    logger.warning("change feed lost its connection (%s); serving checks the "
+                                   "database until it is back", error)
+                self._feed.set_live(False)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)

@@ -1,0 +1,443 @@
+"""The drift dashboard, the backfilling drift scan, the timeline endpoint and Basic auth.
+
+The browser tests run the real service (uvicorn on 127.0.0.1, API keys configured) on a
+scratch PostgreSQL database holding the tiny-user MovieLens subset and the tiny model, and
+drive Debian's /usr/bin/chromium headless through Playwright (`make test` installs chromium
+where it is missing; Playwright never downloads a browser).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import VAR_DIR, Settings
+from app.domain.timeline import rolling_topic_shares
+from app.main import create_app
+from app.services.drift_scan import all_user_ids, scan_users
+from app.store import drift_records
+from app.store.db import make_engine, make_session_factory, transaction
+from app.store.models import DriftCheck
+from app.store.repository import ensure_users
+from tests.conftest import TinyModel, scratch_pg_database
+from training.data import movielens
+from training.data.importer import import_movielens
+from training.recommender import prepare_split
+
+TINY_USERS = 40  # configs/tiny.yaml recommender.max_users
+KEYS = "reader-key:read;writer-key:write"
+CHROMIUM = os.environ.get("DRIFTREC_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PORTS = range(18100, 18200)
+
+
+def _basic(password: str, user: str = "dashboard") -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+# ------------------------------------------------------------------------ pure functions
+def test_rolling_topic_shares_is_the_short_term_window_at_each_event() -> None:
+    shares = rolling_topic_shares(np.array([0, 0, 1, 2, 2]), n_topics=3, window=2)
+    expected = [[1, 0, 0], [1, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0.5], [0, 0, 1]]
+    assert shares.tolist() == expected
+    # A window longer than the history: the cumulative shares.
+    assert rolling_topic_shares(np.array([1, 0, 1]), 2, 10)[-1].tolist() == [1 / 3, 2 / 3]
+    assert rolling_topic_shares(np.array([], dtype=np.int64), 2, 3).shape == (0, 2)
+    with pytest.raises(ValueError):
+        rolling_topic_shares(np.array([3]), 3, 2)
+    with pytest.raises(ValueError):
+        rolling_topic_shares(np.array([0]), 3, 0)
+
+
+# -------------------------------------------------------------------- store: backfill stamps
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        ensure_users(session, ["u1", "u2", "u3"])
+    yield sessions
+    engine.dispose()
+
+
+def test_stamped_at_dates_checks_and_records_of_this_thread_only(
+        factory: sessionmaker[Session]) -> None:
+    as_of = datetime(1998, 3, 4, 17, 5, tzinfo=UTC)
+    other_thread: list[DriftCheck] = []
+
+    def live_check() -> None:  # e.g. the drift queue's worker, during a backfill
+        with transaction(factory) as session:
+            other_thread.append(drift_records.record_check(
+                session, user_id="u3", model_version="1", drift_detected=False))
+
+    with drift_records.stamped_at(as_of):
+        with transaction(factory) as session:
+            record, _ = drift_records.record_drift(
+                session, user_id="u1", change_event_id="e1",
+                change_at=as_of - timedelta(days=2), change_index=11, score=0.9, threshold=0.5,
+                kind="abrupt", model_version="1", interests_before={"Drama": 1.0},
+                interests_after={"Comedy": 1.0})
+            check = drift_records.record_check(session, user_id="u1", model_version="1",
+                                               drift_detected=True, record_id=record.id)
+            explicit = drift_records.record_check(session, user_id="u2", model_version="1",
+                                                  drift_detected=False,
+                                                  checked_at=as_of + timedelta(days=1))
+        worker = threading.Thread(target=live_check)
+        worker.start()
+        worker.join()
+    assert record.detected_at == as_of and check.checked_at == as_of
+    assert explicit.checked_at == as_of + timedelta(days=1)  # an explicit time wins
+    assert abs(other_thread[0].checked_at - datetime.now(UTC)) < timedelta(minutes=5)
+    with transaction(factory) as session:
+        assert drift_records.record_check(session, user_id="u2", model_version="1",
+                                          drift_detected=False).checked_at > as_of
+        summary = drift_records.drift_summary(session, None, None, "day")
+        assert summary[0] == {"bucket_start": datetime(1998, 3, 4, tzinfo=UTC),
+                              "users_checked": 1, "drifts": 1, "drift_rate": 1.0}
+        assert drift_records.user_ids_to_scan(session) == ["u1", "u2", "u3"]
+        assert drift_records.user_ids_to_scan(session, unchecked_only=True) == []
+    with pytest.raises(ValueError), drift_records.stamped_at(datetime(1998, 1, 1)):
+        pass
+
+
+# ------------------------------------------------------------------------------ Basic auth
+def test_dashboard_asks_browsers_for_basic_credentials(settings: Settings) -> None:
+    keyed = settings.model_copy(update={"api_keys": KEYS})
+    with TestClient(create_app(keyed)) as client:
+        refused = client.get("/dashboard")
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.headers["www-authenticate"] == 'Basic realm="DriftRec", charset="UTF-8"'
+        assert client.get("/dashboard/users/u1").headers["www-authenticate"].startswith("Basic")
+        wrong = client.get("/dashboard", headers=_basic("nope"))
+        assert wrong.status_code == 401 and "www-authenticate" in wrong.headers
+        assert client.get("/dashboard", headers=_basic("writer-key")).status_code == 403
+
+        page = client.get("/dashboard", headers=_basic("reader-key"))
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'id="chart-drift-rate"' in page.text and 'id="chart-transitions"' in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        user_page = client.get("/dashboard/users/u1", headers=_basic("reader-key", "anyone"))
+        assert user_page.status_code == 200 and 'id="chart-timeline"' in user_page.text
+        assert client.get("/dashboard/users/..%2Fx", headers=_basic("reader-key")
+                          ).status_code in (404, 422)
+
+        # The API takes the same Basic credentials (what the page's fetch() calls send) ...
+        summary = client.get("/drift/summary", headers=_basic("reader-key"))
+        assert summary.status_code == 200 and summary.json()["buckets"] == []
+        api_refused = client.get("/drift/summary", headers=_basic("nope"))
+        assert api_refused.status_code == 401 and "www-authenticate" not in api_refused.headers
+        assert client.get("/drift/summary", headers={"Authorization": "Basic %%%"}
+                          ).status_code == 401
+        assert client.post("/items", json={"items": [{"item_id": "m1", "title": "Heat"}]},
+                           headers=_basic("reader-key")).status_code == 403
+        # ... and Bearer works as before.
+        bearer = client.get("/drift/summary", headers={"Authorization": "Bearer reader-key"})
+        assert bearer.status_code == 200
+        assert client.get("/drift/summary").status_code == 401
+
+
+def test_dashboard_assets_are_served_locally_with_cache_headers(client: TestClient) -> None:
+    page = client.get("/dashboard").text  # auth is off without keys
+    src = next(part.split('"')[1] for part in page.split("<script ") if "plotly" in part)
+    assert src.startswith("/dashboard/static/plotly.min.js?v=")
+    plotly = client.get(src)
+    assert plotly.status_code == 200 and plotly.headers["content-encoding"] == "gzip"
+    assert plotly.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert plotly.headers["content-type"].startswith("text/javascript")
+    assert len(plotly.content) > 3_000_000 and b"plotly.js" in plotly.content[:1000]
+    again = client.get(src, headers={"If-None-Match": plotly.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    unversioned = client.get("/dashboard/static/overview.js")
+    assert unversioned.status_code == 200
+    assert unversioned.headers["cache-control"] == "public, max-age=0, must-revalidate"
+    assert client.get("/dashboard/static/secrets.py").status_code == 404
+    assert client.get("/dashboard/static/..%2F..%2Fmain.py").status_code == 404
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/interest-profile/{user_id}/timeline" in paths
+    assert not [path for path in paths if path.startswith("/dashboard")]
+
+
+# --------------------------------------------------------- the live service, tiny model
+@dataclass
+class LiveService:
+    base_url: str
+    app: Any
+    users: list[str]
+    drifted: int
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = httpx.get(self.base_url + path, params=params,
+                             headers={"Authorization": "Bearer reader-key"}, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def _free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
+
+
+@pytest.fixture(scope="module")
+def live(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[LiveService]:
+    root = tmp_path_factory.mktemp("dashboard")
+    shutil.copy(tiny_model.root / "mlflow.db", root / "mlflow.db")
+    dataset = movielens.load(VAR_DIR / "cache")
+    _, split = prepare_split(dataset, TINY_USERS)
+    users = {seq.user_id for seq in split.train}
+    subset = movielens.MovieLens(dataset.movies, [r for r in dataset.ratings if r.user_id in users],
+                                 dataset.fingerprint)
+    with scratch_pg_database("dashboard") as url:
+        settings = Settings(database_url=url,
+                            mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                            mlflow_artifact_root=str(root / "artifacts"),
+                            model_poll_seconds=0, data_cache_dir=root / "cache", api_keys=KEYS)
+        engine = make_engine(url)
+        import_movielens(subset, make_session_factory(engine), settings, progress=False)
+        engine.dispose()
+        app = create_app(settings)
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, name="dashboard-uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        try:
+            model = app.state.models.current
+            # The tiny model rarely crosses its calibrated threshold on 40 users; alarm on
+            # every eligible event so the scan leaves records for the pages to show.
+            calibrated, model.bundle.drift.threshold = model.bundle.drift.threshold, 0.0
+            try:
+                ids = all_user_ids(app.state.session_factory)
+                report = scan_users(app.state.session_factory, model, ids, backfill=True)
+            finally:
+                model.bundle.drift.threshold = calibrated
+            yield LiveService(f"http://127.0.0.1:{port}", app, ids, report.drifts)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+def test_backfill_stamps_each_check_at_the_users_last_event(live: LiveService) -> None:
+    assert live.drifted >= len(live.users) // 2
+    summary = live.get("/drift/summary", bucket="day")
+    days = [datetime.fromisoformat(b["bucket_start"]) for b in summary["buckets"]]
+    # One check per user, each on the day of the user's last event: ml-100k's own dates.
+    assert sum(b["users_checked"] for b in summary["buckets"]) == len(live.users)
+    assert len(days) > 5 and all(datetime(1997, 9, 1, tzinfo=UTC) <= d
+                                 < datetime(1998, 5, 1, tzinfo=UTC) for d in days)
+    records = live.get("/drift/history", limit=500)["records"]
+    assert len(records) == live.drifted == sum(b["drifts"] for b in summary["buckets"])
+    for record in records[:5]:
+        last = live.get(f"/users/{record['user_id']}/events", limit=1)["events"][0]
+        assert record["detected_at"] == last["timestamp"]
+    with live.app.state.session_factory() as session:
+        assert drift_records.user_ids_to_scan(session, unchecked_only=True) == []
+
+
+def test_timeline_ends_at_the_current_short_term_profile(live: LiveService) -> None:
+    user = live.users[0]
+    timeline = live.get(f"/interest-profile/{user}/timeline")
+    profile = live.get(f"/interest-profile/{user}")
+    points = timeline["points"]
+    assert timeline["window"] == 20 and len(points) == profile["event_count"]
+    assert [p["index"] for p in points] == list(range(len(points)))
+    assert points[-1]["timestamp"] == profile["as_of"]
+    for point in (points[0], points[len(points) // 2], points[-1]):
+        assert sum(point["weights"]) == pytest.approx(1.0)
+        assert len(point["weights"]) == len(timeline["topics"])
+        assert point["weights"][timeline["topics"].index(point["topic"])] > 0
+    last = dict(zip(timeline["topics"], points[-1]["weights"], strict=True))
+    for weight in profile["short_term"]:
+        assert last[weight["topic"]] == pytest.approx(weight["weight"])
+    tail = live.get(f"/interest-profile/{user}/timeline", limit=7, window=3)["points"]
+    assert [p["index"] for p in tail] == [p["index"] for p in points[-7:]]
+    last_three = [p["topic"] for p in points[-3:]]
+    one = live.get(f"/interest-profile/{user}/timeline", limit=1, window=3)
+    assert len(one["points"]) == 1
+    assert dict(zip(one["topics"], one["points"][0]["weights"], strict=True)) == pytest.approx(
+        {topic: last_three.count(topic) / 3 for topic in last_three})
+
+
+# ------------------------------------------------------------------------------ browser
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it "
+                    "(apt-get install -y chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Tab:
+    """One browser page with every request and console problem it saw."""
+
+    def __init__(self, browser: Any, base_url: str) -> None:
+        self.context = browser.new_context(
+            http_credentials={"username": "dashboard", "password": "reader-key"},
+            viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.base_url = base_url
+        self.requests: list[str] = []
+        self.problems: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on("pageerror", lambda error: self.problems.append(str(error)))
+        self.page.on("console", lambda message: message.type == "error"
+                     and self.problems.append(message.text))
+        self.page.set_default_timeout(20_000)
+
+    def wait_ready(self) -> None:
+        # A selector, not wait_for_function: the pages' CSP forbids the eval() it polls with.
+        self.page.wait_for_selector("body[data-state=ready], body[data-state=error]",
+                                    state="attached")
+        error = self.page.locator("#error")
+        assert error.is_hidden(), error.inner_text()
+
+    def act(self, action: Any) -> None:
+        """Run an action that reloads the data, then wait for the new data."""
+        self.page.evaluate("document.body.dataset.state = 'stale'")
+        action()
+        self.wait_ready()
+
+    def chart(self, element_id: str) -> list[dict[str, Any]]:
+        """The data of a Plotly chart as drawn (`el.data`), [] when none."""
+        return self.page.evaluate(f"document.getElementById('{element_id}').data || []")
+
+    def outside_requests(self) -> list[str]:
+        return [url for url in self.requests if not url.startswith(("data:", "blob:"))
+                and urlparse(url).hostname != "127.0.0.1"]
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _users_checked(tab: Tab) -> tuple[list[str], int]:
+    bars = tab.chart("chart-drift-rate")[0]
+    return bars["x"], sum(bars["y"])
+
+
+def test_overview_charts_filters_and_link_to_the_user_view(live: LiveService,
+                                                           browser: Any) -> None:
+    tab = Tab(browser, live.base_url)
+    try:
+        tab.page.goto(f"{live.base_url}/dashboard")
+        tab.wait_ready()
+        rate = tab.chart("chart-drift-rate")
+        assert [t["name"] for t in rate] == ["users checked", "drift rate"]
+        days, checked = _users_checked(tab)
+        assert len(days) > 5 and checked == len(live.users)
+        assert all(0 <= r <= 1 for r in rate[1]["y"] if r is not None)
+        sankey = tab.chart("chart-transitions")[0]
+        assert sankey["type"] == "sankey" and sum(sankey["link"]["value"]) >= 1
+        # The default range is the one the data covers, shown in the date fields.
+        assert tab.page.input_value("#since") == days[0][:10]
+        assert tab.page.input_value("#until") == days[-1][:10]
+
+        tab.act(lambda: tab.page.select_option("#bucket", "week"))
+        assert parse_qs(urlparse(tab.page.url).query)["bucket"] == ["week"]
+        weeks, checked_weekly = _users_checked(tab)
+        assert len(weeks) < len(days) and checked_weekly == checked
+
+        tab.act(lambda: tab.page.select_option("#bucket", "day"))
+        middle = days[len(days) // 2][:10]
+        tab.page.fill("#until", middle)
+        tab.act(lambda: tab.page.click("#apply"))
+        query = parse_qs(urlparse(tab.page.url).query)
+        assert query["until"] == [middle] and query["bucket"] == ["day"]
+        assert "since" not in query  # left at the covered range: open-ended
+        shown, checked_until = _users_checked(tab)
+        assert shown == [d for d in days if d[:10] <= middle] and checked_until < checked
+        tab.act(lambda: tab.page.go_back())
+        assert _users_checked(tab)[0] == days
+        tab.act(lambda: tab.page.go_forward())
+        assert _users_checked(tab)[0] == shown
+        # The filtered view is shareable: loading its URL afresh shows the same data.
+        tab.page.reload()
+        tab.wait_ready()
+        assert _users_checked(tab) == (shown, checked_until)
+
+        link = tab.page.locator("#records a.user-link").first
+        user = link.inner_text()
+        with tab.page.expect_navigation():
+            link.click()
+        tab.wait_ready()
+        assert urlparse(tab.page.url).path == f"/dashboard/users/{user}"
+        _assert_user_view(tab, live, user)
+        assert not tab.outside_requests(), tab.outside_requests()
+        assert not tab.problems, tab.problems
+    finally:
+        tab.close()
+
+
+def _assert_user_view(tab: Tab, live: LiveService, user: str) -> None:
+    timeline = tab.chart("chart-timeline")
+    areas = [t for t in timeline if t.get("stackgroup")]
+    events = live.get(f"/interest-profile/{user}")["event_count"]
+    assert areas and all(len(t["y"]) == events for t in areas)
+    marks = [t for t in timeline if t["name"] == "change point"]
+    records = live.get("/drift/history", user_id=user)["records"]
+    assert marks and marks[0]["x"] == [r["change_index"] for r in records]
+    shapes = tab.page.evaluate("document.getElementById('chart-timeline').layout.shapes")
+    assert [s["x0"] for s in shapes] == marks[0]["x"]
+    profile = tab.chart("chart-profile")
+    assert [t["name"] for t in profile] == ["long term", "short term"] and profile[0]["x"]
+    rows = tab.page.locator("#recommendations tbody tr")
+    assert rows.count() == 10
+    served = live.get(f"/recommend/{user}", k=10)["items"]
+    assert rows.first.locator("td").nth(2).inner_text() == served[0]["topic"]
+    tab.act(lambda: tab.page.select_option("#axis", "time"))
+    assert parse_qs(urlparse(tab.page.url).query)["x"] == ["time"]
+    dated = next(t for t in tab.chart("chart-timeline") if t.get("stackgroup"))["x"]
+    assert str(dated[0]).startswith(("1997", "1998"))
+
+
+def test_user_view_opened_directly_gets_its_data(live: LiveService, browser: Any) -> None:
+    """A first visit straight to a user's page: the browser was challenged below /dashboard/,
+    yet the page's API calls (outside that path) still carry the credentials."""
+    user = live.get("/drift/history", limit=1)["records"][0]["user_id"]
+    tab = Tab(browser, live.base_url)
+    try:
+        response = tab.page.goto(f"{live.base_url}/dashboard/users/{user}")
+        assert response is not None and response.status == 200
+        tab.wait_ready()
+        assert [t for t in tab.chart("chart-timeline") if t.get("stackgroup")]
+        # Only the first API call is refused (then the page hands the credentials over).
+        assert len(tab.problems) == 1 and "401" in tab.problems[0], tab.problems
+        assert not tab.outside_requests()
+        tab.page.goto(f"{live.base_url}/dashboard/users/nobody")
+        tab.page.wait_for_selector("body[data-state=error]", state="attached")
+        assert "nobody" in tab.page.inner_text("#error")
+    finally:
+        tab.close()
