@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import PROJECT_ROOT, Settings
 from app.main import create_app
@@ -82,6 +83,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
 
 
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated database (each backend) that knows users u1, u2 and u3."""
+    from app.store.db import make_session_factory, transaction
+    from app.store.repository import ensure_users
+
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        ensure_users(session, ["u1", "u2", "u3"])
+    yield sessions
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An MLflow store with no model in it (created once: MLflow's own migrations are slow)."""
@@ -140,3 +155,35 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     report = run_training(config, device="cpu", register=True, promote=True, progress=False,
                           target=target, log=lambda _: None)
     return TinyModel(report, target, root)
+
+
+@contextlib.contextmanager
+def tiny_model_database(tiny_model: TinyModel, root: Path, label: str,
+                        **settings: Any) -> Iterator[tuple[Settings, Any]]:
+    """A scratch PostgreSQL database and a copy of the tiny model's registry of the caller's
+    own (its alias moves must not touch other tests): (settings for an app, the registry)."""
+    import shutil
+
+    from training.registry import MlflowTarget
+
+    shutil.copy(tiny_model.root / "mlflow.db", root / "mlflow.db")
+    target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
+    with scratch_pg_database(label) as url:
+        yield Settings(database_url=url, mlflow_tracking_uri=target.tracking_uri,
+                       mlflow_artifact_root=str(root / "artifacts"), model_poll_seconds=0,
+                       data_cache_dir=root / "cache", **settings), target
+
+
+def tiny_users_data() -> tuple[Any, Any, Any]:
+    """ml-100k, the tiny config's leave-one-out split, and the ratings of its users only."""
+    from app.core.config import VAR_DIR
+    from training.data import movielens
+    from training.recommender import prepare_split
+
+    tiny_users = 40  # configs/tiny.yaml recommender.max_users
+    dataset = movielens.load(VAR_DIR / "cache")
+    _, split = prepare_split(dataset, tiny_users)
+    users = {seq.user_id for seq in split.train}
+    subset = movielens.MovieLens(dataset.movies, [r for r in dataset.ratings if r.user_id in users],
+                                 dataset.fingerprint)
+    return dataset, split, subset

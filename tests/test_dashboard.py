@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import socket
 import threading
 import time
@@ -28,20 +27,16 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import VAR_DIR, Settings
+from app.core.config import Settings
 from app.domain.timeline import rolling_topic_shares
 from app.main import create_app
 from app.services.drift_scan import all_user_ids, scan_users
 from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
 from app.store.models import DriftCheck
-from app.store.repository import ensure_users
-from tests.conftest import TinyModel, scratch_pg_database
-from training.data import movielens
+from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
 from training.data.importer import import_movielens
-from training.recommender import prepare_split
 
-TINY_USERS = 40  # configs/tiny.yaml recommender.max_users
 KEYS = "reader-key:read;writer-key:write"
 CHROMIUM = os.environ.get("DRIFTREC_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -68,16 +63,6 @@ def test_rolling_topic_shares_is_the_short_term_window_at_each_event() -> None:
 
 
 # -------------------------------------------------------------------- store: backfill stamps
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    sessions = make_session_factory(engine)
-    with transaction(sessions) as session:
-        ensure_users(session, ["u1", "u2", "u3"])
-    yield sessions
-    engine.dispose()
-
-
 def test_stamped_at_dates_checks_and_records_of_this_thread_only(
         factory: sessionmaker[Session]) -> None:
     as_of = datetime(1998, 3, 4, 17, 5, tzinfo=UTC)
@@ -205,18 +190,9 @@ def _free_port() -> int:
 def live(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[LiveService]:
     root = tmp_path_factory.mktemp("dashboard")
-    shutil.copy(tiny_model.root / "mlflow.db", root / "mlflow.db")
-    dataset = movielens.load(VAR_DIR / "cache")
-    _, split = prepare_split(dataset, TINY_USERS)
-    users = {seq.user_id for seq in split.train}
-    subset = movielens.MovieLens(dataset.movies, [r for r in dataset.ratings if r.user_id in users],
-                                 dataset.fingerprint)
-    with scratch_pg_database("dashboard") as url:
-        settings = Settings(database_url=url,
-                            mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-                            mlflow_artifact_root=str(root / "artifacts"),
-                            model_poll_seconds=0, data_cache_dir=root / "cache", api_keys=KEYS)
-        engine = make_engine(url)
+    _, _, subset = tiny_users_data()
+    with tiny_model_database(tiny_model, root, "dashboard", api_keys=KEYS) as (settings, _):
+        engine = make_engine(settings.database_url)
         import_movielens(subset, make_session_factory(engine), settings, progress=False)
         engine.dispose()
         app = create_app(settings)

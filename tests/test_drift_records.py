@@ -6,14 +6,13 @@ Every test runs on SQLite and on the real PostgreSQL server (the `database_url` 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.store.db import make_engine, make_session_factory, transaction
+from app.store.db import transaction
 from app.store.drift_records import (
     InvalidCursor,
     drift_history,
@@ -23,20 +22,10 @@ from app.store.drift_records import (
     top_transitions,
 )
 from app.store.models import DriftCheck, DriftRecord
-from app.store.repository import count_rows, ensure_users
+from app.store.repository import count_rows
 
 SUNDAY = datetime(2026, 11, 22, tzinfo=UTC)  # 2026-11-23 is a Monday
 MONDAY = SUNDAY + timedelta(days=1)
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    sessions = make_session_factory(engine)
-    with transaction(sessions) as session:
-        ensure_users(session, ["u1", "u2", "u3"])
-    yield sessions
-    engine.dispose()
 
 
 def _drift(session: Session, user_id: str, change_event_id: str, detected_at: datetime,

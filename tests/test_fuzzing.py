@@ -9,7 +9,6 @@ derandomized (a fixed seed per test), so CI sees the same requests on every run.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +35,7 @@ from schemathesis.specs.openapi.checks import (
 from app.core.config import Settings
 from app.main import create_app
 from tests.app_routes import endpoints
-from tests.conftest import TinyModel, scratch_pg_database
-from training import registry
+from tests.conftest import TinyModel, tiny_model_database
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 10
@@ -66,12 +64,7 @@ class Fuzzed:
 def fuzzed(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Fuzzed]:
     root = tmp_path_factory.mktemp("fuzzing")
-    shutil.copy(tiny_model.root / "mlflow.db", root / "mlflow.db")
-    target = registry.MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
-    with scratch_pg_database("fuzzing") as url:
-        settings = Settings(database_url=url, mlflow_tracking_uri=target.tracking_uri,
-                            mlflow_artifact_root=str(root / "artifacts"), model_poll_seconds=0,
-                            data_cache_dir=root / "cache")
+    with tiny_model_database(tiny_model, root, "fuzzing") as (settings, _):
         with TestClient(create_app(settings)) as seeder:
             _seed(seeder)
         # Schemathesis runs the app's lifespan itself (once per app); it is stopped below.

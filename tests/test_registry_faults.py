@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from app.ml.bundle import InterestModelBundle
-from tests.conftest import TinyModel, scratch_pg_database
+from tests.conftest import TinyModel, tiny_model_database
 from training import registry
 
 # Nothing listens here (the reserved test range): connections are refused, as when the
@@ -51,21 +51,15 @@ class Registry:
 def served(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("registry-faults")
-    # A registry of this module's own: its alias moves must not touch other tests.
-    shutil.copy(tiny_model.root / "mlflow.db", root / "mlflow.db")
-    target = registry.MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
-    with scratch_pg_database("registry") as url:
-        settings = Settings(database_url=url, mlflow_tracking_uri=target.tracking_uri,
-                            mlflow_artifact_root=str(root / "artifacts"), model_poll_seconds=0,
-                            data_cache_dir=root / "cache")
-        with TestClient(create_app(settings)) as client:
-            items = [{"item_id": item, "title": f"Movie {item}"} for item in ITEMS]
-            assert client.post("/items", json={"items": items}).status_code == 200
-            events = [{"event_id": f"r-{n}", "user_id": "r1", "item_id": ITEMS[n % 20],
-                       "type": "view", "timestamp": 1_700_000_000 + 3600 * n}
-                      for n in range(30)]
-            assert client.post("/events", json={"events": events}).status_code == 200
-            yield Registry(client, settings, target, tiny_model, root)
+    with tiny_model_database(tiny_model, root, "registry") as (settings, target), \
+            TestClient(create_app(settings)) as client:
+        items = [{"item_id": item, "title": f"Movie {item}"} for item in ITEMS]
+        assert client.post("/items", json={"items": items}).status_code == 200
+        events = [{"event_id": f"r-{n}", "user_id": "r1", "item_id": ITEMS[n % 20],
+                   "type": "view", "timestamp": 1_700_000_000 + 3600 * n}
+                  for n in range(30)]
+        assert client.post("/events", json={"events": events}).status_code == 200
+        yield Registry(client, settings, target, tiny_model, root)
 
 
 def _assert_still_serving(client: TestClient, version: str) -> None:

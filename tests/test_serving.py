@@ -20,19 +20,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.core.config import VAR_DIR, Settings
+from app.core.config import Settings
 from app.main import create_app
 from app.ml.bundle import InterestModelBundle
 from app.store.db import make_engine, make_session_factory
-from tests.conftest import TinyModel, scratch_pg_database
+from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
 from training import registry
-from training.data import movielens
 from training.data.importer import import_movielens
 from training.data.sequences import LeaveOneOutSplit, build_vocab
 from training.evaluate import score_sequences
-from training.recommender import prepare_split
-
-TINY_USERS = 40  # configs/tiny.yaml recommender.max_users
 
 
 @dataclass
@@ -48,19 +44,9 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("serving")
-    # A registry of this module's own: its alias moves here must not touch other tests.
-    shutil.copy(tiny_model.root / "mlflow.db", root / "mlflow.db")
-    target = registry.MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
-    dataset = movielens.load(VAR_DIR / "cache")
-    _, split = prepare_split(dataset, TINY_USERS)
-    users = {seq.user_id for seq in split.train}
-    subset = movielens.MovieLens(dataset.movies, [r for r in dataset.ratings if r.user_id in users],
-                                 dataset.fingerprint)
-    with scratch_pg_database("serving") as url:
-        settings = Settings(database_url=url, mlflow_tracking_uri=target.tracking_uri,
-                            mlflow_artifact_root=str(root / "artifacts"), model_poll_seconds=0,
-                            data_cache_dir=root / "cache")
-        engine = make_engine(url)
+    dataset, split, subset = tiny_users_data()
+    with tiny_model_database(tiny_model, root, "serving") as (settings, target):
+        engine = make_engine(settings.database_url)
         import_movielens(subset, make_session_factory(engine), settings, progress=False)
         engine.dispose()
         with TestClient(create_app(settings)) as client:

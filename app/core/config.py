@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     # Remembered rankings (a user's top-k for one state of their events; ~1 KB each);
     # 0 turns the cache off, so every /recommend runs the model.
     ranking_cache_size: int = Field(default=20_000, ge=0)
-    max_inference_batch: int = Field(default=64, ge=1,
-                                     description="histories per batched forward pass")
+    # Histories per batched forward pass (1: no batching).
+    max_inference_batch: int = Field(default=64, ge=1)
 
     log_level: str = "INFO"
     # json: one object per line for log shippers; text: for a terminal.

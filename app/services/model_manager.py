@@ -35,6 +35,7 @@ logger = logging.getLogger("driftrec.models")
 
 
 DEFAULT_MAX_BATCH = 64  # histories per forward pass
+
 History = tuple[Sequence[str], Sequence[float]]  # item ids and timestamps, oldest first
 DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
 
