@@ -27,6 +27,7 @@ from app.core.metrics import new_metrics
 from app.core.middleware import BodySizeLimit
 from app.core.request_context import ObservedFastAPI
 from app.core.security import parse_api_keys
+from app.schemas.common import ErrorOut
 from app.services import interests as interest_service
 from app.services.change_feed import ChangeFeed, PostgresChangeListener
 from app.services.drift_queue import DriftQueue
@@ -94,6 +95,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = parse_api_keys(settings.api_keys)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (health, items, events, users, models, interests, drift, dashboard, metrics):
-        app.include_router(module.router)
+    # Documented on every keyed operation (the probes need no key): what a client must handle
+    # besides the operation's own answers.
+    keyed = {401: {"model": ErrorOut, "description": "Missing or invalid API key."},
+             403: {"model": ErrorOut, "description": "The key lacks the needed scope."},
+             503: {"model": ErrorOut, "description": "Database (or model) unavailable; "
+                                                     "retry after `Retry-After` seconds."}}
+    app.include_router(health.router)
+    for module in (items, events, users, models, interests, drift, dashboard, metrics):
+        app.include_router(module.router, responses=keyed)
     return app

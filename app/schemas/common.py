@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 # Ids travel in URL paths (`/users/{user_id}/events`), so they are restricted to characters
 # that need no escaping and cannot form path tricks ("../") or SQL/shell metacharacters.
@@ -85,3 +85,13 @@ StorableText = Annotated[str, AfterValidator(storable_text)]
 
 class ErrorBody(dict[str, Any]):
     """Marker for documentation: every error is `{"error": code, "message": text, ...}`."""
+
+
+class ErrorOut(BaseModel):
+    """Every error response: a stable code, a message for people, and details by code."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="stable code, e.g. unauthorized, forbidden, "
+                                   "database_unavailable")
+    message: str
