@@ -33,7 +33,6 @@ from app.main import create_app
 from app.services.drift_scan import all_user_ids, scan_users
 from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
-from app.store.models import DriftCheck
 from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
 from training.data.importer import import_movielens
 
@@ -63,44 +62,28 @@ def test_rolling_topic_shares_is_the_short_term_window_at_each_event() -> None:
 
 
 # -------------------------------------------------------------------- store: backfill stamps
-def test_stamped_at_dates_checks_and_records_of_this_thread_only(
+def test_backfilled_times_place_checks_and_records_in_their_buckets(
         factory: sessionmaker[Session]) -> None:
     as_of = datetime(1998, 3, 4, 17, 5, tzinfo=UTC)
-    other_thread: list[DriftCheck] = []
-
-    def live_check() -> None:  # e.g. the drift queue's worker, during a backfill
-        with transaction(factory) as session:
-            other_thread.append(drift_records.record_check(
-                session, user_id="u3", model_version="1", drift_detected=False))
-
-    with drift_records.stamped_at(as_of):
-        with transaction(factory) as session:
-            record, _ = drift_records.record_drift(
-                session, user_id="u1", change_event_id="e1",
-                change_at=as_of - timedelta(days=2), change_index=11, score=0.9, threshold=0.5,
-                kind="abrupt", model_version="1", interests_before={"Drama": 1.0},
-                interests_after={"Comedy": 1.0})
-            check = drift_records.record_check(session, user_id="u1", model_version="1",
-                                               drift_detected=True, record_id=record.id)
-            explicit = drift_records.record_check(session, user_id="u2", model_version="1",
-                                                  drift_detected=False,
-                                                  checked_at=as_of + timedelta(days=1))
-        worker = threading.Thread(target=live_check)
-        worker.start()
-        worker.join()
-    assert record.detected_at == as_of and check.checked_at == as_of
-    assert explicit.checked_at == as_of + timedelta(days=1)  # an explicit time wins
-    assert abs(other_thread[0].checked_at - datetime.now(UTC)) < timedelta(minutes=5)
     with transaction(factory) as session:
-        assert drift_records.record_check(session, user_id="u2", model_version="1",
-                                          drift_detected=False).checked_at > as_of
+        record, _ = drift_records.record_drift(
+            session, user_id="u1", change_event_id="e1",
+            change_at=as_of - timedelta(days=2), change_index=11, score=0.9, threshold=0.5,
+            kind="abrupt", model_version="1", interests_before={"Drama": 1.0},
+            interests_after={"Comedy": 1.0}, detected_at=as_of)
+        check = drift_records.record_check(session, user_id="u1", model_version="1",
+                                           drift_detected=True, record_id=record.id,
+                                           checked_at=as_of)
+        live = drift_records.record_check(session, user_id="u2", model_version="1",
+                                          drift_detected=False)
+    assert record.detected_at == as_of and check.checked_at == as_of
+    assert abs(live.checked_at - datetime.now(UTC)) < timedelta(minutes=5)  # the wall clock
+    with transaction(factory) as session:
         summary = drift_records.drift_summary(session, None, None, "day")
         assert summary[0] == {"bucket_start": datetime(1998, 3, 4, tzinfo=UTC),
                               "users_checked": 1, "drifts": 1, "drift_rate": 1.0}
         assert drift_records.user_ids_to_scan(session) == ["u1", "u2", "u3"]
-        assert drift_records.user_ids_to_scan(session, unchecked_only=True) == []
-    with pytest.raises(ValueError), drift_records.stamped_at(datetime(1998, 1, 1)):
-        pass
+        assert drift_records.user_ids_to_scan(session, unchecked_only=True) == ["u3"]
 
 
 # ------------------------------------------------------------------------------ Basic auth

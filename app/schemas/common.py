@@ -83,10 +83,6 @@ def storable_text(value: str) -> str:
 StorableText = Annotated[str, AfterValidator(storable_text)]
 
 
-class ErrorBody(dict[str, Any]):
-    """Marker for documentation: every error is `{"error": code, "message": text, ...}`."""
-
-
 class ErrorOut(BaseModel):
     """Every error response: a stable code, a message for people, and details by code."""
 

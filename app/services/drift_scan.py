@@ -13,7 +13,6 @@ Live checks (requests, the ingestion queue) keep the wall clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,9 +45,7 @@ def scan_users(factory: sessionmaker[Session], model: ServedModel, user_ids: lis
     drifts = 0
     for user_id in user_ids:
         with transaction(factory) as session:
-            as_of = drift_records.last_event_at(session, user_id) if backfill else None
-            with drift_records.stamped_at(as_of) if as_of is not None else nullcontext():
-                result = interests.check_drift(session, model, user_id)
+            result = interests.check_drift(session, model, user_id, backfill=backfill)
             drifts += bool(result["drift_detected"])
         on_user()
     return ScanReport(users=len(user_ids), drifts=drifts)

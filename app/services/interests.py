@@ -159,11 +159,15 @@ def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFin
     return finding
 
 
-def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str, Any]:
+def check_drift(session: Session, model: ServedModel, user_id: str,
+                backfill: bool = False) -> dict[str, Any]:
     """The user's drift status; a detected change point is recorded once, every check logged.
 
-    Writes through `session`: the caller commits (one transaction for the whole check)."""
+    Writes through `session`: the caller commits (one transaction for the whole check).
+    `backfill` (the batch scan): the check and a new record are stamped with the user's last
+    event time, the earliest moment a live check could have made them, not the wall clock."""
     history = load_history(session, user_id, model.bundle.drift.max_events)
+    stamp = _as_time(history.timestamps[-1]) if backfill else None
     finding = cached_drift(model, user_id, history)
     names = model.bundle.topics.names
     change, record_id, change_point = finding.change, None, None
@@ -173,7 +177,7 @@ def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str,
             session, user_id=user_id, change_event_id=history.event_ids[change.index],
             change_at=at, change_index=history.offset + change.index, score=change.score,
             threshold=model.bundle.drift.threshold, kind=change.kind,
-            model_version=model.version,
+            model_version=model.version, detected_at=stamp,
             interests_before=dict(drift_domain.top_topics(finding.before, names, len(names))),
             interests_after=dict(drift_domain.top_topics(finding.after, names, len(names))),
         )
@@ -181,7 +185,8 @@ def check_drift(session: Session, model: ServedModel, user_id: str) -> dict[str,
         change_point = {"event_id": history.event_ids[change.index], "timestamp": at,
                         "index": history.offset + change.index}
     drift_records.record_check(session, user_id=user_id, model_version=model.version,
-                               drift_detected=change is not None, record_id=record_id)
+                               drift_detected=change is not None, record_id=record_id,
+                               checked_at=stamp)
     probs = finding.probabilities
     return {
         "user_id": user_id, "model_version": model.version,
@@ -249,19 +254,29 @@ def _ranking_key(model: ServedModel, user_id: str, k: int, exclude_seen: bool,
             drift.kind_threshold)
 
 
+def _feed_state(feed: ChangeFeed | None, user_id: str) -> tuple[Any, ...] | None:
+    """The user's event state as the change feed vouches for it (None: it cannot)."""
+    token = feed.token(user_id) if feed is not None else None
+    return None if token is None else ("feed", *token)
+
+
+def _remembered(model: ServedModel, key: tuple[Any, ...], state: tuple[Any, ...]
+                ) -> RememberedRanking | None:
+    entry = model.ranking_cache.get(key)
+    return entry if entry is not None and entry.state == state else None
+
+
 def remembered_recommendations(model: ServedModel, feed: ChangeFeed | None, user_id: str,
                                k: int, exclude_seen: bool, drift_aware: bool,
                                settings: Settings) -> dict[str, Any] | None:
     """The answer for a user whose events have not changed since it was computed, from memory
     alone (no database), when the change feed can vouch for that; else None."""
-    token = feed.token(user_id) if feed is not None else None
-    if token is None:
+    state = _feed_state(feed, user_id)
+    if state is None:
         return None
-    entry = model.ranking_cache.get(_ranking_key(model, user_id, k, exclude_seen, drift_aware,
-                                                 settings))
-    if entry is None or entry.state != ("feed", *token):
-        return None
-    return entry.response
+    key = _ranking_key(model, user_id, k, exclude_seen, drift_aware, settings)
+    entry = _remembered(model, key, state)
+    return None if entry is None else entry.response
 
 
 def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
@@ -271,18 +286,17 @@ def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: in
     # change feed's token for the user (taken before reading, so a change that lands meanwhile
     # invalidates it) or, without a live feed, one aggregate read of the user's events, which
     # changes with every new event since events are only ever added.
-    token = feed.token(user_id) if feed is not None else None
-    if token is not None:
-        state: tuple[Any, ...] = ("feed", *token)
-        total = None
-    else:
+    state = _feed_state(feed, user_id)
+    from_feed = state is not None
+    total = None
+    if state is None:
         total, last_seq = repository.user_event_state(session, user_id)
         if total == 0:
             raise UnknownUser(user_id)
         state = ("db", total, last_seq)
     key = _ranking_key(model, user_id, k, exclude_seen, drift_aware, settings)
-    entry = model.ranking_cache.get(key)
-    if entry is not None and entry.state == state:
+    entry = _remembered(model, key, state)
+    if entry is not None:
         if entry.response is not None:
             return entry.response
         return _recommendations(session, model, user_id, entry.chosen, entry.drift_aware)
@@ -290,7 +304,7 @@ def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: in
                                      drift_aware)
     response = _recommendations(session, model, user_id, chosen, changed)
     model.ranking_cache.put(key, RememberedRanking(
-        state, chosen, changed, response if token is not None else None))
+        state, chosen, changed, response if from_feed else None))
     return response
 
 

@@ -36,7 +36,7 @@ logger = logging.getLogger("driftrec.models")
 
 DEFAULT_MAX_BATCH = 64  # histories per forward pass
 
-History = tuple[Sequence[str], Sequence[float]]  # item ids and timestamps, oldest first
+EventWindow = tuple[Sequence[str], Sequence[float]]  # item ids, timestamps; oldest first
 DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
 
 
@@ -86,18 +86,18 @@ class ServedModel:
     ranking_cache: LruCache = field(default_factory=LruCache)
     max_batch: int = DEFAULT_MAX_BATCH
     # Concurrent requests share forward passes (see app.services.batching).
-    scorer: MicroBatcher[History, np.ndarray] = field(init=False, repr=False)
-    drift_tracer: MicroBatcher[History, DriftTrace] = field(init=False, repr=False)
+    scorer: MicroBatcher[EventWindow, np.ndarray] = field(init=False, repr=False)
+    drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         bundle = self.bundle
 
-        def score(histories: Sequence[History]) -> list[np.ndarray]:
+        def score(histories: Sequence[EventWindow]) -> list[np.ndarray]:
             scores = bundle.score_next_batch([h[0] for h in histories],
                                              [h[1] for h in histories])
             return list(scores.numpy())
 
-        def trace(histories: Sequence[History]) -> list[DriftTrace]:
+        def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
             return bundle.drift_traces_batch([h[0] for h in histories],
                                              [h[1] for h in histories])
 

@@ -13,7 +13,8 @@ Definitions (time ranges are ``since <= t < until``; either end may be None = op
   checks nor drifts are left out;
 - times: live checks are stamped with the wall clock; the batch scan (``python -m app
   drift-scan``) is a backfill and stamps each check and record with the user's last event time
-  (``stamped_at``), the earliest moment a live system could have made that check. An imported
+  (passed as ``checked_at`` / ``detected_at``), the earliest moment a live system could have
+  made that check. An imported
   history (ml-100k is from 1997-98) then spreads over the buckets its data covers instead of
   piling up in the hour the scan ran;
 - a *transition* is the pair (``from_topic``, ``to_topic``): the heaviest topic of
@@ -27,9 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,7 +36,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coer
 from sqlalchemy.orm import Session
 
 from app.domain.profiles import top_topic
-from app.store.models import DriftCheck, DriftRecord, Event, User, UTCDateTime, utcnow
+from app.store.models import DriftCheck, DriftRecord, User, UTCDateTime, utcnow
 from app.store.repository import _insert
 
 Bucket = Literal["hour", "day", "week"]
@@ -50,40 +49,12 @@ _SQLITE_BUCKET = {
 }
 
 
-# The time `record_drift` / `record_check` stamp when the caller gives none: None = the wall
-# clock. A context variable, so a backfill can reuse the live check code unchanged, and live
-# checks in other threads (the drift queue, requests) keep the wall clock.
-_STAMP: ContextVar[datetime | None] = ContextVar("drift_stamp", default=None)
-
-
 # session.info key: drift records this session's open transaction created (app.core.metrics).
 NEW_DRIFT_RECORDS = "driftrec.new_drift_records"
 
 
 class InvalidCursor(ValueError):
     """A history cursor that this module did not produce."""
-
-
-@contextmanager
-def stamped_at(at: datetime) -> Iterator[None]:
-    """Within the block (this thread / task only), checks and records written without an
-    explicit time are stamped ``at`` instead of the wall clock: the drift-scan backfill."""
-    if at.tzinfo is None:
-        raise ValueError("stamped_at needs an aware datetime")
-    token = _STAMP.set(at)
-    try:
-        yield
-    finally:
-        _STAMP.reset(token)
-
-
-def _now() -> datetime:
-    return _STAMP.get() or utcnow()
-
-
-def last_event_at(session: Session, user_id: str) -> datetime | None:
-    """Time of the user's newest event (the as-of time of a backfilled check)."""
-    return session.scalar(select(func.max(Event.occurred_at)).where(Event.user_id == user_id))
 
 
 def user_ids_to_scan(session: Session, unchecked_only: bool = False) -> list[str]:
@@ -120,7 +91,7 @@ def record_drift(
     values = {
         "user_id": user_id, "change_event_id": change_event_id, "change_at": change_at,
         "change_index": change_index, "score": score, "threshold": threshold, "kind": kind,
-        "model_version": model_version, "detected_at": detected_at or _now(),
+        "model_version": model_version, "detected_at": detected_at or utcnow(),
         "interests_before": dict(interests_before), "interests_after": dict(interests_after),
         "from_topic": top_topic(interests_before), "to_topic": top_topic(interests_after),
     }
@@ -154,7 +125,7 @@ def record_check(
     """Log one drift check of a user (the denominator of drift rates)."""
     check = DriftCheck(user_id=user_id, model_version=model_version,
                        drift_detected=drift_detected, record_id=record_id,
-                       checked_at=checked_at or _now())
+                       checked_at=checked_at or utcnow())
     session.add(check)
     session.flush()
     return check
