@@ -1,13 +1,20 @@
 """The model bundle: everything serving needs, in one directory, with a pinned format number.
 
-Layout of a bundle directory (format 1)::
+A bundle is three parts (:mod:`app.ml.parts`): an item encoder, a next-item scorer and a drift
+detector, each an object of a registered *kind* that saves its own files, plus the catalogue,
+topics and the drift decision settings. Layout of a bundle directory (format 2)::
 
-    manifest.json        format, configs, drift threshold, topics, metrics, fingerprint
+    manifest.json        model_format 2, "parts" (per role: kind, format, files, config),
+                         drift settings, topics, metrics, fingerprint, training config
     item_ids.json        catalogue order: item_ids[i] has model index i + 1 (0 = padding)
-    encoder/             fine-tuned MiniLM: safetensors weights + tokenizer files
-    sequence_model.pt    SequenceInterestModel state dict (holds the item text embeddings)
-    drift_head.pt        DriftHead state dict (holds its feature standardisation)
-    topic_centroids.npy  float32[n_topics, 384]
+    topic_centroids.npy  float32[n_topics, D]
+    ...                  each part's files, e.g. with the default kinds:
+    encoder/             kind minilm: fine-tuned MiniLM (safetensors weights + tokenizer)
+    sequence_model.pt    kind sasrec-text-time: state dict (holds the item text embeddings)
+    drift_head.pt        kind feature-gru: state dict (holds its feature standardisation)
+
+Format 1 (every version registered before parts had kinds) has the same files and a manifest
+without "parts": it is read as the default kinds (``DEFAULT_KINDS``) at their format 1.
 
 Serving and evaluation both score through the methods below, so the numbers evaluation
 reports come from the code that serves.
@@ -28,19 +35,28 @@ import torch
 
 from app.domain.drift import ChangePoint, detect_change_point
 from app.ml.device import autocast_context
-from app.ml.drift_head import FEATURE_NAMES, DriftHead, drift_features
-from app.ml.encoder import ItemTextEncoder
-from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
+from app.ml.parts import (
+    DEFAULT_KINDS,
+    ROLES,
+    BundleError,
+    DriftDetector,
+    ItemEncoder,
+    NextItemScorer,
+    load_part,
+    save_part,
+)
 from app.ml.topics import TopicTable
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # what save writes
+READABLE_FORMATS = (1, 2)  # what load reads
 MANIFEST = "manifest.json"
-ARTIFACTS = ("manifest.json", "item_ids.json", "encoder", "sequence_model.pt", "drift_head.pt",
-             "topic_centroids.npy")
+BUNDLE_FILES = ("manifest.json", "item_ids.json", "topic_centroids.npy")  # besides the parts'
+# Format 1: the files of each part and where its config was in the manifest.
+FORMAT1_FILES = {"encoder": ["encoder"], "scorer": ["sequence_model.pt"],
+                 "drift": ["drift_head.pt"]}
 
-
-class BundleError(RuntimeError):
-    """A bundle directory cannot be read: unknown format or missing/inconsistent artifacts."""
+__all__ = ["MANIFEST", "MODEL_FORMAT", "BundleError", "DriftSettings", "InterestModelBundle",
+           "read_manifest"]
 
 
 @dataclass
@@ -58,9 +74,9 @@ class DriftSettings:
 
 @dataclass
 class InterestModelBundle:
-    encoder: ItemTextEncoder
-    sequence_model: SequenceInterestModel
-    drift_head: DriftHead
+    encoder: ItemEncoder
+    sequence_model: NextItemScorer  # the bundle's "scorer" part
+    drift_detector: DriftDetector
     drift: DriftSettings
     item_ids: list[str]
     topics: TopicTable
@@ -72,8 +88,13 @@ class InterestModelBundle:
     def __post_init__(self) -> None:
         self._index = {item_id: i + 1 for i, item_id in enumerate(self.item_ids)}
         self.sequence_model.eval()
-        self.drift_head.eval()
+        self.drift_detector.eval()
         self.encoder.eval()
+
+    @property
+    def drift_head(self) -> DriftDetector:
+        """The drift part (its name from before parts had kinds)."""
+        return self.drift_detector
 
     @property
     def device(self) -> torch.device:
@@ -118,7 +139,7 @@ class InterestModelBundle:
         ``item_ids[i]``. Each history is ordered oldest first (ties in ingestion order) and
         read through its last ``max_len`` known events. A history with no known event gets
         uniform zeros (serving falls back to popularity for those)."""
-        idx, ts = self.encode_histories(histories, timestamps, self.sequence_model.config.max_len)
+        idx, ts = self.encode_histories(histories, timestamps, self.sequence_model.max_len)
         empty = idx[:, 0] == 0
         idx[empty, 0] = 1  # placeholder event so last_hidden is defined; row zeroed below
         with autocast_context(self.device):
@@ -157,9 +178,9 @@ class InterestModelBundle:
         idx, ts = self.encode_histories(histories, timestamps, self.drift.max_events)
         lengths = (idx > 0).sum(dim=1).tolist()
         idx[:, 0] = torch.where(idx[:, 0] == 0, 1, idx[:, 0])  # see score_next_batch
-        features = drift_features(self.sequence_model, idx, ts).float()
-        probs = self.drift_head.probabilities(features).float().cpu().numpy()
-        surprise = features[..., FEATURE_NAMES.index("surprise")].cpu().numpy()
+        trace = self.drift_detector.traces(self.sequence_model, idx, ts)
+        probs = trace.probabilities.float().cpu().numpy()
+        surprise = trace.surprise.float().cpu().numpy()
         return [(probs[b, :n], surprise[b, :n]) for b, n in enumerate(lengths)]
 
     def drift_probabilities_batch(self, histories: Sequence[Sequence[str]],
@@ -239,29 +260,28 @@ class InterestModelBundle:
             raise BundleError(f"encoder output shape {tuple(embedding.shape)}")
 
     # --------------------------------------------------------------- save/load
+    def parts(self) -> dict[str, Any]:
+        """The bundle's parts by role (see app.ml.parts.ROLES)."""
+        return {"encoder": self.encoder, "scorer": self.sequence_model,
+                "drift": self.drift_detector}
+
     def save(self, directory: Path | str) -> Path:
         """Write the bundle to ``directory`` (created; must be empty or absent)."""
         directory = Path(directory)
         if directory.exists() and any(directory.iterdir()):
             raise BundleError(f"{directory} is not empty")
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save(directory / "encoder")
-        torch.save(self.sequence_model.state_dict(), directory / "sequence_model.pt")
-        torch.save(self.drift_head.state_dict(), directory / "drift_head.pt")
+        entries = {role: save_part(role, part, directory) for role, part in self.parts().items()}
         np.save(directory / "topic_centroids.npy", self.topics.centroids.astype(np.float32))
         (directory / "item_ids.json").write_text(json.dumps(self.item_ids))
-        (directory / MANIFEST).write_text(json.dumps(self._manifest(), indent=2, default=str))
+        (directory / MANIFEST).write_text(json.dumps(self._manifest(entries), indent=2,
+                                                     default=str))
         return directory
 
-    def _manifest(self) -> dict[str, Any]:
-        head = self.drift_head
+    def _manifest(self, parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return {
             "model_format": MODEL_FORMAT,
-            "n_items": self.sequence_model.n_items,
-            "text_dim": self.sequence_model.text_dim,
-            "sequence_config": asdict(self.sequence_model.config),
-            "drift_head": {"n_features": head.inp.in_features,
-                           "hidden_size": head.inp.out_features},
+            "parts": parts,
             "drift": asdict(self.drift),
             "topics": self.topics.to_json(),
             "dataset_fingerprint": self.dataset_fingerprint,
@@ -272,48 +292,65 @@ class InterestModelBundle:
     @classmethod
     def load(cls, directory: Path | str, device: torch.device | str = "cpu"
              ) -> InterestModelBundle:
-        """Read a bundle written by :meth:`save`; refuses other formats and missing files."""
+        """Read a bundle written by :meth:`save` (or by format-1 code); refuses other formats,
+        unregistered part kinds and missing files."""
         directory = Path(directory)
         manifest = read_manifest(directory)
-        missing = [name for name in ARTIFACTS if not (directory / name).exists()]
-        if missing:
-            raise BundleError(f"bundle {directory} is missing {missing}")
         try:
-            return cls._build(directory, manifest, torch.device(device))
+            parts = manifest_parts(manifest)
+            files = [*BUNDLE_FILES, *(name for entry in parts.values() if isinstance(entry, dict)
+                                      for name in entry.get("files") or [])]
+            missing = [name for name in files if not (directory / name).exists()]
+            if missing:
+                raise BundleError(f"bundle {directory} is missing {missing}")
+            return cls._build(directory, manifest, parts, torch.device(device))
         except BundleError:
-            raise  # already says which file is wrong
+            raise  # already says which file or part is wrong
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             # e.g. a config field this code no longer has, or weights of another shape
-            raise BundleError(f"bundle {directory} does not match this code's format "
-                              f"{MODEL_FORMAT} model classes: {error}") from error
+            raise BundleError(f"bundle {directory} does not match this code's model "
+                              f"classes: {type(error).__name__}: {error}") from error
 
     @classmethod
-    def _build(cls, directory: Path, manifest: dict[str, Any], device: torch.device
-               ) -> InterestModelBundle:
+    def _build(cls, directory: Path, manifest: dict[str, Any], parts: dict[str, Any],
+               device: torch.device) -> InterestModelBundle:
         item_ids = json.loads((directory / "item_ids.json").read_text())
-        state = _weights(directory / "sequence_model.pt")
-        if len(item_ids) + 1 != state["item_text"].shape[0]:
+        built = {role: load_part(role, parts[role], directory, device) for role in ROLES}
+        rows = built["scorer"].item_text.shape[0]
+        if len(item_ids) + 1 != rows:
             raise BundleError(f"item_ids.json has {len(item_ids)} ids, the model's item table "
-                              f"{state['item_text'].shape[0] - 1}")
-        model = SequenceInterestModel(SequenceModelConfig(**manifest["sequence_config"]),
-                                      manifest["n_items"], manifest["text_dim"])
-        model.set_item_text_embeddings(state["item_text"])  # may hold cold-start rows
-        model.load_state_dict(state)
-        head = DriftHead(**manifest["drift_head"])
-        head.load_state_dict(_weights(directory / "drift_head.pt"))
+                              f"{rows - 1}")
         topics = TopicTable.from_json(manifest["topics"],
                                       np.load(directory / "topic_centroids.npy"))
         return cls(
-            encoder=ItemTextEncoder.from_dir(directory / "encoder", device),
-            sequence_model=model.to(device), drift_head=head.to(device),
-            drift=DriftSettings(**manifest["drift"]), item_ids=item_ids, topics=topics,
-            dataset_fingerprint=manifest["dataset_fingerprint"],
+            encoder=built["encoder"], sequence_model=built["scorer"],
+            drift_detector=built["drift"], drift=DriftSettings(**manifest["drift"]),
+            item_ids=item_ids, topics=topics, dataset_fingerprint=manifest["dataset_fingerprint"],
             training_config=manifest["training_config"], metrics=manifest["metrics"],
         )
 
 
+def manifest_parts(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each role's part entry ({"kind", "format", "files", "config"}); a format-1 manifest's
+    parts are the default kinds at their format 1, configured from its old keys."""
+    if manifest["model_format"] == 1:
+        configs = {"encoder": {},
+                   "scorer": {"sequence_config": manifest["sequence_config"],
+                              "n_items": manifest["n_items"], "text_dim": manifest["text_dim"]},
+                   "drift": manifest["drift_head"]}
+        return {role: {"kind": DEFAULT_KINDS[role], "format": 1, "files": FORMAT1_FILES[role],
+                       "config": configs[role]} for role in ROLES}
+    parts = manifest.get("parts")
+    if not isinstance(parts, dict):
+        raise BundleError("the manifest has no parts section")
+    missing = [role for role in ROLES if role not in parts]
+    if missing:
+        raise BundleError(f"the manifest names no part for {missing}")
+    return {role: parts[role] for role in ROLES}
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The bundle's manifest, after checking its format number is the one this code reads."""
+    """The bundle's manifest, after checking its format number is one this code reads."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{directory} has no {MANIFEST}: not a model bundle")
@@ -322,17 +359,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as error:
         raise BundleError(f"{path} is not valid JSON: {error}") from error
     found = manifest.get("model_format") if isinstance(manifest, dict) else None
-    if found != MODEL_FORMAT:
+    if type(found) is not int or found not in READABLE_FORMATS:
         raise BundleError(f"bundle {directory} has model_format {found!r}; this code reads "
-                          f"format {MODEL_FORMAT} only (retrain, or run a matching release)")
+                          f"formats {' and '.join(map(str, READABLE_FORMATS))} only (retrain, "
+                          f"or run a matching release)")
     return manifest
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    # weights_only: a bundle file can never run code on load.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt or truncated: UnpicklingError, RuntimeError, EOFError
-        first_line = (str(error).splitlines() or [""])[0][:200]
-        raise BundleError(f"{path.name} is not a readable weights file "
-                          f"({type(error).__name__}: {first_line})") from error

@@ -1,5 +1,11 @@
 """Per-event interest-drift features from the frozen sequence model, and the drift head.
 
+The head is the bundle's drift part of kind ``feature-gru`` (format 1): its state dict in
+``drift_head.pt`` (its feature standardisation included); manifest config
+``{"n_features": F, "hidden_size": H}``. The features work with any next-item scorer
+(:class:`app.ml.parts.NextItemScorer`), so other detector kinds can reuse them
+(:func:`drift_features`, :func:`event_surprise`).
+
 Everything here is causal: the features and the head's score at event ``t`` use events
 ``0..t`` only, so the service can score a user online and get the numbers evaluation saw.
 
@@ -11,12 +17,15 @@ at the latest stride multiple leaving it at least ``max_len // 2`` events of his
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.ml.sequence import SequenceInterestModel
+from app.ml.parts.protocols import DriftTrace, NextItemScorer
+from app.ml.parts.registry import load_weights, register_part
 
 SHORT = 3  # events in the "recent" window
 LONG = 30  # events in the "before" window that the recent one is compared with
@@ -26,12 +35,14 @@ FEATURE_NAMES = (
     "log_position", "log_gap",
 )
 N_FEATURES = len(FEATURE_NAMES)
+SURPRISE = FEATURE_NAMES.index("surprise")
+WEIGHTS_FILE = "drift_head.pt"
 
 
-def windowed_hidden(model: SequenceInterestModel, item_idx: torch.Tensor,
+def windowed_hidden(model: NextItemScorer, item_idx: torch.Tensor,
                     timestamps: torch.Tensor) -> torch.Tensor:
     """Causal hidden states for sequences of any length: [B, L] -> FloatTensor[B, L, H]."""
-    width = model.config.max_len
+    width = model.max_len
     length = item_idx.shape[1]
     if length <= width:
         return model(item_idx, timestamps)
@@ -71,7 +82,7 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return distance.masked_fill(empty, 0.0)
 
 
-def _surprise_and_rank(model: SequenceInterestModel, hidden: torch.Tensor,
+def _surprise_and_rank(model: NextItemScorer, hidden: torch.Tensor,
                        item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-log p(item_t | events < t) and log(1 + rank) / log(N): each [B, L]; t = 0 is uniform."""
     n_rows = model.item_text.shape[0] - 1
@@ -86,7 +97,7 @@ def _surprise_and_rank(model: SequenceInterestModel, hidden: torch.Tensor,
 
 
 @torch.no_grad()
-def drift_features(model: SequenceInterestModel, item_idx: torch.Tensor, timestamps: torch.Tensor,
+def drift_features(model: NextItemScorer, item_idx: torch.Tensor, timestamps: torch.Tensor,
                    item_embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """Per-event drift features (see ``FEATURE_NAMES``): FloatTensor[B, L, N_FEATURES].
 
@@ -124,6 +135,16 @@ def drift_features(model: SequenceInterestModel, item_idx: torch.Tensor, timesta
     return torch.stack(columns, dim=-1)
 
 
+@torch.no_grad()
+def event_surprise(model: NextItemScorer, item_idx: torch.Tensor,
+                   timestamps: torch.Tensor) -> torch.Tensor:
+    """-log p(item_t | events < t) under the scorer: FloatTensor[B, L] (t = 0: uniform)."""
+    model.eval()
+    hidden = windowed_hidden(model, item_idx, timestamps).float()
+    return _surprise_and_rank(model, hidden, item_idx)[0]
+
+
+@register_part("drift", "feature-gru", part_format=1)
 class DriftHead(nn.Module):
     """Causal scorer of per-event features: a linear layer, a 1-layer GRU and a linear read-out.
 
@@ -151,3 +172,20 @@ class DriftHead(nn.Module):
         """features: [B, L, F] -> per-event drift probabilities [B, L] (eval mode)."""
         self.eval()
         return torch.sigmoid(self(features))
+
+    def traces(self, scorer: NextItemScorer, item_idx: torch.Tensor,
+               timestamps: torch.Tensor) -> DriftTrace:
+        """Per-event drift probabilities and surprise of a batch, in fp32 (as calibrated)."""
+        features = drift_features(scorer, item_idx, timestamps).float()
+        return DriftTrace(self.probabilities(features).float(), features[..., SURPRISE])
+
+    def save_part(self, directory: Path) -> dict[str, Any]:
+        torch.save(self.state_dict(), Path(directory) / WEIGHTS_FILE)
+        return {"n_features": self.inp.in_features, "hidden_size": self.inp.out_features}
+
+    @classmethod
+    def load_part(cls, directory: Path, config: dict[str, Any], part_format: int,
+                  device: torch.device) -> DriftHead:
+        head = cls(**config)
+        head.load_state_dict(load_weights(Path(directory) / WEIGHTS_FILE))
+        return head.to(device)

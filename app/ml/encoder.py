@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
+from app.ml.parts.registry import register_part
+
 ENCODER_CONFIG_FILE = "item_encoder.json"
+ENCODER_DIR = "encoder"  # the encoder part's folder in a bundle
 TEXT_DIM = 384
 
 
@@ -46,8 +50,13 @@ def mean_pool(token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return F.normalize(pooled.float(), p=2, dim=-1)
 
 
+@register_part("encoder", "minilm", part_format=1)
 class ItemTextEncoder(nn.Module):
-    """MiniLM sentence encoder. ``forward`` keeps gradients (fine-tuning); ``embed`` does not."""
+    """MiniLM sentence encoder. ``forward`` keeps gradients (fine-tuning); ``embed`` does not.
+
+    Bundle part kind ``minilm`` (format 1): the folder ``encoder/`` written by :meth:`save`
+    (any BERT-style model with mean pooling reads the same way); no manifest config.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer_path: Path, max_length: int = 64) -> None:
         super().__init__()
@@ -90,6 +99,15 @@ class ItemTextEncoder(nn.Module):
         config = {"max_length": self.max_length, "pooling": "mean", "normalized": True,
                   "dim": self.dim, "num_layers": int(self.model.config.num_hidden_layers)}
         (directory / ENCODER_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    def save_part(self, directory: Path) -> dict[str, Any]:
+        self.save(Path(directory) / ENCODER_DIR)
+        return {}
+
+    @classmethod
+    def load_part(cls, directory: Path, config: dict[str, Any], part_format: int,
+                  device: torch.device) -> ItemTextEncoder:
+        return cls.from_dir(Path(directory) / ENCODER_DIR, device)
 
     @property
     def dim(self) -> int:

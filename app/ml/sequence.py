@@ -11,13 +11,18 @@ switch the content features off: with both off this is the ``sasrec_id`` baselin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.ml.parts.registry import BundleError, load_weights, register_part
+
 SECONDS_PER_HOUR = 3600.0
+WEIGHTS_FILE = "sequence_model.pt"
 
 
 @dataclass
@@ -94,8 +99,14 @@ class TransformerBlock(nn.Module):
         return self.norm2(x + self.dropout(self.ff(x)))
 
 
+@register_part("scorer", "sasrec-text-time", part_format=1)
 class SequenceInterestModel(nn.Module):
-    """Causal Transformer over right-padded event sequences; scores the whole catalogue."""
+    """Causal Transformer over right-padded event sequences; scores the whole catalogue.
+
+    Bundle part kind ``sasrec-text-time`` (format 1): the state dict in ``sequence_model.pt``
+    (it holds the item text embeddings, cold-start rows included); manifest config
+    ``{"sequence_config": asdict(config), "n_items": N, "text_dim": D}``.
+    """
 
     def __init__(self, config: SequenceModelConfig, n_items: int, text_dim: int) -> None:
         super().__init__()
@@ -114,6 +125,27 @@ class SequenceInterestModel(nn.Module):
         # Row 0 (padding) stays zero; serving may append rows for cold-start items.
         self.register_buffer("item_text", torch.zeros(n_items + 1, text_dim))
         self.apply(self._init_weights)
+
+    @property
+    def max_len(self) -> int:
+        return self.config.max_len
+
+    def save_part(self, directory: Path) -> dict[str, Any]:
+        torch.save(self.state_dict(), Path(directory) / WEIGHTS_FILE)
+        return {"sequence_config": asdict(self.config), "n_items": self.n_items,
+                "text_dim": self.text_dim}
+
+    @classmethod
+    def load_part(cls, directory: Path, config: dict[str, Any], part_format: int,
+                  device: torch.device) -> SequenceInterestModel:
+        state = load_weights(Path(directory) / WEIGHTS_FILE)
+        if "item_text" not in state:
+            raise BundleError(f"{WEIGHTS_FILE} holds no item_text table")
+        model = cls(SequenceModelConfig(**config["sequence_config"]), config["n_items"],
+                    config["text_dim"])
+        model.set_item_text_embeddings(state["item_text"])  # may hold cold-start rows
+        model.load_state_dict(state)
+        return model.to(device)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
