@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import httpx
-from mlflow import MlflowClient
 
 from app.core.config import VAR_DIR, Settings, get_settings
+from app.services.models import champion_version
 from app.store.db import make_engine, make_session_factory
 from app.store.migrate import upgrade_head
 from bench.common import machine, running_service, write_result
@@ -28,9 +28,7 @@ from training.recommender import prepare_split
 
 def main() -> None:
     settings = get_settings()
-    uri = settings.mlflow_tracking_uri
-    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
-        settings.model_name, settings.model_alias)
+    version = champion_version(settings)
     registered = float(version.tags["test_hr_at_10"])
     dataset = movielens.load(VAR_DIR / "cache")
     item_ids = build_vocab(dataset.movies).item_ids

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from app.core.config import VAR_DIR, Settings
-from app.ml.loader import load_settings_champion
+from app.services.models import load_champion
 from app.store.db import make_engine, make_session_factory
 from bench.common import (
     fresh_database,
@@ -66,7 +66,7 @@ def model_forward_ms(dataset: movielens.MovieLens, users: list[str], repeats: in
     model's work for one /recommend: next-item scores over the last 50 events and the drift
     trace over the last 200, alone and per request when 32 requests share one batched pass."""
     torch.set_num_threads(1)
-    bundle = load_settings_champion("auto").bundle
+    bundle = load_champion(device="auto").bundle
     histories: dict[str, list[movielens.Rating]] = {}
     for rating in dataset.ratings:
         histories.setdefault(rating.user_id, []).append(rating)

@@ -74,7 +74,7 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
                              kind_threshold=float(drift.kind_threshold))
     return InterestModelBundle(
         encoder=rec.encoder.to(device), sequence_model=rec.model.to(device),
-        drift_head=drift.head.to(device), drift=settings, item_ids=list(rec.item_ids),
+        drift_detector=drift.detector.to(device), drift=settings, item_ids=list(rec.item_ids),
         topics=topics, dataset_fingerprint=fingerprint, training_config=config.to_dict(),
         metrics={"recommender": rec.metrics, "drift": drift.metrics},
     )

@@ -42,7 +42,13 @@ class MlflowTarget:
     alias: str = "champion"
 
     def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return tracking_client(self.tracking_uri)
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """The one place training makes an MLflow client (app.ml.loader.registry_client is
+    serving's; this module stays free of the model code, see the module docstring)."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def default_target() -> MlflowTarget:
@@ -118,7 +124,7 @@ def log_history(history: Iterable[Mapping[str, Any]]) -> None:
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_history needs an active MLflow run")
-    client = MlflowClient()
+    client = tracking_client(mlflow.get_tracking_uri())
     for start in range(0, len(metrics), 1000):  # MLflow's per-batch limit
         client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000])
 

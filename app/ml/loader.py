@@ -1,10 +1,17 @@
-"""The one place serving loads models: alias -> registered version -> bundle directory -> bundle.
+"""The one way models are loaded: alias -> registered version -> bundle directory -> bundle.
 
-Serving reads the bundle directory with :meth:`InterestModelBundle.load` (and its pinned
-``MODEL_FORMAT`` check) rather than unpickling the pyfunc wrapper, so a version registered
-today keeps loading after the code changes, and one this code cannot read is refused with a
-clear error. :class:`InterestModelPyfunc` is what gets registered, so the version also loads
-on its own with ``mlflow.pyfunc.load_model`` (its ``code_paths`` carry ``app.ml``).
+Serving, the drift scan (through serving's model manager), the benchmarks and the training
+tests all come through :func:`load_registered` (:func:`load_version` when they start from an
+alias), and :func:`registry_client` is the one place a registry client is made. Everything is
+passed in explicitly: this package is shipped with each registered version (``code_paths``)
+and imports nothing of the service (``app.core``, ``app.services``, ``app.store``); the
+settings-based wrapper is ``app.services.models``.
+
+The bundle directory is read with :meth:`InterestModelBundle.load` (its format and part-kind
+checks) rather than by unpickling the pyfunc wrapper, so a version registered today keeps
+loading after the code changes, and one this code cannot read is refused with a clear error.
+:class:`InterestModelPyfunc` is what gets registered, so the version also loads on its own
+with ``mlflow.pyfunc.load_model``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +65,12 @@ class RegistryUnavailable(ConnectionError):
     """The MLflow registry did not answer (down, unreachable, or failing)."""
 
 
+def registry_client(tracking_uri: str) -> MlflowClient:
+    """A client of the MLflow store at ``tracking_uri`` (tracking and registry alike), never
+    MLflow's process-wide URIs."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 @dataclass
 class LoadedModel:
     bundle: InterestModelBundle
@@ -80,7 +94,8 @@ def resolve_version(client: MlflowClient, name: str, alias: str) -> ModelVersion
         raise RegistryUnavailable(f"model registry unavailable: {error.message}") from error
 
 
-def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path) -> Path:
+def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path,
+                    client: MlflowClient | None = None) -> Path:
     """Download a version's model files (once) and return its bundle directory. The cache
     key includes the version's source, so a recreated registry never serves a stale copy."""
     bound_registry_calls()
@@ -92,7 +107,7 @@ def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path) -
         partial.mkdir(parents=True)
         # Resolve the storage location with an explicit client: a models:/ URI would be
         # resolved against MLflow's process-wide registry URI, not this one.
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client = client or registry_client(tracking_uri)
         location = client.get_model_version_download_uri(version.name, str(version.version))
         mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(partial),
                                             tracking_uri=tracking_uri)
@@ -122,25 +137,29 @@ def bundle_dir_of(model_dir: Path) -> Path:
     return model_dir / relative
 
 
+def load_bundle(directory: Path, device: str = "auto") -> InterestModelBundle:
+    """Read a bundle directory on the chosen device (``auto``: CUDA when available)."""
+    return InterestModelBundle.load(directory, resolve_device(device))
+
+
+BundleReader = Callable[[Path, str], InterestModelBundle]  # (bundle directory, device)
+
+
+def load_registered(version: ModelVersion, tracking_uri: str, cache_dir: Path,
+                    device: str = "auto", alias: str = "",
+                    read: BundleReader = load_bundle) -> LoadedModel:
+    """Download a resolved version (once) and read its bundle. Raises BundleError when the
+    bundle's format, part kinds or files are not readable by this code."""
+    bundle = read(download_bundle(version, tracking_uri, cache_dir), device)
+    return LoadedModel(bundle, version.name, str(version.version), alias, version.run_id)
+
+
 def load_version(tracking_uri: str, name: str, alias: str, cache_dir: Path,
                  device: str = "auto") -> LoadedModel:
-    """Resolve ``name@alias``, download it and load its bundle on the chosen device
-    (``auto``: CUDA when available). Raises LookupError when no version has the alias and
-    BundleError when the bundle's format or files are not readable by this code."""
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    version = resolve_version(client, name, alias)
-    bundle_dir = download_bundle(version, tracking_uri, cache_dir)
-    bundle = InterestModelBundle.load(bundle_dir, resolve_device(device))
-    return LoadedModel(bundle, name, str(version.version), alias, version.run_id)
-
-
-def load_settings_champion(device: str | None = None) -> LoadedModel:
-    """``load_version`` with everything taken from the service settings."""
-    from app.core.config import get_settings
-
-    settings = get_settings()
-    return load_version(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
-                        settings.model_download_dir, device or settings.device)
+    """Resolve ``name@alias`` and :func:`load_registered` it. Raises LookupError when no
+    version has the alias, RegistryUnavailable when the registry does not answer."""
+    version = resolve_version(registry_client(tracking_uri), name, alias)
+    return load_registered(version, tracking_uri, cache_dir, device, alias)
 
 
 class HistoryInput(BaseModel):

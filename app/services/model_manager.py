@@ -26,8 +26,8 @@ from app.core.config import Settings
 from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
 from app.ml.catalogue import CatalogueItem, item_text, with_new_items
-from app.ml.device import resolve_device
-from app.ml.loader import download_bundle, resolve_version
+from app.ml.loader import load_bundle as load_bundle_dir
+from app.ml.loader import load_registered, registry_client, resolve_version
 from app.services.batching import MicroBatcher
 from app.store import repository
 
@@ -133,8 +133,7 @@ class ModelManager:
                  load_bundle: Callable[[Path, str], InterestModelBundle] | None = None) -> None:
         self.settings = settings
         self.factory = factory
-        self._load_bundle = load_bundle or (lambda path, device: InterestModelBundle.load(
-            path, resolve_device(device)))
+        self._load_bundle = load_bundle or load_bundle_dir
         self._current: ServedModel | None = None
         self.last_error: str | None = None
         self.last_checked_at: datetime | None = None
@@ -157,8 +156,7 @@ class ModelManager:
         return self._current
 
     def _client(self) -> MlflowClient:
-        uri = self.settings.mlflow_tracking_uri
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return registry_client(self.settings.mlflow_tracking_uri)
 
     def reload(self, force: bool = False) -> ReloadOutcome:
         """Load the version the alias points at, if it is not the one served (or `force`)."""
@@ -194,10 +192,10 @@ class ModelManager:
             self.on_reload(self)
 
     def _prepare(self, version: Any) -> ServedModel:
-        bundle_dir = download_bundle(version, self.settings.mlflow_tracking_uri,
-                                     self.settings.model_download_dir)
-        bundle = self._load_bundle(bundle_dir, self.settings.device)
-        bundle = with_new_items(bundle, catalogue_items(self.factory))
+        loaded = load_registered(version, self.settings.mlflow_tracking_uri,
+                                 self.settings.model_download_dir, self.settings.device,
+                                 self.settings.model_alias, self._load_bundle)
+        bundle = with_new_items(loaded.bundle, catalogue_items(self.factory))
         bundle.smoke_test()
         return ServedModel(
             bundle=bundle, name=version.name, version=str(version.version),

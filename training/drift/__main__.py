@@ -28,9 +28,10 @@ from training.drift.pipeline import DriftConfig, train_and_evaluate_drift
 def _model(args: argparse.Namespace, n_items: int,
            device: torch.device) -> tuple[SequenceInterestModel, torch.Tensor]:
     if args.bundle:
-        from app.ml.bundle import InterestModelBundle
+        from app.ml.loader import load_bundle
 
-        model = InterestModelBundle.load(args.bundle, device).sequence_model
+        model = load_bundle(args.bundle, str(device)).sequence_model
+        assert isinstance(model, SequenceInterestModel)  # the drift trainers read its features
         return model, model.item_text.detach().clone()
     text = torch.load(args.item_text)
     model = SequenceInterestModel(SequenceModelConfig(), n_items, text.shape[1])

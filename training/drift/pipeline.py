@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from app.domain.drift import alarm_indices, classify_kind, kind_score
-from app.ml.drift_head import FEATURE_NAMES, DriftHead
+from app.ml.drift_head import FEATURE_NAMES
+from app.ml.parts import DEFAULT_KINDS, DriftDetector
 from app.ml.sequence import SequenceInterestModel
 from training.data.sequences import UserSequence
 from training.drift.baselines import (
@@ -41,7 +42,7 @@ from training.drift.splicing import (
     save_cases,
     split_users,
 )
-from training.drift.trainer import HeadTrainConfig, case_features, head_probabilities, train_head
+from training.drift.trainer import HeadTrainConfig, case_features, drift_trainer
 
 Metrics = dict[str, float | None]
 GROUPS = ("train", "calibration", "evaluation")
@@ -51,12 +52,13 @@ GROUPS = ("train", "calibration", "evaluation")
 class DriftConfig:
     """Drift settings; the defaults are the ml-100k ones (:meth:`tiny` for smoke tests)."""
 
+    kind: str = DEFAULT_KINDS["drift"]  # the detector kind trained (app.ml.parts registry)
     splice: SpliceConfig = field(default_factory=SpliceConfig)  # calibration/evaluation cases
     # Head-training cases put the change anywhere from ``min_events`` on, so the head cannot
     # learn the evaluation protocol's change-point range (30..80) as a prior on position.
     train_splice: SpliceConfig = field(
         default_factory=lambda: SpliceConfig(min_prefix=10, max_prefix=150))
-    head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+    head: HeadTrainConfig = field(default_factory=HeadTrainConfig)  # kind feature-gru's
     group_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3)  # train / calib / eval users
     train_cases: dict[str, int] = field(  # spliced cases per user A (+1 unspliced per user)
         default_factory=lambda: {"abrupt": 3, "gradual": 3, "none": 1})
@@ -98,7 +100,7 @@ class DriftConfig:
 
 @dataclass
 class DriftResult:
-    head: DriftHead
+    detector: DriftDetector  # of kind config.kind, on the CPU
     threshold: float
     kind_threshold: float  # cut on kind_score (surprise after vs before) above which: gradual
     target_alarms_per_1k: float
@@ -238,7 +240,8 @@ def _baselines(feats: dict[str, list[torch.Tensor]], cases: dict[str, list[Drift
 def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torch.Tensor,
                              sequences: list[UserSequence], config: DriftConfig, seed: int,
                              device: torch.device, progress: bool = True) -> DriftResult:
-    """Train the drift head on spliced cases and compare it with the baselines.
+    """Train the drift detector (kind ``config.kind``) on spliced cases and compare it with
+    the baselines.
 
     model: the trained, frozen sequence model; item_embeddings: FloatTensor[N+1, D] item text
     embeddings (row 0 zeros); sequences: the users' training-portion sequences.
@@ -257,10 +260,11 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     feats = {g: case_features(model, cases[g], item_embeddings, device, progress=progress)
              for g in GROUPS}
     lap("features")
-    head = train_head(feats["train"], cases["train"], config.head, config.min_events, seed,
-                      device, progress)
+    trainer = drift_trainer(config.kind)
+    detector = trainer.fit(model, feats["train"], cases["train"], config, seed, device, progress)
     lap("head")
-    probs = {g: head_probabilities(head, feats[g], device) for g in GROUPS[1:]}
+    probs = {g: trainer.probabilities(detector, model, feats[g], cases[g], device)
+             for g in GROUPS[1:]}
     calib_probs = _unspliced(probs["calibration"], cases["calibration"])
     threshold = calibrate_threshold(calib_probs, config.target_alarms_per_1k,
                                     config.min_events, config.cooldown)
@@ -281,7 +285,8 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     metrics.update(rows)
     lap("baselines")
     return DriftResult(
-        head=head.cpu(), threshold=threshold, kind_threshold=kind_threshold,
+        detector=detector.to(torch.device("cpu")), threshold=threshold,
+        kind_threshold=kind_threshold,
         target_alarms_per_1k=config.target_alarms_per_1k,
         calibration_alarms_per_1k=calib_rate,
         measured_alarms_per_1k=float(metrics["ours"]["alarms_per_1k"] or 0.0),

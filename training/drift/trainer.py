@@ -1,10 +1,14 @@
-"""Features of drift cases from the frozen sequence model, and the drift head's training loop."""
+"""Features of drift cases from the frozen sequence model; how each drift detector kind is
+trained (a registry of trainers by kind, beside app.ml.parts' registry of part kinds); the
+``feature-gru`` drift head's training loop."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import importlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -12,8 +16,73 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from app.ml.drift_head import DriftHead, drift_features
+from app.ml.parts import DriftDetector, NextItemScorer, get_kind
 from app.ml.sequence import SequenceInterestModel
 from training.drift.splicing import DriftCase
+
+if TYPE_CHECKING:
+    from training.drift.pipeline import DriftConfig
+
+# Modules holding drift trainers (imported when a trainer is first looked up).
+TRAINER_MODULES = ("training.drift.trainer",)
+
+
+class DriftTrainer(Protocol):
+    """How one drift detector kind is fitted on the head-training cases and read on the others.
+
+    ``features`` are the cases' drift features (:func:`case_features`, computed once per run:
+    calibration and the baselines use them too); a kind may use them or ignore them."""
+
+    def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
+            cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
+            progress: bool) -> DriftDetector: ...
+
+    def probabilities(self, detector: DriftDetector, scorer: NextItemScorer,
+                      features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+                      device: torch.device) -> list[np.ndarray]:
+        """Per-event drift probabilities of each case: float[L_i] each."""
+        ...
+
+
+_TRAINERS: dict[str, DriftTrainer] = {}
+C = TypeVar("C", bound=type)
+
+
+def register_drift_trainer(kind: str) -> Callable[[C], C]:
+    """Class decorator: an instance of the class trains drift detectors of ``kind``."""
+
+    def decorate(cls: C) -> C:
+        _TRAINERS[kind] = cls()
+        return cls
+
+    return decorate
+
+
+def drift_trainer(kind: str) -> DriftTrainer:
+    """The trainer of a registered drift kind; ValueError naming the trainable kinds."""
+    for module in TRAINER_MODULES:
+        importlib.import_module(module)
+    get_kind("drift", kind)  # the kind must also be one a bundle can load
+    if kind not in _TRAINERS:
+        raise ValueError(f"drift kind {kind!r} has no trainer (trainable: "
+                         f"{', '.join(sorted(_TRAINERS))})")
+    return _TRAINERS[kind]
+
+
+@torch.no_grad()
+def trace_probabilities(detector: DriftDetector, scorer: NextItemScorer,
+                        cases: Sequence[DriftCase], device: torch.device,
+                        batch_size: int = 32) -> list[np.ndarray]:
+    """Per-event probabilities of each case through the detector's own ``traces`` (what the
+    bundle serves): for kinds that do not read the shared features."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        items = pad_batch([c.items for c in chunk], torch.int64).to(device)
+        times = pad_batch([c.times for c in chunk], torch.float64).to(device)
+        probs = detector.traces(scorer, items, times).probabilities.float().cpu().numpy()
+        out.extend(probs[row, : len(c.items)] for row, c in enumerate(chunk))
+    return out
 
 
 @dataclass
@@ -142,3 +211,20 @@ def head_probabilities(head: DriftHead, features: Sequence[torch.Tensor],
         probs = head.probabilities(x).float().cpu().numpy()
         out.extend(probs[row, : len(f)] for row, f in enumerate(chunk))
     return out
+
+
+@register_drift_trainer("feature-gru")
+class FeatureGruTrainer:
+    """The drift head on the shared features; settings in ``DriftConfig.head``."""
+
+    def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
+            cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
+            progress: bool) -> DriftDetector:
+        return train_head(features, cases, config.head, config.min_events, seed, device,
+                          progress)
+
+    def probabilities(self, detector: DriftDetector, scorer: NextItemScorer,
+                      features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+                      device: torch.device) -> list[np.ndarray]:
+        assert isinstance(detector, DriftHead)
+        return head_probabilities(detector, features, device)
