@@ -42,7 +42,7 @@ def bundle(encoder: ItemTextEncoder) -> InterestModelBundle:
     model = SequenceInterestModel(config, N_ITEMS, encoder.dim)
     model.set_item_text_embeddings(torch.cat([torch.zeros(1, encoder.dim), embeddings]))
     return InterestModelBundle(
-        encoder=encoder, sequence_model=model, drift_head=DriftHead(N_FEATURES, 8),
+        encoder=encoder, sequence_model=model, drift_detector=DriftHead(N_FEATURES, 8),
         drift=DriftSettings(threshold=0.5, min_events=3, cooldown=2, max_events=30),
         item_ids=item_ids, topics=topics_from_categories(embeddings.numpy(), categories),
         dataset_fingerprint="test-fingerprint", training_config={"seed": 0},
@@ -113,7 +113,7 @@ def test_load_refuses_an_unknown_format(bundle: InterestModelBundle, tmp_path: P
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["model_format"] = MODEL_FORMAT + 1
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="model_format 2"):
+    with pytest.raises(BundleError, match=f"model_format {MODEL_FORMAT + 1}"):
         InterestModelBundle.load(directory)
     del manifest["model_format"]
     (directory / "manifest.json").write_text(json.dumps(manifest))
@@ -169,7 +169,7 @@ def test_load_refuses_a_bundle_written_by_incompatible_model_code(
         bundle: InterestModelBundle, tmp_path: Path) -> None:
     directory = bundle.save(tmp_path / "b")
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest["sequence_config"]["a_field_this_code_lacks"] = 1
+    manifest["parts"]["scorer"]["config"]["sequence_config"]["a_field_this_code_lacks"] = 1
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="does not match"):
         InterestModelBundle.load(directory)
