@@ -59,6 +59,8 @@ class DriftConfig:
     train_splice: SpliceConfig = field(
         default_factory=lambda: SpliceConfig(min_prefix=10, max_prefix=150))
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)  # kind feature-gru's
+    # settings of another kind's trainer (its own keys; feature-gru reads ``head`` instead)
+    options: dict[str, Any] = field(default_factory=dict)
     group_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3)  # train / calib / eval users
     train_cases: dict[str, int] = field(  # spliced cases per user A (+1 unspliced per user)
         default_factory=lambda: {"abrupt": 3, "gradual": 3, "none": 1})
