@@ -287,3 +287,26 @@ def test_app_ml_imports_nothing_of_the_service() -> None:
         for path in sorted((PROJECT_ROOT / "app" / "ml").rglob("*.py"))
     }
     assert {path: names for path, names in offending.items() if names} == {}
+
+
+def test_the_shipped_model_code_loads_a_bundle_on_its_own(tmp_path: Path) -> None:
+    """What a registered version carries (training.registry._stage_code: app.ml + app.domain)
+    reads a bundle in a process that has nothing else of this project."""
+    import subprocess
+    import sys
+
+    from training.registry import _stage_code
+
+    code = _stage_code(tmp_path)
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import app\n"
+        "assert app.__file__.startswith(sys.argv[1]), app.__file__\n"
+        "from app.ml.loader import load_bundle\n"
+        "bundle = load_bundle(sys.argv[2], 'cpu'); bundle.smoke_test()\n"
+        "service = sorted(m for m in sys.modules if m.startswith(('app.core', 'app.services',"
+        " 'app.store', 'training')))\n"
+        "assert not service, service\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(code.parent), str(FORMAT1)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
