@@ -214,8 +214,10 @@ def test_registration_checks_the_role_and_refuses_a_taken_kind() -> None:
 
 
 class Clashing(SurpriseZScore):
+    name = "sequence_model.pt"
+
     def save_part(self, directory: Path) -> dict[str, Any]:
-        (directory / "sequence_model.pt").write_bytes(b"mine")
+        (directory / self.name).write_bytes(b"mine")
         return {}
 
 
@@ -225,6 +227,9 @@ def test_parts_cannot_overwrite_each_others_files(format1: InterestModelBundle,
     clashing = dataclasses.replace(format1, drift_detector=Clashing())
     with pytest.raises(BundleError, match=r"writes \['sequence_model.pt'\]"):
         clashing.save(tmp_path / "b")
+    clashing.drift_detector.name = "item_ids.json"  # the bundle's own file
+    with pytest.raises(BundleError, match=r"writes \['item_ids.json'\]"):
+        clashing.save(tmp_path / "c")
 
 
 # ------------------------------------------------------------------------ training side

@@ -271,7 +271,8 @@ class InterestModelBundle:
         if directory.exists() and any(directory.iterdir()):
             raise BundleError(f"{directory} is not empty")
         directory.mkdir(parents=True, exist_ok=True)
-        entries = {role: save_part(role, part, directory) for role, part in self.parts().items()}
+        entries = {role: save_part(role, part, directory, BUNDLE_FILES)
+                   for role, part in self.parts().items()}
         np.save(directory / "topic_centroids.npy", self.topics.centroids.astype(np.float32))
         (directory / "item_ids.json").write_text(json.dumps(self.item_ids))
         (directory / MANIFEST).write_text(json.dumps(self._manifest(entries), indent=2,

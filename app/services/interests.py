@@ -312,7 +312,7 @@ def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: in
                    k: int, exclude_seen: bool, settings: Settings, drift_aware: bool
                    ) -> tuple[list[tuple[str, float, str]], bool]:
     bundle = model.bundle
-    limit = max(bundle.drift.max_events, bundle.sequence_model.config.max_len)
+    limit = max(bundle.drift.max_events, bundle.sequence_model.max_len)
     history = load_history(session, user_id, limit, total)
     exclude: set[str] = set()
     if exclude_seen:  # the window already holds every event when the user has few

@@ -116,18 +116,21 @@ def kind_of(role: Role, part: object) -> PartKind:
     raise BundleError(f"{type(part).__name__} is not a registered {role} part kind")
 
 
-def save_part(role: Role, part: Any, directory: Path) -> dict[str, Any]:
+def save_part(role: Role, part: Any, directory: Path,
+              reserved: Iterable[str] = ()) -> dict[str, Any]:
     """Save ``part`` into the bundle ``directory``; its manifest entry.
 
     The part writes into a staging folder whose contents are then moved up, so two parts can
-    never overwrite each other's files (a clash is refused)."""
+    never overwrite each other's files, nor the bundle's own (``reserved``): a clash is
+    refused."""
     spec = kind_of(role, part)
     staging = directory / f".staging-{role}"
     staging.mkdir()
     try:
         config = part.save_part(staging)
         files = sorted(p.name for p in staging.iterdir())
-        clash = [name for name in files if (directory / name).exists()]
+        taken = set(reserved)
+        clash = [name for name in files if name in taken or (directory / name).exists()]
         if clash:
             raise BundleError(f"{role} part {spec.kind!r} writes {clash}, already in the bundle")
         for name in files:
