@@ -238,16 +238,18 @@ def test_training_finds_a_trainer_by_kind_and_reads_probabilities_like_the_bundl
     from training.drift.pipeline import DriftConfig
     from training.drift.splicing import DriftCase
     from training.drift.trainer import (
+        BuiltFromOptions,
         FeatureGruTrainer,
         case_features,
         drift_trainer,
+        register_drift_trainer,
         trace_probabilities,
     )
 
     assert DriftConfig().kind == "feature-gru"
     assert isinstance(drift_trainer(DriftConfig.from_dict({}).kind), FeatureGruTrainer)
     with pytest.raises(ValueError, match="no trainer"):
-        drift_trainer("surprise-zscore")  # registered for bundles, not trainable
+        drift_trainer("surprise-zscore")  # registered for bundles, not yet trainable
     with pytest.raises(BundleError, match="kind 'nope'"):
         drift_trainer("nope")
     scorer, head = format1.sequence_model, format1.drift_detector
@@ -262,6 +264,19 @@ def test_training_finds_a_trainer_by_kind_and_reads_probabilities_like_the_bundl
     for a, b, c in zip(through_features, through_traces, served, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
         np.testing.assert_allclose(a, c, atol=1e-5)
+
+    # a statistical kind: built from the config's options, read through its own traces
+    register_drift_trainer("surprise-zscore")(BuiltFromOptions)
+    config = DriftConfig.from_dict({"kind": "surprise-zscore", "options": {"offset": 1.0}})
+    trainer = drift_trainer(config.kind)
+    detector = trainer.fit(scorer, features, cases, config, 0, torch.device("cpu"), False)
+    assert isinstance(detector, SurpriseZScore) and detector.offset == 1.0
+    zscore = dataclasses.replace(format1, drift_detector=detector)
+    for a, b in zip(trainer.probabilities(detector, scorer, features, cases, torch.device("cpu")),
+                    zscore.drift_probabilities_batch([HISTORY[:n] for n in (16, 9, 12)],
+                                                     [TIMES[:n] for n in (16, 9, 12)]),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ layering

@@ -213,6 +213,23 @@ def head_probabilities(head: DriftHead, features: Sequence[torch.Tensor],
     return out
 
 
+class BuiltFromOptions:
+    """Trainer of a kind with nothing to learn (a statistical detector): the detector is its
+    class built from ``config.options``; calibration then sets its threshold like any other.
+    Register it for such a kind: ``register_drift_trainer("<kind>")(BuiltFromOptions)``."""
+
+    def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
+            cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
+            progress: bool) -> DriftDetector:
+        detector: DriftDetector = get_kind("drift", config.kind).cls(**config.options)
+        return detector.to(device)
+
+    def probabilities(self, detector: DriftDetector, scorer: NextItemScorer,
+                      features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+                      device: torch.device) -> list[np.ndarray]:
+        return trace_probabilities(detector, scorer, cases, device)
+
+
 @register_drift_trainer("feature-gru")
 class FeatureGruTrainer:
     """The drift head on the shared features; settings in ``DriftConfig.head``."""
