@@ -330,3 +330,28 @@ def test_the_shipped_model_code_loads_a_bundle_on_its_own(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-c", script, str(code.parent), str(FORMAT1)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_version_registered_with_a_format1_bundle_loads_through_the_loader(
+        tmp_path: Path) -> None:
+    """A version in a user's registry from before parts had kinds: resolved, downloaded and
+    read by the one loading path serving, the drift scan and the benchmarks use."""
+    import mlflow
+
+    from app.ml.loader import load_version
+    from training import registry
+    from training.registry import MlflowTarget
+
+    target = MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
+    registry.use_tracking(target, "format1")
+    with mlflow.start_run():
+        uri = registry.log_bundle_model(FORMAT1)
+    version = registry.register(target, uri, "format1-fixture", {"val_ndcg@10": 0.0})
+    target.client().set_registered_model_alias(target.model_name, target.alias,
+                                               str(version.version))
+    loaded = load_version(target.tracking_uri, target.model_name, target.alias,
+                          tmp_path / "cache", "cpu")
+    assert loaded.version == str(version.version)
+    assert _manifest(Path(loaded.bundle.encoder.tokenizer_path).parent)["model_format"] == 1
+    assert np.array_equal(loaded.bundle.score_next(HISTORY, TIMES),
+                          np.asarray(EXPECTED["scores"], dtype=np.float32))
