@@ -6,9 +6,11 @@ CONFIG ?= configs/ml100k.yaml
 WORKERS ?= 1
 # Exact versions of every dependency, torch included (`make lock` refreshes it from pyproject).
 LOCK := requirements.lock
-# Where the CPU torch wheel is found when the lock is made (pip finds it there through its own
-# configuration; uv is told): resolving against it keeps CUDA packages out of the lock.
+# The lock is resolved against the CPU torch wheel (named by its local version, found in
+# TORCH_WHEELS: pip finds it there through its own configuration, uv is told), which keeps CUDA
+# packages out of it; the lock then says torch==2.13.0, which pip matches with that wheel.
 TORCH_WHEELS ?= /opt/wheels
+TORCH_CPU ?= torch==2.13.0+cpu
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 # No model hub is reachable: every model loads from local files.
@@ -31,11 +33,11 @@ venv: $(VENV)/.installed
 # kept where they still fit; `make lock UPGRADE=1` moves every package to the newest its range
 # allows. torch stays at 2.13.0, resolved against the CPU wheel. Review the diff, then `make test`.
 lock: venv
-	printf 'torch==2.13.0\nsetuptools\n' | $(VENV)/bin/uv pip compile pyproject.toml - \
+	printf '$(TORCH_CPU)\nsetuptools\n' | $(VENV)/bin/uv pip compile pyproject.toml - \
 		--extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) $(if $(UPGRADE),--upgrade) \
 		--custom-compile-command "make lock" --quiet -o $(LOCK)
-	sed -i 's/^torch==2\.13\.0+cpu$$/torch==2.13.0/' $(LOCK)
+	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' $(LOCK)
 	@! grep -qiE '^(nvidia|triton|cuda)' $(LOCK) || { \
 		echo "$(LOCK) holds CUDA packages: resolve against the CPU torch wheel (TORCH_WHEELS)" >&2; \
 		exit 1; }
