@@ -9,6 +9,7 @@ test checks they agree.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -18,6 +19,13 @@ from app.schemas.common import EntityId, StorableText, Timestamp
 
 # Body field -> table column, where the names differ.
 COLUMN_OF_FIELD = {"timestamp": "occurred_at"}
+
+
+@cache
+def _columns_of(model: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+    """(field, column) of each field of an events body (computed once per class: ingestion
+    calls it for every event)."""
+    return tuple((name, COLUMN_OF_FIELD.get(name, name)) for name in model.model_fields)
 
 
 class EventIn(BaseModel):
@@ -39,8 +47,7 @@ class EventIn(BaseModel):
 
     def columns(self) -> dict[str, Any]:
         """The event's fields under their table columns' names."""
-        return {COLUMN_OF_FIELD.get(name, name): getattr(self, name)
-                for name in type(self).model_fields}
+        return {column: getattr(self, name) for name, column in _columns_of(type(self))}
 
 
 class EventBatch(BaseModel):
