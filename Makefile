@@ -4,23 +4,43 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/ml100k.yaml
 WORKERS ?= 1
+# Exact versions of every dependency, torch included (`make lock` refreshes it from pyproject).
+LOCK := requirements.lock
+# The lock is resolved against the CPU torch wheel (named by its local version, found in
+# TORCH_WHEELS: pip finds it there through its own configuration, uv is told), which keeps CUDA
+# packages out of it; the lock then says torch==2.13.0, which pip matches with that wheel.
+TORCH_WHEELS ?= /opt/wheels
+TORCH_CPU ?= torch==2.13.0+cpu
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 # No model hub is reachable: every model loads from local files.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv migrate import-data model bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
+.PHONY: venv lock lint-imports migrate import-data model bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: the CPU wheel here; a plain `torch` would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# Exactly the locked versions (torch==2.13.0: the CPU wheel here, no CUDA packages), then
+	# the project itself without resolving anything again.
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolve the lock after a change to pyproject's dependencies: versions already locked are
+# kept where they still fit; `make lock UPGRADE=1` moves every package to the newest its range
+# allows. torch stays at 2.13.0, resolved against the CPU wheel. Review the diff, then `make test`.
+lock: venv
+	printf '$(TORCH_CPU)\nsetuptools\n' | $(VENV)/bin/uv pip compile pyproject.toml - \
+		--extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		$(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) $(if $(UPGRADE),--upgrade) \
+		--custom-compile-command "make lock" --quiet -o $(LOCK)
+	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' $(LOCK)
+	@! grep -qiE '^(nvidia|triton|cuda)' $(LOCK) || { \
+		echo "$(LOCK) holds CUDA packages: resolve against the CPU torch wheel (TORCH_WHEELS)" >&2; \
+		exit 1; }
 
 migrate: venv
 	$(PY) -m app migrate
@@ -50,13 +70,17 @@ postgres:
 lint: venv
 	$(PY) -m ruff check app training migrations tests bench
 
+# The layer contracts (pyproject's [tool.importlinter], README "Layers").
+lint-imports: venv
+	$(VENV)/bin/lint-imports
+
 # The browser tests drive Debian's chromium (never a browser downloaded by a test tool).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: venv postgres lint chromium
+test: venv postgres lint lint-imports chromium
 	DRIFTREC_TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) -m pytest
 
 bench-ingest: venv postgres

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
-from app.domain.profiles import (
-    CONTEXTS,
-    DAY_S,
-    build_profile,
-    context_index,
-    top_topic,
-    topic_weights,
+from app.core.config import Settings
+from app.domain import profiles
+from app.domain.profiles import CONTEXTS, DAY_S, context_index, top_topic, topic_weights
+
+# The service's defaults (the settings are where they are stated); a test may override them.
+build_profile = partial(
+    profiles.build_profile,
+    half_life_days=Settings.model_fields["profile_half_life_days"].default,
+    short_window=Settings.model_fields["short_term_events"].default,
 )
 
 NAMES = ["Comedy", "Drama", "Sci-Fi", "Thriller", "War"]

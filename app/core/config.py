@@ -30,18 +30,18 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_cache_dir: Path = VAR_DIR / "cache"
 
-    # API keys as "key:scope1,scope2" entries separated by ";" or as a JSON list. Empty = auth off
-    # (then the server binds to 127.0.0.1 only). Scopes: read, write, admin.
+    # API keys as "key:scope1,scope2" entries separated by ";"; a key may be given as its digest,
+    # "sha256=<hex>:scopes" (app/core/security.py). Empty = auth off (then the server binds to
+    # 127.0.0.1 only). Scopes: read, write, admin.
     api_keys: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    # Limits on what a request may carry.
+    # Limits on what a request may carry. Id and title lengths are not settings: they are the
+    # columns' sizes (app/domain/limits.py), and a wider column needs a migration.
     max_batch_items: int = Field(default=10_000, ge=1)
     max_batch_events: int = Field(default=10_000, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1)
-    max_title_chars: int = Field(default=500, ge=1)
-    max_id_chars: int = Field(default=200, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_json_field_bytes: int = Field(default=16_384, ge=64)
     max_future_skew_seconds: int = Field(default=86_400, ge=0)

@@ -30,8 +30,6 @@ TrendLabel = Literal["rising", "declining", "stable", "new", "dormant"]
 TopicWeights = list[tuple[str, float]]
 
 DAY_S = 86_400.0
-HALF_LIFE_DAYS = 30.0
-SHORT_WINDOW = 20
 TOLERANCE = 0.05  # |short - long| above this is a real rise / decline
 PRESENCE = 0.02  # a share below this counts as "absent" (for new / dormant)
 MIN_WEIGHT = 1e-6  # shares below this are numerical dust and are dropped
@@ -157,14 +155,17 @@ def build_profile(
     topic_names: Sequence[str],
     weights: np.ndarray | None = None,
     *,
-    half_life_days: float = HALF_LIFE_DAYS,
-    short_window: int = SHORT_WINDOW,
+    half_life_days: float,
+    short_window: int,
     tolerance: float = TOLERANCE,
     presence: float = PRESENCE,
     top_n: int | None = None,
     tz_offset_hours: float = 0.0,
 ) -> InterestProfile:
     """The interest profile of one history (see the module docstring for the inputs).
+
+    ``half_life_days`` and ``short_window`` have no defaults here: the service's come from its
+    settings (``profile_half_life_days``, ``short_term_events``), stated once there.
 
     - ``long_term``: each event weighs ``weights[t] * 0.5 ** ((as_of - t) / half_life)``.
     - ``short_term``: the last ``short_window`` EVENTS, each weighing ``weights[t]`` (no decay):

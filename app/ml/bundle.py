@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.domain.drift import ChangePoint, detect_change_point
+from app.domain.drift import COOLDOWN, MIN_EVENTS, ChangePoint, detect_change_point
 from app.ml.device import autocast_context
 from app.ml.parts import (
     DEFAULT_KINDS,
@@ -64,8 +64,8 @@ class DriftSettings:
     """How drift probabilities become decisions (the values calibration used)."""
 
     threshold: float
-    min_events: int = 10
-    cooldown: int = 10
+    min_events: int = MIN_EVENTS
+    cooldown: int = COOLDOWN
     max_events: int = 200  # longest history the drift head reads (its training cases' cap)
     # Cut on the surprise shift around a change above which it is "gradual" (fitted on the
     # head-training splices); None falls back to how fast the drift score rose.

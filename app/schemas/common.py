@@ -9,15 +9,17 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from app.domain.limits import ID_MAX_LENGTH as ID_MAX_LENGTH  # routers import it from here
+
 # Ids travel in URL paths (`/users/{user_id}/events`), so they are restricted to characters
 # that need no escaping and cannot form path tricks ("../") or SQL/shell metacharacters.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
-ID_MAX_LENGTH = 200
 
 EntityId = Annotated[
     str,
     Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN,
-          examples=["user-42"], description="Letters, digits and . _ : @ -, at most 200."),
+          examples=["user-42"],
+          description=f"Letters, digits and . _ : @ -, at most {ID_MAX_LENGTH}."),
 ]
 
 

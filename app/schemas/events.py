@@ -1,13 +1,31 @@
-"""Bodies of the events resource."""
+"""Bodies of the events resource.
+
+An event's fields are declared once, by ``EventIn``: the response (``EventOut``) is the same
+fields as stored, and ingestion stores each under the column of its name (``COLUMN_OF_FIELD``
+renames the one that differs). The table (``app/store/models.py``) has a column per field; a
+test checks they agree.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from app.domain.limits import EVENT_TYPE_MAX_LENGTH
 from app.schemas.common import EntityId, StorableText, Timestamp
+
+# Body field -> table column, where the names differ.
+COLUMN_OF_FIELD = {"timestamp": "occurred_at"}
+
+
+@cache
+def _columns_of(model: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+    """(field, column) of each field of an events body (computed once per class: ingestion
+    calls it for every event)."""
+    return tuple((name, COLUMN_OF_FIELD.get(name, name)) for name in model.model_fields)
 
 
 class EventIn(BaseModel):
@@ -20,12 +38,16 @@ class EventIn(BaseModel):
     )
     user_id: EntityId
     item_id: EntityId
-    type: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$",
+    type: str = Field(min_length=1, max_length=EVENT_TYPE_MAX_LENGTH, pattern=r"^[a-z][a-z0-9_]*$",
                       examples=["view", "click", "purchase", "rate"])
     value: float | None = Field(default=None, description="E.g. a rating; finite.")
     text: StorableText | None = Field(default=None, description="Optional text, e.g. a review.")
     timestamp: Timestamp
     context: dict[str, Any] = Field(default_factory=dict)
+
+    def columns(self) -> dict[str, Any]:
+        """The event's fields under their table columns' names."""
+        return {column: getattr(self, name) for name, column in _columns_of(type(self))}
 
 
 class EventBatch(BaseModel):
@@ -41,17 +63,16 @@ class IngestResult(BaseModel):
         default=None, description="With detect_drift=true: users queued for a drift check.")
 
 
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class EventOut(EventIn):
+    """A stored event: the fields of ``EventIn``, read from a row of the events table."""
 
-    event_id: str
-    user_id: str
-    item_id: str
-    type: str
-    value: float | None
-    text: str | None
-    timestamp: datetime
-    context: dict[str, Any]
+    # every field is in every response: required in the schema clients generate code from
+    model_config = ConfigDict(extra="ignore", from_attributes=True,
+                              json_schema_serialization_defaults_required=True)
+
+    event_id: str = Field(description="The event's id: the one sent, or the one derived.")
+    timestamp: datetime = Field(
+        validation_alias=AliasChoices("timestamp", COLUMN_OF_FIELD["timestamp"]))
     ingested_at: datetime
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.domain.limits import TITLE_MAX_LENGTH
 from app.schemas.common import EntityId, StorableText
 
 Category = Annotated[StorableText, Field(min_length=1, max_length=100)]
@@ -16,7 +17,7 @@ class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: EntityId
-    title: StorableText = Field(min_length=1, max_length=500)
+    title: StorableText = Field(min_length=1, max_length=TITLE_MAX_LENGTH)
     text: StorableText | None = Field(default=None,
                                      description="Free text the item encoder reads.")
     categories: list[Category] = Field(default_factory=list, max_length=50)

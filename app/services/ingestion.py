@@ -49,14 +49,23 @@ class EventIngestResult:
     user_ids: list[str]
 
 
+# What a derived event id hashes, frozen: the fields of EventIn when ids were first derived, in
+# this order. A field added to events later must NOT join the list: it would change every
+# derived id, and a batch retried across that deploy would be stored twice. A new scheme gets a
+# new version, whose ids carry its own prefix, and this one stays as it is.
+DERIVED_ID_V1_FIELDS = ("user_id", "item_id", "type", "value", "text", "timestamp", "context")
+# v1 ids are "ev-" + the first 40 hex digits of the SHA-256 of the canonical JSON of those
+# fields (timestamps as UTC ISO-8601); versions after it hash "v<N>:" + their canonical form.
+DERIVED_ID_V1_PREFIX = "ev-"
+
+
 def derive_event_id(event: EventIn) -> str:
-    """A deterministic id from the event's content, so retries without ids still deduplicate."""
-    canonical = json.dumps(
-        [event.user_id, event.item_id, event.type, event.value, event.text,
-         event.timestamp.astimezone(UTC).isoformat(), event.context],
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    )
-    return "ev-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+    """A deterministic id from the event's content, so retries without ids still deduplicate
+    (the v1 scheme above: the same id for the same fields whatever else events carry)."""
+    values = [getattr(event, name) for name in DERIVED_ID_V1_FIELDS]
+    values[DERIVED_ID_V1_FIELDS.index("timestamp")] = event.timestamp.astimezone(UTC).isoformat()
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return DERIVED_ID_V1_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:40]
 
 
 def _json_size(value: Any) -> int | str:
@@ -125,11 +134,8 @@ def ingest_events(session: Session, events: Sequence[EventIn], settings: Setting
     rows: dict[str, dict[str, Any]] = {}
     for event in events:
         event_id = event.event_id or derive_event_id(event)
-        rows.setdefault(event_id, {
-            "event_id": event_id, "user_id": event.user_id, "item_id": event.item_id,
-            "type": event.type, "value": event.value, "text": event.text,
-            "occurred_at": event.timestamp, "context": event.context, "ingested_at": now,
-        })
+        # every field of the body under its column's name (the table defines the columns)
+        rows.setdefault(event_id, {**event.columns(), "event_id": event_id, "ingested_at": now})
     user_ids = sorted({row["user_id"] for row in rows.values()})
     repository.ensure_users(session, user_ids)
     inserted = repository.insert_events(session, list(rows.values()))

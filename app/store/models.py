@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -16,11 +17,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.domain.limits import EVENT_TYPE_MAX_LENGTH, ID_MAX_LENGTH, TITLE_MAX_LENGTH
 
 # Named constraints so migrations can alter and drop them on every backend.
 NAMING_CONVENTION = {
@@ -30,8 +34,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-ID_LENGTH = 200
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -69,8 +71,8 @@ class Base(DeclarativeBase):
 class Item(Base):
     __tablename__ = "items"
 
-    item_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    title: Mapped[str] = mapped_column(String(500))
+    item_id: Mapped[str] = mapped_column(String(ID_MAX_LENGTH), primary_key=True)
+    title: Mapped[str] = mapped_column(String(TITLE_MAX_LENGTH))
     text: Mapped[str | None] = mapped_column(Text)
     categories: Mapped[list[str]] = mapped_column(JSON, default=list)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -81,11 +83,15 @@ class Item(Base):
 class User(Base):
     __tablename__ = "users"
 
-    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LENGTH), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Event(Base):
+    """One event: THE definition of its fields. The bulk insert and the readers take their
+    columns from here; the bodies (``app/schemas/events.py``) name the same fields, and a test
+    checks the two agree. A new field: a column here, a migration, a field in the body."""
+
     __tablename__ = "events"
     __table_args__ = (
         # A user's history in time order; `seq` (ingestion order) breaks ties between events
@@ -97,15 +103,25 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), unique=True)
+    event_id: Mapped[str] = mapped_column(String(ID_MAX_LENGTH), unique=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"))
     item_id: Mapped[str] = mapped_column(ForeignKey("items.item_id"))
-    type: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX_LENGTH))
     value: Mapped[float | None] = mapped_column(Float)
     text: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def written_columns(table: Table) -> tuple[Column[Any], ...]:
+    """The columns a row is inserted with: all but a key the database generates."""
+    return tuple(column for column in table.columns if column is not table.autoincrement_column)
+
+
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+# What an ingested event row holds, in table order.
+EVENT_COLUMNS: tuple[str, ...] = tuple(column.name for column in written_columns(EVENTS))
 
 
 class DriftRecord(Base):
@@ -126,15 +142,15 @@ class DriftRecord(Base):
     score: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(16))
-    change_event_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    change_event_id: Mapped[str] = mapped_column(String(ID_MAX_LENGTH))
     change_at: Mapped[datetime] = mapped_column(UTCDateTime)
     change_index: Mapped[int] = mapped_column(Integer)
     interests_before: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     interests_after: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     # Heaviest topic of interests_before / interests_after (migration 0002), stored so the
     # transition statistics can GROUP BY in SQL on both backends instead of parsing JSON.
-    from_topic: Mapped[str | None] = mapped_column(String(ID_LENGTH))
-    to_topic: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    from_topic: Mapped[str | None] = mapped_column(String(ID_MAX_LENGTH))
+    to_topic: Mapped[str | None] = mapped_column(String(ID_MAX_LENGTH))
 
 
 class DriftCheck(Base):

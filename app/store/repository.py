@@ -7,12 +7,26 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Select,
+    String,
+    Table,
+    Text,
+    TextClause,
+    TypeDecorator,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.store.changes import CHANNEL, change_payloads
-from app.store.models import Event, Item, User, utcnow
+from app.store.models import EVENTS, Event, Item, User, utcnow, written_columns
 
 # SQLite caps the number of bound parameters per statement; chunk long IN lists.
 _IN_CHUNK = 900
@@ -68,35 +82,63 @@ def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
         session.execute(_insert(session, User).on_conflict_do_nothing(), values)
 
 
-# PostgreSQL: one statement whose parameters are column arrays. The generic multi-row VALUES
-# path spends most of its time formatting and parsing the huge statement client-side.
-_PG_INSERT_EVENTS = text("""
-    INSERT INTO events (event_id, user_id, item_id, type, value, text, occurred_at, context,
-                        ingested_at)
-    SELECT event_id, user_id, item_id, type, value, text, occurred_at, context, ingested_at
-    FROM unnest(
-        CAST(:event_id AS varchar[]), CAST(:user_id AS varchar[]), CAST(:item_id AS varchar[]),
-        CAST(:type AS varchar[]), CAST(:value AS float8[]), CAST(:text AS text[]),
-        CAST(:occurred_at AS timestamptz[]), CAST(:context AS json[]),
-        CAST(:ingested_at AS timestamptz[])
-    ) WITH ORDINALITY AS batch(event_id, user_id, item_id, type, value, text, occurred_at,
-                               context, ingested_at, position)
-    ORDER BY position  -- seq follows the batch order: it breaks ties between equal timestamps
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-""")
-_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "text", "occurred_at",
-                  "context", "ingested_at")
+def _pg_array_type(column: Column[Any]) -> str:
+    """The PostgreSQL array type a column's values are sent as."""
+    sql_type = column.type
+    if isinstance(sql_type, TypeDecorator):
+        sql_type = sql_type.impl_instance
+    if isinstance(sql_type, String) and not isinstance(sql_type, Text):
+        return "varchar[]"  # no length: a cast to varchar(n) would truncate silently
+    return f"{sql_type.compile(dialect=postgresql.dialect())}[]"
+
+
+def _pg_bulk_insert(table: Table, columns: Sequence[Column[Any]], conflict: str) -> TextClause:
+    """PostgreSQL: one statement whose parameters are column arrays, one per column. The
+    generic multi-row VALUES path spends most of its time formatting and parsing the huge
+    statement client-side. Rows are inserted in the arrays' order (`seq` follows the batch
+    order: it breaks ties between equal timestamps); a conflict on `conflict` skips the row."""
+    quote = postgresql.dialect().identifier_preparer.quote
+    names = ", ".join(quote(column.name) for column in columns)
+    arrays = ", ".join(f"CAST(:{column.name} AS {_pg_array_type(column)})" for column in columns)
+    return text(f"""
+        INSERT INTO {quote(table.name)} ({names})
+        SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS batch({names}, position)
+        ORDER BY position
+        ON CONFLICT ({quote(conflict)}) DO NOTHING
+        RETURNING {quote(conflict)}
+    """)
+
+
+# Every column but `seq`, taken from the table definition (app/store/models.py).
+_EVENT_COLUMNS = written_columns(EVENTS)
+_PG_INSERT_EVENTS = _pg_bulk_insert(EVENTS, _EVENT_COLUMNS, conflict="event_id")
+
+
+def _column_values(rows: Sequence[dict[str, Any]], column: Column[Any]) -> list[Any]:
+    """One column of the rows as sent to PostgreSQL: JSON as text, the column's default where
+    a row has no value for it."""
+    default = column.default
+    if any(column.name not in row for row in rows):
+        if default is None or not (default.is_scalar or default.is_callable):
+            raise KeyError(f"event rows lack {column.name!r}, which has no default")
+        fill = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+        values = [row.get(column.name, fill) for row in rows]
+    else:
+        values = [row[column.name] for row in rows]
+    sql_type = column.type.impl_instance if isinstance(column.type, TypeDecorator) else column.type
+    if isinstance(sql_type, JSON):
+        values = [json.dumps(value) for value in values]
+    return values
 
 
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert events, skipping event_ids already stored. Returns the event_ids inserted."""
+    """Insert events (rows keyed by column name), skipping event_ids already stored. Returns
+    the event_ids inserted."""
     if not rows:
         return set()
     if session.get_bind().dialect.name == "postgresql":
-        columns = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
-        columns["context"] = [json.dumps(value) for value in columns["context"]]
-        return set(session.scalars(_PG_INSERT_EVENTS, columns))
+        arrays = {column.name: _column_values(rows, column) for column in _EVENT_COLUMNS}
+        return set(session.scalars(_PG_INSERT_EVENTS, arrays))
     statement = (
         _insert(session, Event)
         .on_conflict_do_nothing(index_elements=[Event.event_id])

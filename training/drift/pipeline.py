@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.domain.drift import alarm_indices, classify_kind, kind_score
+from app.domain.drift import COOLDOWN, MIN_EVENTS, alarm_indices, classify_kind, kind_score
 from app.ml.drift_head import FEATURE_NAMES
 from app.ml.parts import DEFAULT_KINDS, DriftDetector
 from app.ml.sequence import SequenceInterestModel
@@ -68,8 +68,8 @@ class DriftConfig:
                                                                 "none": 1})
     target_alarms_per_1k: float = 2.0  # false alarms per 1,000 events on unspliced sequences
     margin: int = 3  # a detection within +-margin events of the change point counts
-    min_events: int = 10  # no decision before a user has this many events
-    cooldown: int = 10  # events after an alarm without a new one
+    min_events: int = MIN_EVENTS  # no decision before a user has this many events
+    cooldown: int = COOLDOWN  # events after an alarm without a new one
     max_users: int | None = None  # use only the first users (tiny runs)
 
     @classmethod

@@ -66,12 +66,7 @@ def user_events(
     page, more = events[:limit], len(events) > limit
     return EventPage(
         user_id=user_id,
-        events=[EventOut.model_validate({**_event_fields(e)}) for e in page],
+        events=[EventOut.model_validate(e) for e in page],
         next_cursor=encode_cursor(page[-1].occurred_at, page[-1].seq) if more else None,
     )
 
-
-def _event_fields(event: object) -> dict[str, object]:
-    names = ("event_id", "user_id", "item_id", "type", "value", "text", "context", "ingested_at")
-    return {**{name: getattr(event, name) for name in names},
-            "timestamp": event.occurred_at}  # type: ignore[attr-defined]
