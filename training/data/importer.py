@@ -34,7 +34,7 @@ def movielens_event_id(rating: Rating) -> str:
 
 
 def item_batch(dataset: MovieLens) -> list[ItemIn]:
-    return [ItemIn(item_id=m.item_id, title=m.title, text=m.text, categories=list(m.genres),
+    return [ItemIn(item_id=m.item_id, title=m.title, text=m.text, categories=list(m.categories),
                    attributes={"year": m.year} if m.year else {})
             for m in dataset.movies]
 
