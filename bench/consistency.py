@@ -33,8 +33,9 @@ def main() -> None:
         settings.model_name, settings.model_alias)
     registered = float(version.tags["test_hr_at_10"])
     dataset = movielens.load(VAR_DIR / "cache")
-    item_ids = build_vocab(dataset.movies).item_ids
-    _, split = prepare_split(dataset, None)
+    snapshot = dataset.snapshot()  # what a store holding ml-100k gives training
+    item_ids = build_vocab(snapshot).item_ids
+    _, split = prepare_split(snapshot, None)
     with tempfile.TemporaryDirectory() as workdir:
         url = f"sqlite:///{Path(workdir) / 'catalogue.db'}"
         upgrade_head(url)
