@@ -145,8 +145,8 @@ def test_shuffle_ties_only_reorders_events_within_a_second() -> None:
 def test_tiny_config_trains_and_its_loss_falls() -> None:
     config = RecommenderConfig.tiny()
     config.max_epochs, config.patience = 3, 3
-    result = train_recommender(config, synthetic_dataset(30, 25).snapshot(), torch.device("cpu"), seed=0,
-                               progress=False)
+    result = train_recommender(config, synthetic_dataset(30, 25).snapshot(),
+                               torch.device("cpu"), seed=0, progress=False)
     losses = [h["train_loss"] for h in result.history if h.get("model") == "ours"]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert set(result.metrics) == {"ours", "sasrec_id", "pop"}

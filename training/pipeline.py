@@ -1,5 +1,6 @@
-"""``run_training``: a snapshot of the store -> recommender -> drift head -> topics -> bundle -> evaluation through
-the bundle -> outputs -> MLflow (log, and register / promote when asked)."""
+"""``run_training``: a snapshot of the store -> recommender -> drift head -> topics -> bundle
+-> evaluation through the bundle -> outputs -> MLflow (log, and register / promote when asked:
+promotion goes through the fair gate of ``training.gate``)."""
 
 from __future__ import annotations
 

@@ -185,9 +185,11 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
 
 def main() -> None:
     """``python -m training.recommender [--tiny] [--seed S] [--set key=value ...]``: one run on
-    the store (``DRIFTREC_DATABASE_URL``), printing metrics, best epochs and timings as JSON (for measurements, not registration)."""
+    the store (``DRIFTREC_DATABASE_URL``), printing metrics, best epochs and timings as JSON
+    (for measurements, not registration)."""
     import argparse
     import json
+
     import yaml
 
     from app.core.config import get_settings

@@ -165,7 +165,7 @@ class _Builder:
         names = list(self.user_index)
         seqs = column(5, np.int64)
         last_seq = int(seqs.max()) if len(seqs) else None
-        header = {"items": len(self.items), "users": len(names), "events": int(len(seqs)),
+        header = {"items": len(self.items), "users": len(names), "events": len(seqs),
                   "last_seq": last_seq, **(extra or {})}
         return InteractionSnapshot(
             items=self.items, user_ids=[names[i] for i in by_first],

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.core.config import get_settings
 from app.ml.device import resolve_device
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
-from app.core.config import get_settings
 from app.store.db import make_engine
 from training.data.sequences import build_user_sequences, build_vocab, leave_one_out
 from training.data.store import read_snapshot
