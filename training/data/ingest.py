@@ -16,7 +16,9 @@ content by the ingestion code).
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -174,18 +176,43 @@ class BatchWriter:
     # ---------------------------------------------------------------- batching
     def _write(self, kind: str, rows: Iterable[SourceRow], total: int | None,
                label: str) -> Counts:
+        """Read and validate batches here while one writer thread stores the previous ones
+        (in order): parsing overlaps the database's work. Bounded: two batches in flight."""
         counts = Counts(kind)
         started = time.perf_counter()
-        size = self.limits[kind]
+        work: queue.Queue[list[SourceRow] | None] = queue.Queue(maxsize=2)
+        stopped = threading.Event()
+        failures: list[BaseException] = []
+
         with tqdm(total=total, unit=kind[:-1], desc=f"import {label}", unit_scale=True,
                   disable=not self.progress, file=sys.stderr) as bar:
+
+            def writer() -> None:
+                while (batch := work.get()) is not None:
+                    if stopped.is_set():
+                        continue  # drain: nothing after a refused batch is written
+                    try:
+                        self._flush(kind, batch, counts)
+                        bar.update(len(batch))
+                    except ImportStopped:
+                        stopped.set()
+                    except BaseException as error:  # re-raised in the caller's thread
+                        failures.append(error)
+                        stopped.set()
+
+            thread = threading.Thread(target=writer, name=f"import-{kind}", daemon=True)
+            thread.start()
             try:
-                for batch in _batches(rows, size):
+                for batch in _batches(rows, self.limits[kind]):
+                    if stopped.is_set():
+                        break
                     counts.rows += len(batch)
-                    self._flush(kind, batch, counts)
-                    bar.update(len(batch))
-            except ImportStopped:
-                pass
+                    work.put(batch)
+            finally:
+                work.put(None)
+                thread.join()
+        if failures:
+            raise failures[0]
         counts.seconds = time.perf_counter() - started
         return counts
 
