@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,24 @@ def test_training_on_the_imported_store_sees_what_training_on_the_files_saw(
     assert np.array_equal(files.test_times, stored.test_times)
     assert [i.categories for i in from_store.items] == [m.categories for m in dataset.movies]
     assert [i.text for i in from_store.items] == [m.text for m in dataset.movies]
+
+
+def test_until_parses_iso_and_epoch_and_an_empty_store_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from app.core import config
+    from app.store.migrate import upgrade_head
+    from training.__main__ import main, parse_until
+
+    assert parse_until("2024-05-01T10:00:00") == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert parse_until("2024-05-01T12:00:00+02:00") == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert parse_until("1714557600") == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    upgrade_head(url)
+    monkeypatch.setenv("DRIFTREC_DATABASE_URL", url)
+    config.get_settings.cache_clear()
+    try:
+        assert main(["retrain", "--config", "configs/tiny.yaml", "--no-progress"]) == 2
+    finally:
+        config.get_settings.cache_clear()
+    assert "the store holds no events" in capsys.readouterr().err
