@@ -128,12 +128,11 @@ class SourceFile:
                 if not any(cell.strip() for cell in cells):
                     line = reader.line_num + 1
                     continue
-                row = SourceRow(self.path.name, line, dict(zip(header, cells, strict=False)))
+                row = SourceRow(self.path.name, line, {
+                    n: (c if c != "" else None) for n, c in zip(names, cells, strict=False)})
                 if len(cells) != len(names):
                     row.errors.append(FieldError("row", f"{len(cells)} fields where the "
                                                  f"header has {len(names)}", "csv_fields"))
-                row.raw = {n: (c if c != "" else None)
-                           for n, c in zip(names, cells, strict=False)}
                 line = reader.line_num + 1
                 yield row
 
