@@ -21,7 +21,7 @@ from training.drift.evaluation import evaluate_alarms
 from training.drift.splicing import DriftCase
 from training.evaluate import all_metrics
 
-ANCHOR = {"name": "RecBole 1.2.1 SASRec (unmasked)", "hr@10": 0.1326, "ndcg@10": 0.0636,
+ANCHOR = {"name": "ref: RecBole SASRec, ml-100k", "hr@10": 0.1326, "ndcg@10": 0.0636,
           "mrr@10": 0.0429}
 PROTOCOL = ("leave-one-out per user (events by timestamp, ties in ingestion order; "
             "last = test, second last = validation); full ranking over all items; "
