@@ -2,7 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# What `make serve` sets up: ml-100k (default) or ml-1m (`make serve DATASET=ml-1m`).
+DATASET ?= ml-100k
+ifeq ($(DATASET),ml-1m)
+CONFIG ?= configs/ml1m.yaml
+else
 CONFIG ?= configs/ml100k.yaml
+endif
+VARIANT := $(patsubst ml-%,%,$(DATASET))
+# `make retrain`: the hyper-parameters a store of a team's own data is retrained with.
+RETRAIN_CONFIG ?= configs/default.yaml
 WORKERS ?= 1
 # Exact versions of every dependency, torch included (`make lock` refreshes it from pyproject).
 LOCK := requirements.lock
@@ -17,7 +26,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv lock lint-imports migrate import-data model bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
+.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +55,15 @@ migrate: venv
 	$(PY) -m app migrate
 
 import-data: migrate
-	$(PY) -m training.data import-movielens --if-empty
+	$(PY) -m training.data import-movielens --variant $(VARIANT) --if-empty
 
 model: venv
 	$(PY) -m training ensure-champion --config $(CONFIG)
+
+# Snapshot the store, train, register, and promote when not worse than the champion on the
+# same holdout; the running service picks a new champion up through its alias poll.
+retrain: venv
+	$(PY) -m training retrain --config $(RETRAIN_CONFIG)
 
 # Everything `serve` needs before the first request: schema, data, a champion model, and a
 # drift check of every imported user (a backfill at each user's last event time) so the

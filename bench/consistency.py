@@ -31,8 +31,9 @@ def main() -> None:
     version = champion_version(settings)
     registered = float(version.tags["test_hr_at_10"])
     dataset = movielens.load(VAR_DIR / "cache")
-    item_ids = build_vocab(dataset.movies).item_ids
-    _, split = prepare_split(dataset, None)
+    snapshot = dataset.snapshot()  # what a store holding ml-100k gives training
+    item_ids = build_vocab(snapshot).item_ids
+    _, split = prepare_split(snapshot, None)
     with tempfile.TemporaryDirectory() as workdir:
         url = f"sqlite:///{Path(workdir) / 'catalogue.db'}"
         upgrade_head(url)

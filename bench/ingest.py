@@ -1,4 +1,5 @@
-"""Ingestion throughput: ml-100k through `POST /events` (batches of 1,000) and the importer.
+"""Ingestion throughput: ml-100k through `POST /events` (batches of 1,000) and the importer
+(its shared batch writer: batches of 5,000, one stored while the next is validated).
 
 Run: `make bench-ingest` (or `.venv/bin/python -m bench.ingest [--runs 3]`). Each run starts
 from a fresh, migrated database, on PostgreSQL and on SQLite; the medians are reported and

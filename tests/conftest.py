@@ -140,21 +140,41 @@ class TinyModel:
     report: Any
     target: Any
     root: Path
+    store_url: str = ""  # the SQLite store it was trained from (the tiny users imported)
+
+
+def tiny_store(url: str) -> None:
+    """Import ml-100k's tiny users (and the whole catalogue) into a migrated store at `url`."""
+    from app.store.db import make_session_factory
+    from training.data.importer import import_movielens
+
+    _, _, subset = tiny_users_data()
+    engine = make_engine(url)
+    try:
+        import_movielens(subset, make_session_factory(engine), Settings(database_url=url),
+                         progress=False)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Trained as a user would: ml-100k's tiny users imported into a (SQLite) store through
+    the importer, then the tiny config trained from the store."""
     from training.config import load_config
     from training.pipeline import run_training
     from training.registry import MlflowTarget
 
     root = tmp_path_factory.mktemp("tiny")
+    store_url = f"sqlite:///{root / 'store.db'}"
+    upgrade_head(store_url)
+    tiny_store(store_url)
     config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml")
     config.run.output_dir = str(root / "runs")
     target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
     report = run_training(config, device="cpu", register=True, promote=True, progress=False,
-                          target=target, log=lambda _: None)
-    return TinyModel(report, target, root)
+                          target=target, log=lambda _: None, database_url=store_url)
+    return TinyModel(report, target, root, store_url)
 
 
 @contextlib.contextmanager
@@ -175,14 +195,15 @@ def tiny_model_database(tiny_model: TinyModel, root: Path, label: str,
 
 
 def tiny_users_data() -> tuple[Any, Any, Any]:
-    """ml-100k, the tiny config's leave-one-out split, and the ratings of its users only."""
+    """ml-100k, the tiny config's leave-one-out split (of the snapshot a store holding ml-100k
+    gives), and the ratings of its users only."""
     from app.core.config import VAR_DIR
     from training.data import movielens
     from training.recommender import prepare_split
 
     tiny_users = 40  # configs/tiny.yaml recommender.max_users
     dataset = movielens.load(VAR_DIR / "cache")
-    _, split = prepare_split(dataset, tiny_users)
+    _, split = prepare_split(dataset.snapshot(), tiny_users)
     users = {seq.user_id for seq in split.train}
     subset = movielens.MovieLens(dataset.movies, [r for r in dataset.ratings if r.user_id in users],
                                  dataset.fingerprint)

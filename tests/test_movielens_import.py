@@ -14,6 +14,8 @@ from app.store.db import make_engine, make_session_factory
 from app.store.models import Event, Item, User
 from training.data import movielens
 from training.data.importer import import_movielens
+from training.data.store import read_snapshot
+from training.recommender import prepare_split
 
 
 @pytest.fixture(scope="session")
@@ -63,4 +65,23 @@ def test_import_is_complete_and_idempotent(ml100k: movielens.MovieLens, pg_datab
         newest = repository.user_events_page(session, "196", limit=1)[0]
     last = max((r for r in ml100k.ratings if r.user_id == "196"), key=lambda r: r.timestamp)
     assert newest.occurred_at.timestamp() == last.timestamp
+
+    # Training from this store sees exactly what training from the files saw, for every user:
+    # the same users in the same order, histories, ties (file order = ingestion order) and
+    # targets, so the ml-100k quality figures cannot move.
+    snapshot = read_snapshot(engine)
+    assert snapshot.fingerprint == read_snapshot(engine).fingerprint
+    _, stored = prepare_split(snapshot, None)
+    # what training read from the files before: each user's ratings stably sorted by time,
+    # users in order of first appearance, items indexed in the movies file's order
+    index = {m.item_id: i + 1 for i, m in enumerate(ml100k.movies)}
+    by_user: dict[str, list[tuple[int, int]]] = {}
+    for r in ml100k.ratings:
+        by_user.setdefault(r.user_id, []).append((r.timestamp, index[r.item_id]))
+    expected = {u: [i for _, i in sorted(e, key=lambda x: x[0])] for u, e in by_user.items()}
+    assert len(stored.train) == 943
+    assert [s.user_id for s in stored.train] == list(by_user)
+    for seq, valid, test in zip(stored.train, stored.valid_items, stored.test_items,
+                                strict=True):
+        assert [*seq.items.tolist(), valid, test] == expected[seq.user_id]
     engine.dispose()

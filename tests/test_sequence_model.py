@@ -114,7 +114,8 @@ def synthetic_dataset(n_users: int = 12, per_user: int = 15) -> MovieLens:
 
 def test_split_keeps_ties_in_file_order_and_targets_out_of_training() -> None:
     dataset = synthetic_dataset()
-    sequences = build_user_sequences(dataset.ratings, build_vocab(dataset.movies))
+    snapshot = dataset.snapshot()
+    sequences = build_user_sequences(snapshot, build_vocab(snapshot))
     first = [int(r.item_id) for r in dataset.ratings if r.user_id == "0"]
     assert sequences[0].items.tolist() == first  # equal timestamps keep file order
     split = leave_one_out(sequences)
@@ -144,8 +145,8 @@ def test_shuffle_ties_only_reorders_events_within_a_second() -> None:
 def test_tiny_config_trains_and_its_loss_falls() -> None:
     config = RecommenderConfig.tiny()
     config.max_epochs, config.patience = 3, 3
-    result = train_recommender(config, synthetic_dataset(30, 25), torch.device("cpu"), seed=0,
-                               progress=False)
+    result = train_recommender(config, synthetic_dataset(30, 25).snapshot(),
+                               torch.device("cpu"), seed=0, progress=False)
     losses = [h["train_loss"] for h in result.history if h.get("model") == "ours"]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert set(result.metrics) == {"ours", "sasrec_id", "pop"}

@@ -50,7 +50,7 @@ def served(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> I
         import_movielens(subset, make_session_factory(engine), settings, progress=False)
         engine.dispose()
         with TestClient(create_app(settings)) as client:
-            yield Served(client, split, build_vocab(dataset.movies).item_ids, target,
+            yield Served(client, split, build_vocab(dataset.snapshot()).item_ids, target,
                          tiny_model, root)
 
 

@@ -1,5 +1,6 @@
-"""``run_training``: data -> recommender -> drift head -> topics -> bundle -> evaluation through
-the bundle -> outputs -> MLflow (log, and register / promote when asked)."""
+"""``run_training``: a snapshot of the store -> recommender -> drift head -> topics -> bundle
+-> evaluation through the bundle -> outputs -> MLflow (log, and register / promote when asked:
+promotion goes through the fair gate of ``training.gate``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from app.core.config import PROJECT_ROOT, get_settings
 from app.ml.bundle import DriftSettings, InterestModelBundle
 from app.ml.device import resolve_device
 from app.ml.topics import TopicTable, build_topics
+from app.store.db import make_engine
 from training import quality, registry
 from training.config import TrainingConfig
-from training.data.movielens import MovieLens, load
+from training.data.store import InteractionSnapshot, read_snapshot
 from training.drift.pipeline import DriftResult, train_and_evaluate_drift
 from training.recommender import RecommenderResult, prepare_split, train_recommender
 from training.registry import MlflowTarget, PromotionDecision
@@ -37,6 +40,7 @@ class TrainingReport:
     trainer_metrics: dict[str, Any]  # the trainers' own figures (for the path check)
     bundle_metrics: dict[str, Any]  # the same figures through the bundle
     fingerprint: str
+    snapshot: dict[str, Any] = field(default_factory=dict)  # what the fingerprint describes
     run_id: str | None = None
     version: str | None = None
     promotion: PromotionDecision | None = None
@@ -49,20 +53,33 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def dataset_fingerprint(dataset: MovieLens, config: TrainingConfig) -> str:
-    """The data a model saw: the files' fingerprint, plus the user subset when there is one."""
+def dataset_fingerprint(dataset: InteractionSnapshot, config: TrainingConfig) -> str:
+    """The data a model saw: the snapshot's fingerprint, plus the user subset when there is
+    one."""
     users = config.recommender.max_users
     if users is None:
         return dataset.fingerprint
     return hashlib.sha256(f"{dataset.fingerprint};first_users={users}".encode()).hexdigest()
 
 
-def item_topics(dataset: MovieLens, embeddings: torch.Tensor, config: TrainingConfig
+def item_topics(dataset: InteractionSnapshot, embeddings: torch.Tensor, config: TrainingConfig
                 ) -> TopicTable:
-    """Genres as topics ("unknown" is no genre); embeddings: FloatTensor[N + 1, D]."""
-    categories = [tuple(g for g in m.genres if g != "unknown") for m in dataset.movies]
-    return build_topics(embeddings[1:].numpy(), categories, [m.title for m in dataset.movies],
+    """Topics from the items' categories when most items have some (each item filed under its
+    least common category), otherwise k-means clusters of the item embeddings;
+    embeddings: FloatTensor[N + 1, D]."""
+    categories = [item.categories for item in dataset.items]
+    return build_topics(embeddings[1:].numpy(), categories, [i.title for i in dataset.items],
                         config.run.topic_clusters, config.run.seed)
+
+
+def load_snapshot(database_url: str | None = None, until: datetime | None = None
+                  ) -> InteractionSnapshot:
+    """Read the store (``DRIFTREC_DATABASE_URL`` unless given), events up to ``until``."""
+    engine = make_engine(database_url or get_settings().database_url)
+    try:
+        return read_snapshot(engine, until)
+    finally:
+        engine.dispose()
 
 
 def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
@@ -81,7 +98,8 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
 
 
 def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: DriftResult,
-                    dataset: MovieLens, config: TrainingConfig, log: Log) -> dict[str, Any]:
+                    dataset: InteractionSnapshot, config: TrainingConfig, log: Log
+                    ) -> dict[str, Any]:
     """Ranking and drift metrics recomputed through the bundle; warns on a path gap."""
     _, split = prepare_split(dataset, config.recommender.max_users)
     ranking = quality.bundle_ranking_metrics(bundle, split)
@@ -127,7 +145,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
         report.run_id = run.info.run_id
         mlflow.log_params(registry.flatten(config.to_dict()))
         mlflow.set_tags({registry.FINGERPRINT_TAG: report.fingerprint,
-                         "config_digest": config.digest()})
+                         "config_digest": config.digest(),
+                         **registry.snapshot_tags(report.snapshot)})
         registry.log_history(rec.history)
         registry.log_metrics_tree({"trainer": rec.metrics, "bundle": report.bundle_metrics})
         registry.log_metrics_tree({"drift": drift.metrics, "timing": rec.timings})
@@ -141,14 +160,19 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
                 "test_ndcg@10": test["ndcg@10"], "test_hr@10": test["hr@10"],
                 "drift_f1": float(report.quality["drift"]["ours"]["f1"] or 0.0)}
     version = registry.register(target, model_uri, report.fingerprint, headline,
-                                {"config": config.run.name, "run_id": run.info.run_id})
+                                {"config": config.run.name, "run_id": run.info.run_id,
+                                 **registry.snapshot_tags(report.snapshot)})
     return str(version.version)
 
 
 def run_training(config: TrainingConfig, device: str = "auto", register: bool = False,
                  promote: bool = False, force: bool = False, progress: bool = True,
-                 target: MlflowTarget | None = None, log: Log = print) -> TrainingReport:
-    """Train, evaluate through the bundle, write outputs, log to MLflow, register/promote."""
+                 target: MlflowTarget | None = None, log: Log = print,
+                 snapshot: InteractionSnapshot | None = None, database_url: str | None = None,
+                 until: datetime | None = None) -> TrainingReport:
+    """Train on a snapshot of the store (read here unless given), evaluate through the bundle,
+    write outputs, log to MLflow, register, and promote through the fair gate
+    (``training.gate``: new version and champion scored on this snapshot's holdout)."""
     start = time.perf_counter()
 
     def done(stage: str) -> None:
@@ -157,8 +181,15 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     torch_device = resolve_device(device)
     target = target or registry.default_target()
     seed = config.run.seed
-    dataset = load(get_settings().data_cache_dir)
+    dataset = snapshot if snapshot is not None else load_snapshot(database_url, until)
+    if dataset.n_events == 0:
+        raise ValueError("the store holds no events to train on: import some first")
     fingerprint = dataset_fingerprint(dataset, config)
+    summary = {**dataset.summary(), "max_users": config.recommender.max_users}
+    log(f"snapshot: {summary['items']} items, {summary['users']} users, "
+        f"{summary['events']} events (last seq {summary['last_seq']}), "
+        f"fingerprint {fingerprint[:12]}")
+    done("store snapshot read")
     log(f"training '{config.run.name}' on {torch_device} (seed {seed})")
     rec = train_recommender(config.recommender, dataset, torch_device, seed, progress)
     done("recommender trained")
@@ -173,10 +204,11 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     done("bundle built and evaluated")
     drift_rows = {**drift.metrics, "ours": checked["drift_ours"]}
     report_doc = quality.quality_table(checked["ranking"]["test"], rec.metrics, drift_rows,
-                                       time.perf_counter() - start, device_name(torch_device))
+                                       time.perf_counter() - start, device_name(torch_device),
+                                       dataset=quality.describe_snapshot(summary))
     tables = quality.format_tables(report_doc, drift_rows)
     log(tables)
-    report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint)
+    report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint, summary)
     report.outputs = write_outputs(bundle, report_doc, drift, tables, config)
     report.bundle_dir = report.outputs["bundle"]
     report.version = log_to_mlflow(report, rec, drift, config, target, register)
@@ -184,6 +216,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     if report.version is not None:
         log(f"registered {target.model_name} v{report.version}")
         if promote:
-            report.promotion = registry.promote(target, report.version, force)
-            log(report.promotion.reason)
+            from training.gate import promote_if_not_worse
+
+            report.promotion = promote_if_not_worse(target, report.version, bundle, split,
+                                                    dataset, force, log)
     return report

@@ -21,9 +21,9 @@ from training.drift.evaluation import evaluate_alarms
 from training.drift.splicing import DriftCase
 from training.evaluate import all_metrics
 
-ANCHOR = {"name": "RecBole 1.2.1 SASRec (unmasked)", "hr@10": 0.1326, "ndcg@10": 0.0636,
+ANCHOR = {"name": "ref: RecBole SASRec, ml-100k", "hr@10": 0.1326, "ndcg@10": 0.0636,
           "mrr@10": 0.0429}
-PROTOCOL = ("leave-one-out per user (events stably sorted by timestamp, ties in file order; "
+PROTOCOL = ("leave-one-out per user (events by timestamp, ties in ingestion order; "
             "last = test, second last = validation); full ranking over all items; "
             "unmasked, and *_masked with the user's history removed; HR/NDCG/MRR@10")
 RANKING_KEYS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@10_masked", "hr@10_masked")
@@ -72,16 +72,24 @@ def bundle_drift_metrics(bundle: InterestModelBundle, cases: Sequence[DriftCase]
                            [c.kind for c in cases], margin)
 
 
+def describe_snapshot(summary: Mapping[str, Any]) -> str:
+    """A store snapshot in words, for the quality table ("dataset")."""
+    users = summary.get("max_users")
+    subset = f", first {users} users" if users is not None else ""
+    return (f"store snapshot: {summary['items']} items, {summary['users']} users, "
+            f"{summary['events']} events{subset}")
+
+
 def quality_table(ours: Mapping[str, float], trainer_metrics: Mapping[str, Any],
-                  drift: Mapping[str, Mapping[str, Any]], train_seconds: float, device: str
-                  ) -> dict[str, Any]:
+                  drift: Mapping[str, Mapping[str, Any]], train_seconds: float, device: str,
+                  dataset: str = "store snapshot") -> dict[str, Any]:
     """The bench/results/quality.json document (test split figures)."""
     models = {"ours": _pick(ours, RANKING_KEYS)}
     for name in ("sasrec_id", "pop"):
         if name in trainer_metrics:
             models[name] = _pick(trainer_metrics[name]["test"], RANKING_KEYS)
     return {
-        "dataset": "ml-100k", "protocol": PROTOCOL, "models": models,
+        "dataset": dataset, "protocol": PROTOCOL, "models": models,
         "drift": {name: _pick(drift[name], DRIFT_KEYS) for name in DRIFT_ROWS if name in drift},
         "train_seconds": round(train_seconds, 1), "device": device,
     }

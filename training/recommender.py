@@ -12,7 +12,6 @@ import torch
 
 from app.ml.encoder import ItemTextEncoder
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
-from training.data.movielens import MovieLens
 from training.data.sequences import (
     ItemVocab,
     LeaveOneOutSplit,
@@ -20,6 +19,7 @@ from training.data.sequences import (
     build_vocab,
     leave_one_out,
 )
+from training.data.store import InteractionSnapshot
 from training.encoder_trainer import EncoderTrainConfig, finetune_encoder
 from training.evaluate import evaluate_model, evaluate_popularity
 from training.sequence_trainer import (
@@ -37,7 +37,7 @@ class RecommenderConfig:
     """
 
     # data
-    max_users: int | None = None  # keep only the first N users (file order); None = all
+    max_users: int | None = None  # keep only the first N users (by first ingested event)
     # text encoder (all-MiniLM-L6-v2) and its contrastive fine-tuning
     encoder_num_layers: int | None = None  # keep the first k transformer layers; None = all 6
     encoder_max_length: int = 64  # tokens per item text (ml-100k texts are ~16)
@@ -125,16 +125,17 @@ class RecommenderResult:
     baseline: SequenceInterestModel | None = None  # sasrec_id, when trained
 
 
-def prepare_split(dataset: MovieLens, max_users: int | None) -> tuple[ItemVocab, LeaveOneOutSplit]:
+def prepare_split(dataset: InteractionSnapshot, max_users: int | None
+                  ) -> tuple[ItemVocab, LeaveOneOutSplit]:
     """Vocabulary (full catalogue) and the leave-one-out split of (the first max_users) users."""
-    vocab = build_vocab(dataset.movies)
-    sequences = build_user_sequences(dataset.ratings, vocab)
+    vocab = build_vocab(dataset)
+    sequences = build_user_sequences(dataset, vocab)
     if max_users is not None:
         sequences = sequences[:max_users]
     return vocab, leave_one_out(sequences)
 
 
-def embed_items(config: RecommenderConfig, dataset: MovieLens, split: LeaveOneOutSplit,
+def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: LeaveOneOutSplit,
                 device: torch.device, seed: int,
                 progress: bool) -> tuple[ItemTextEncoder, torch.Tensor, list[dict[str, Any]]]:
     """Fine-tune the encoder on the training parts, then embed every catalogue item.
@@ -142,7 +143,7 @@ def embed_items(config: RecommenderConfig, dataset: MovieLens, split: LeaveOneOu
     Returns (encoder, item text embeddings FloatTensor[N + 1, 384] with row 0 = zeros, the
     encoder's per-step history).
     """
-    texts = [movie.text for movie in dataset.movies]  # vocabulary order: index i = texts[i - 1]
+    texts = [item.text for item in dataset.items]  # vocabulary order: index i = texts[i - 1]
     encoder = ItemTextEncoder.pretrained(device, config.encoder_num_layers,
                                          config.encoder_max_length)
     run = finetune_encoder(encoder, texts, split.train, config.encoder_config(), device, seed,
@@ -151,7 +152,7 @@ def embed_items(config: RecommenderConfig, dataset: MovieLens, split: LeaveOneOu
     return encoder, item_text, run.history
 
 
-def train_recommender(config: RecommenderConfig, dataset: MovieLens, device: torch.device,
+def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, device: torch.device,
                       seed: int, progress: bool = True) -> RecommenderResult:
     """Run the whole recommendation pipeline; metrics hold "ours", "sasrec_id" (unless
     ``train_baseline`` is off) and "pop", each with "val" and "test" dicts."""
@@ -183,22 +184,23 @@ def train_recommender(config: RecommenderConfig, dataset: MovieLens, device: tor
 
 
 def main() -> None:
-    """``python -m training.recommender [--tiny] [--seed S] [--set key=value ...]``: one run,
-    printing metrics, best epochs and timings as JSON (for measurements, not registration)."""
+    """``python -m training.recommender [--tiny] [--seed S] [--set key=value ...]``: one run on
+    the store (``DRIFTREC_DATABASE_URL``), printing metrics, best epochs and timings as JSON
+    (for measurements, not registration)."""
     import argparse
     import json
-    from pathlib import Path
 
     import yaml
 
+    from app.core.config import get_settings
     from app.ml.device import resolve_device
-    from training.data.movielens import load
+    from app.store.db import make_engine
+    from training.data.store import read_snapshot
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache", type=Path, default=Path("var/cache"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config fields (values parsed as YAML)")
     args = parser.parse_args()
@@ -206,7 +208,12 @@ def main() -> None:
     overrides = dict(item.split("=", 1) for item in args.set)
     config = RecommenderConfig.from_dict(
         {**config.to_dict(), **{k: yaml.safe_load(v) for k, v in overrides.items()}})
-    result = train_recommender(config, load(args.cache), resolve_device(args.device), args.seed,
+    engine = make_engine(get_settings().database_url)  # the store is the training source
+    try:
+        snapshot = read_snapshot(engine)
+    finally:
+        engine.dispose()
+    result = train_recommender(config, snapshot, resolve_device(args.device), args.seed,
                                progress=False)
     print(json.dumps({"seed": args.seed, "config": config.to_dict(), "metrics": result.metrics,
                       "best_epochs": result.best_epochs, "averaged": result.averaged,

@@ -199,38 +199,74 @@ def champion(target: MlflowTarget) -> ModelVersion | None:
         return None
 
 
-def promote(target: MlflowTarget, version: str, force: bool = False) -> PromotionDecision:
-    """Move the alias to ``version`` unless the current champion, on the same dataset
-    fingerprint, has a better validation NDCG@10 (or a different fingerprint); ``force``
-    moves it regardless. The decision's reason is meant to be printed."""
+@dataclass(frozen=True)
+class Comparison:
+    """Validation NDCG@10 of the new version and of the champion on one holdout (the new
+    snapshot's split, both scored by the serving bundle code: ``training.gate``)."""
+
+    new_score: float
+    champion_score: float
+    holdout: str  # what both were scored on, in words
+
+
+def promote(target: MlflowTarget, version: str, force: bool = False,
+            comparison: Comparison | None = None) -> PromotionDecision:
+    """Move the alias to ``version`` unless the current champion scores better.
+
+    With a ``comparison`` (the fair gate: both versions scored on the same holdout), promote
+    when the new version is not worse. Without one, only the figures tagged at registration
+    are at hand, and they are comparable only when both versions saw the same snapshot: a
+    different fingerprint is then refused (``python -m training retrain`` compares fairly).
+    ``force`` moves the alias regardless. The decision's reason is meant to be printed."""
     client = target.client()
     new = client.get_model_version(target.model_name, version)
     current = champion(target)
     previous = str(current.version) if current else None
-    verdict = None if force or current is None else _refusal(new, current)
     if previous == str(new.version):
         return PromotionDecision(False, previous, previous, f"v{previous} is already "
                                  f"{target.alias}")
+    verdict = None if force or current is None else _refusal(new, current, comparison)
     if verdict is not None:
         return PromotionDecision(False, str(new.version), previous, verdict)
     client.set_registered_model_alias(target.model_name, target.alias, str(new.version))
-    why = ("forced" if force and current is not None else
-           "no champion yet" if current is None else
-           f"val NDCG@10 {_headline(new):.4f} >= v{current.version}'s {_headline(current):.4f}")
+    if force and current is not None:
+        why = "forced"
+    elif current is None:
+        why = "no champion yet"
+    elif comparison is not None:
+        why = (f"val NDCG@10 {comparison.new_score:.4f} >= v{current.version}'s "
+               f"{comparison.champion_score:.4f} on {comparison.holdout}")
+    else:
+        why = f"val NDCG@10 {_headline(new):.4f} >= v{current.version}'s {_headline(current):.4f}"
     return PromotionDecision(True, str(new.version), previous, f"v{new.version} is now "
                              f"{target.alias} ({why})")
 
 
-def _refusal(new: ModelVersion, current: ModelVersion) -> str | None:
+def _refusal(new: ModelVersion, current: ModelVersion,
+             comparison: Comparison | None) -> str | None:
     """Why ``new`` must not replace ``current``, or None when it may."""
+    if comparison is not None:
+        if comparison.new_score < comparison.champion_score:
+            return (f"kept v{current.version}: v{new.version}'s val NDCG@10 "
+                    f"{comparison.new_score:.4f} is worse than v{current.version}'s "
+                    f"{comparison.champion_score:.4f} on {comparison.holdout} "
+                    "(use --force to replace it anyway)")
+        return None
     if new.tags.get(FINGERPRINT_TAG) != current.tags.get(FINGERPRINT_TAG):
         return (f"kept v{current.version}: it was trained on a different dataset fingerprint, "
-                f"so the scores are not comparable (use --force to replace it anyway)")
+                f"so the tagged scores are not comparable (python -m training retrain scores "
+                f"both on the same holdout; --force replaces it anyway)")
     new_score, old_score = _headline(new), _headline(current)
     if new_score < old_score:
         return (f"kept v{current.version}: v{new.version}'s val NDCG@10 {new_score:.4f} is "
                 f"worse than {old_score:.4f} (use --force to replace it anyway)")
     return None
+
+
+def snapshot_tags(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The store snapshot a version was trained on, as tags (``snapshot.events`` etc.)."""
+    return {f"snapshot.{key}": str(value) for key, value in summary.items()
+            if not isinstance(value, Mapping)}
 
 
 def _headline(version: ModelVersion) -> float:

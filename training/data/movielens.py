@@ -15,6 +15,10 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.data.store import InteractionSnapshot
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 ARCHIVE_PREFIX = "recbole/dataset_example/ml-100k/"
@@ -35,6 +39,11 @@ class Movie:
     title: str
     year: int | None
     genres: tuple[str, ...]
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The genres as store categories ("unknown" is no genre)."""
+        return tuple(g for g in self.genres if g != "unknown")
 
     @property
     def text(self) -> str:
@@ -61,6 +70,15 @@ class MovieLens:
     @property
     def name(self) -> str:
         return "ml-100k"
+
+    def snapshot(self) -> InteractionSnapshot:
+        """What training reads from a store this dataset was imported into (file order is
+        the ingestion order), without the store: for tests and measurements."""
+        from training.data.store import SnapshotItem, snapshot_from_records
+
+        items = [SnapshotItem(m.item_id, m.title, m.text, m.categories) for m in self.movies]
+        return snapshot_from_records(items, ((r.user_id, r.item_id, float(r.timestamp),
+                                              r.rating, "rate") for r in self.ratings))
 
 
 def _sha256(path: Path) -> str:

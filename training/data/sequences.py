@@ -1,20 +1,20 @@
 """Item vocabulary, per-user event sequences, the leave-one-out split and training windows.
 
-Protocol (RecBole ``order: TO``, ``split: LS valid_and_test``): each user's events are stably
-sorted by timestamp (ties keep file order); the last event is the test target, the second
+Protocol (RecBole ``order: TO``, ``split: LS valid_and_test``): each user's events are ordered
+by timestamp, ties in ingestion order (the store's ``seq``; for an imported file, the file
+order), as serving reads histories; the last event is the test target, the second
 last the validation target, the rest is training. Validation predicts from the training part;
 test predicts from training + validation (the validation item is history by then).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from training.data.movielens import Movie, Rating
+from training.data.store import InteractionSnapshot
 
 
 @dataclass(frozen=True)
@@ -59,27 +59,26 @@ class LeaveOneOutSplit:
                                         strict=True)]
 
 
-def build_vocab(movies: list[Movie]) -> ItemVocab:
-    """Vocabulary in the movies file's order."""
-    return ItemVocab([movie.item_id for movie in movies])
+def build_vocab(snapshot: InteractionSnapshot) -> ItemVocab:
+    """Vocabulary in the snapshot's catalogue order (every stored item, with events or not)."""
+    return ItemVocab(snapshot.item_ids)
 
 
-def build_user_sequences(ratings: list[Rating], vocab: ItemVocab) -> list[UserSequence]:
-    """Each user's events, stably sorted by timestamp (ties keep file order); users in order of
-    first appearance in the file. Ratings of unknown items are an error."""
-    index = vocab.index()
-    events: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for rating in ratings:
-        events[rating.user_id].append((rating.timestamp, index[rating.item_id]))
-    sequences = []
-    for user_id, user_events in events.items():
-        user_events.sort(key=lambda event: event[0])  # list.sort is stable
-        sequences.append(UserSequence(
-            user_id=user_id,
-            items=np.array([item for _, item in user_events], dtype=np.int64),
-            times=np.array([t for t, _ in user_events], dtype=np.float64),
-        ))
-    return sequences
+def build_user_sequences(snapshot: InteractionSnapshot,
+                         vocab: ItemVocab | None = None) -> list[UserSequence]:
+    """Each user's events in (time, ingestion) order; users in order of their first ingested
+    event. ``vocab`` defaults to the snapshot's (and must equal it when given)."""
+    if vocab is not None and vocab.item_ids != snapshot.item_ids:
+        raise ValueError("the vocabulary is not the snapshot's catalogue")
+    # The snapshot is sorted by (time, seq): a stable sort by user keeps that order per user.
+    order = np.argsort(snapshot.event_user, kind="stable")
+    users = snapshot.event_user[order]
+    items = snapshot.event_item[order].astype(np.int64) + 1  # model indices: 0 is padding
+    times = snapshot.event_time[order]
+    bounds = np.searchsorted(users, np.arange(len(snapshot.user_ids) + 1))
+    return [UserSequence(user_id, items[bounds[u]:bounds[u + 1]].copy(),
+                         times[bounds[u]:bounds[u + 1]].copy())
+            for u, user_id in enumerate(snapshot.user_ids) if bounds[u + 1] > bounds[u]]
 
 
 def leave_one_out(sequences: list[UserSequence]) -> LeaveOneOutSplit:

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.core.config import get_settings
 from app.ml.device import resolve_device
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
-from training.data.movielens import load
+from app.store.db import make_engine
 from training.data.sequences import build_user_sequences, build_vocab, leave_one_out
+from training.data.store import read_snapshot
 from training.drift.pipeline import DriftConfig, train_and_evaluate_drift
 
 
@@ -53,9 +55,13 @@ def main() -> None:
     if not args.bundle and not (args.sequence_state and args.item_text):
         parser.error("give --bundle, or --sequence-state and --item-text")
     device = resolve_device(args.device)
-    dataset = load(Path("var/cache"))
-    vocab = build_vocab(dataset.movies)
-    split = leave_one_out(build_user_sequences(dataset.ratings, vocab))
+    engine = make_engine(get_settings().database_url)  # the store is the training source
+    try:
+        snapshot = read_snapshot(engine)
+    finally:
+        engine.dispose()
+    vocab = build_vocab(snapshot)
+    split = leave_one_out(build_user_sequences(snapshot, vocab))
     model, text = _model(args, vocab.n_items, device)
     config = DriftConfig.tiny() if args.tiny else DriftConfig()
     args.out.mkdir(parents=True, exist_ok=True)

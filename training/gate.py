@@ -1,0 +1,145 @@
+"""The promotion gate: the new version and the champion scored on the same holdout.
+
+Both are scored on the new snapshot's leave-one-out split (validation NDCG@10 decides; test
+figures are printed too), each through the bundle code that serves. The champion was trained
+on an older, smaller store: items it never saw are added to it the way serving adds them
+(``app.ml.catalogue.with_new_items``: embedded from their text by its encoder, scored by text
+alone), and histories are read through it as serving reads them. So a growing store can
+promote a new version whenever it does better for the users of today's data, and the figures
+compared were produced the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+
+from app.ml.bundle import BundleError, InterestModelBundle
+from app.ml.catalogue import CatalogueItem, with_new_items
+from training import quality, registry
+from training.data.sequences import LeaveOneOutSplit, UserSequence
+from training.data.store import InteractionSnapshot
+from training.evaluate import all_metrics
+from training.registry import Comparison, MlflowTarget, PromotionDecision
+
+Log = Callable[[str], None]
+
+
+def serving_catalogue(bundle: InterestModelBundle, snapshot: InteractionSnapshot
+                      ) -> InterestModelBundle:
+    """The bundle with the snapshot's items it does not know, as serving would hold it."""
+    return with_new_items(bundle, [CatalogueItem(i.item_id, i.text, i.categories)
+                                   for i in snapshot.items])
+
+
+def scores_on_snapshot(bundle: InterestModelBundle, sequences: Sequence[UserSequence],
+                       snapshot: InteractionSnapshot, batch_size: int = 256) -> torch.Tensor:
+    """Next-item scores of any version over the snapshot's catalogue, in the snapshot's item
+    order: FloatTensor[U, N + 1], column 0 = -inf (lines up with the split's indices)."""
+    served = serving_catalogue(bundle, snapshot)
+    item_ids = snapshot.item_ids
+    columns = torch.tensor([served.index_of(i) - 1 for i in item_ids])  # type: ignore[operator]
+    histories = [[item_ids[i - 1] for i in seq.items] for seq in sequences]
+    times = [[float(t) for t in seq.times] for seq in sequences]
+    chunks = [served.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size])
+              [:, columns] for s in range(0, len(histories), batch_size)]
+    scores = torch.cat(chunks)
+    return torch.cat([torch.full((len(scores), 1), -math.inf), scores], dim=1)
+
+
+def holdout_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit,
+                    snapshot: InteractionSnapshot) -> dict[str, dict[str, float]]:
+    """{"val": metrics, "test": metrics} of any version on the snapshot's split."""
+    if bundle.item_ids == snapshot.item_ids:
+        return quality.bundle_ranking_metrics(bundle, split)
+    parts = {"val": (split.valid_inputs(), split.valid_items),
+             "test": (split.test_inputs(), split.test_items)}
+    return {part: all_metrics(scores_on_snapshot(bundle, inputs, snapshot), inputs, targets)
+            for part, (inputs, targets) in parts.items()}
+
+
+def describe_holdout(split: LeaveOneOutSplit, snapshot: InteractionSnapshot) -> str:
+    return (f"this snapshot's holdout ({len(split.train)} users, last seq "
+            f"{snapshot.last_seq})")
+
+
+def promote_if_not_worse(target: MlflowTarget, version: str, bundle: InterestModelBundle,
+                         split: LeaveOneOutSplit, snapshot: InteractionSnapshot,
+                         force: bool = False, log: Log = print,
+                         cache_dir: Path | None = None) -> PromotionDecision:
+    """Score ``version`` (its ``bundle``) and the champion on ``split``; promote when the new
+    version's validation NDCG@10 is not worse. Prints, and logs to the new version's MLflow
+    run, both versions' figures and the reason."""
+    from app.ml.loader import load_version
+
+    current = registry.champion(target)
+    figures: dict[str, dict[str, dict[str, float]]] = {
+        f"v{version}": holdout_metrics(bundle, split, snapshot)}
+    comparison = None
+    holdout = describe_holdout(split, snapshot)
+    if current is not None and str(current.version) != str(version) and not force:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                champ = load_version(target.tracking_uri, target.model_name, target.alias,
+                                     cache_dir or Path(tmp), bundle.device.type)
+            except BundleError as error:
+                champ = None
+                log(f"champion v{current.version} cannot be read by this code ({error}): "
+                    "it is scored as 0")
+            champion_figures = (holdout_metrics(champ.bundle, split, snapshot) if champ
+                                else {"val": {"ndcg@10": 0.0}, "test": {"ndcg@10": 0.0}})
+        figures[f"v{current.version}"] = champion_figures
+        comparison = Comparison(figures[f"v{version}"]["val"]["ndcg@10"],
+                                champion_figures["val"]["ndcg@10"], holdout)
+    decision = registry.promote(target, version, force, comparison)
+    log(format_figures(figures, holdout))
+    log(decision.reason)
+    _log_decision(target, version, figures, decision)
+    return decision
+
+
+def format_figures(figures: dict[str, dict[str, dict[str, float]]], holdout: str) -> str:
+    keys = ("ndcg@10", "hr@10", "ndcg@10_masked")
+    lines = [f"gate, {holdout}:",
+             f"{'version':<10}" + "".join(f"{'val ' + k:>22}" for k in keys)
+             + "".join(f"{'test ' + k:>22}" for k in keys)]
+    for name, parts in figures.items():
+        lines.append(f"{name:<10}" + "".join(_cell(parts["val"].get(k)) for k in keys)
+                     + "".join(_cell(parts["test"].get(k)) for k in keys))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{'-':>22}" if value is None else f"{float(value):>22.4f}"
+
+
+def _log_decision(target: MlflowTarget, version: str,
+                  figures: dict[str, dict[str, dict[str, float]]],
+                  decision: PromotionDecision) -> None:
+    """Both versions' holdout figures and the reason, on the new version's run and tags."""
+    client = target.client()
+    model_version = client.get_model_version(target.model_name, version)
+    new_name = f"v{version}"
+    metrics = {}
+    for name, parts in figures.items():
+        role = "new" if name == new_name else "champion"
+        for part, values in parts.items():
+            for key, value in values.items():
+                metrics[registry.metric_key(f"gate.{role}.{part}.{key}")] = float(value)
+    if model_version.run_id:
+        mlflow.set_tracking_uri(target.tracking_uri)
+        with mlflow.start_run(run_id=model_version.run_id):
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags({"gate.reason": decision.reason[:5000],
+                             "gate.promoted": str(decision.promoted),
+                             "gate.champion": decision.previous or "none"})
+    for key, value in {"gate_promoted": str(decision.promoted),
+                       "gate_reason": decision.reason[:5000],
+                       "gate_champion": decision.previous or "none"}.items():
+        client.set_model_version_tag(target.model_name, version, key, value)
