@@ -123,3 +123,25 @@ def test_items_are_embedded_and_re_embedded_in_the_background_on_sqlite(
     response = client.post("/recommend", json={"recent_item_ids": ["lite-1", "1"], "k": 3})
     assert response.status_code == 200
     assert _metric(client, "driftrec_inference_batch_size_count", kind="score") >= 1
+
+
+def test_a_small_upsert_is_embedded_before_a_large_backlog_is(sqlite_served: TestClient
+                                                               ) -> None:
+    client = sqlite_served
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    big = [{"item_id": f"backlog-{n}", "title": f"Backlog {n}",
+            "text": f"Backlog item {n}: " + " ".join(f"w{(n * 3 + i) % 300}" for i in range(80))}
+           for n in range(1_000)]
+    assert client.post("/items", json={"items": big}).status_code == 200
+    assert client.post("/items", json={"items": [{"item_id": "urgent", "title": "Urgent",
+                                                  "categories": ["Horror"]}]}
+                       ).status_code == 200
+    deadline = time.monotonic() + 60
+    while runtime.models.current.bundle.index_of("urgent") is None:
+        assert time.monotonic() < deadline, "the small upsert was never embedded"
+        time.sleep(0.01)
+    bundle = runtime.models.current.bundle
+    waiting = sum(bundle.index_of(item["item_id"]) is None for item in big)
+    assert waiting > 500, f"the small upsert waited for the backlog ({waiting} left)"
+    assert runtime.catalogue.wait_idle(timeout=120)
+    assert all(runtime.models.current.bundle.index_of(i["item_id"]) for i in big)

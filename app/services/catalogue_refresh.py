@@ -9,7 +9,8 @@ refresher then, in one background thread (the encoder's fast tokenizer is not th
   after concurrent upserts of one id in other workers),
 - embeds items the served model lacks and re-embeds items whose text or categories changed
   (a trained item keeps its learned ID embedding; its text row and topic are replaced),
-  batch by batch (`catalogue_embed_batch` items),
+  batch by batch (`catalogue_embed_batch` items, taken from every waiting write in turn, so
+  a small upsert is embedded in the next batch even behind a large one),
 - and swaps in a copy of the served model with those rows, copy-on-write, as a reload does:
   requests in flight finish on the model they started with.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,7 +52,10 @@ class CatalogueRefresher:
         self.batch_size = max(1, batch_size)
         self._metrics = metrics
         self._cond = threading.Condition()
-        self._pending: dict[str, None] = {}  # an ordered set: first written, first embedded
+        # Ids waiting, and the writes they came in: a batch takes ids from every waiting write
+        # in turn, so a small upsert is embedded in the next batch even behind a large one.
+        self._pending: set[str] = set()
+        self._writes: deque[deque[str]] = deque()
         self._full = False  # a full pass is due
         self._busy = 0  # ids (or 1 for a full pass) being worked on
         self._stopping = False
@@ -63,11 +68,7 @@ class CatalogueRefresher:
     def submit(self, item_ids: Iterable[str] | None) -> None:
         """These items were written (None: any item may have been). Returns at once."""
         with self._cond:
-            if item_ids is None:
-                self._full = True
-            else:
-                self._pending.update(dict.fromkeys(item_ids))
-            self._report()
+            self.submit_locked(None if item_ids is None else list(item_ids))
             self._cond.notify_all()
 
     @property
@@ -104,9 +105,7 @@ class CatalogueRefresher:
                 if self._full:
                     self._full, wanted, self._busy = False, None, 1
                 else:
-                    wanted = list(self._pending)[: self.batch_size]
-                    for item_id in wanted:
-                        del self._pending[item_id]
+                    wanted = self._take_batch()
                     self._busy = len(wanted)
             failed = False
             try:
@@ -130,7 +129,22 @@ class CatalogueRefresher:
         if item_ids is None:
             self._full = True
         else:
-            self._pending.update(dict.fromkeys(item_ids))
+            fresh = deque(i for i in dict.fromkeys(item_ids) if i not in self._pending)
+            if fresh:
+                self._pending.update(fresh)
+                self._writes.append(fresh)
+        self._report()
+
+    def _take_batch(self) -> list[str]:
+        """Up to `batch_size` ids, taken from the waiting writes in turn (round robin)."""
+        batch: list[str] = []
+        while self._writes and len(batch) < self.batch_size:
+            write = self._writes.popleft()
+            batch.append(write.popleft())
+            if write:
+                self._writes.append(write)
+        self._pending.difference_update(batch)
+        return batch
 
     def _report(self) -> None:
         if self._metrics is not None:
@@ -160,8 +174,7 @@ class CatalogueRefresher:
         if item_ids is None and len(embed) > self.batch_size:
             # a full pass found many: record the adopted ones now, embed the rest in batches
             with self._cond:
-                self._pending.update(dict.fromkeys(i.item_id for i in embed))
-                self._report()
+                self.submit_locked([i.item_id for i in embed])
             embed = []
             changed = adopted
         catalogue = {**served.catalogue, **{i.item_id: i.digest for i in changed}}
@@ -169,8 +182,7 @@ class CatalogueRefresher:
         if not self._manager.swap_catalogue(served, extended, catalogue):
             # another version was swapped in meanwhile: compare these again with that one
             with self._cond:
-                self._pending.update(dict.fromkeys(i.item_id for i in changed))
-                self._report()
+                self.submit_locked([i.item_id for i in changed])
             return 0
         self.embedded += len(embed)
         if self._metrics is not None and embed:
