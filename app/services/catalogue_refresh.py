@@ -68,7 +68,7 @@ class CatalogueRefresher:
     def submit(self, item_ids: Iterable[str] | None) -> None:
         """These items were written (None: any item may have been). Returns at once."""
         with self._cond:
-            self.submit_locked(None if item_ids is None else list(item_ids))
+            self._submit_locked(None if item_ids is None else list(item_ids))
             self._cond.notify_all()
 
     @property
@@ -119,13 +119,13 @@ class CatalogueRefresher:
             with self._cond:
                 self._busy = 0
                 if failed:
-                    self.submit_locked(wanted)
+                    self._submit_locked(wanted)
                 self._report()
                 self._cond.notify_all()
             if failed:
                 self._stop.wait(RETRY_SECONDS)
 
-    def submit_locked(self, item_ids: list[str] | None) -> None:
+    def _submit_locked(self, item_ids: list[str] | None) -> None:
         if item_ids is None:
             self._full = True
         else:
@@ -174,7 +174,7 @@ class CatalogueRefresher:
         if item_ids is None and len(embed) > self.batch_size:
             # a full pass found many: record the adopted ones now, embed the rest in batches
             with self._cond:
-                self.submit_locked([i.item_id for i in embed])
+                self._submit_locked([i.item_id for i in embed])
             embed = []
             changed = adopted
         catalogue = {**served.catalogue, **{i.item_id: i.digest for i in changed}}
@@ -182,7 +182,7 @@ class CatalogueRefresher:
         if not self._manager.swap_catalogue(served, extended, catalogue):
             # another version was swapped in meanwhile: compare these again with that one
             with self._cond:
-                self.submit_locked([i.item_id for i in changed])
+                self._submit_locked([i.item_id for i in changed])
             return 0
         self.embedded += len(embed)
         if self._metrics is not None and embed:

@@ -245,16 +245,6 @@ class ModelManager:
                 ranking_cache=new_ranking_cache(self.settings))
             return True
 
-    def add_items(self, items: list[CatalogueItem]) -> None:
-        """Embed (or re-embed) these items in the served catalogue now, in this thread (the
-        service does it in its catalogue refresher; this is for scripts and tests)."""
-        served = self._current
-        if served is None:
-            return
-        bundle = with_new_items(served.bundle, items, replace=True)
-        self.swap_catalogue(served, bundle,
-                            {**served.catalogue, **{i.item_id: i.digest for i in items}})
-
     def start_polling(self) -> None:
         interval = self.settings.model_poll_seconds
         if interval <= 0 or self._poller is not None:
