@@ -11,6 +11,10 @@ event state in the database instead, as before.
 Consistency: the worker that stored an event forgets the user's rankings before it
 acknowledges the write, so a client reads its own writes. Other workers learn of it when the
 notification arrives, normally within a few milliseconds of the commit.
+
+Item upserts send the ids of the items (app.store.changes.ITEMS_PREFIX): every process then
+forgets its remembered answers (titles may have changed) and hands the ids to its catalogue
+refresher (app.services.catalogue_refresh), which embeds them in the background.
 """
 
 from __future__ import annotations
