@@ -28,11 +28,7 @@ from app.core.middleware import BodySizeLimit
 from app.core.request_context import ObservedFastAPI
 from app.core.security import parse_api_keys
 from app.schemas.common import ErrorOut
-from app.services import interests as interest_service
-from app.services.change_feed import ChangeFeed, PostgresChangeListener
-from app.services.drift_queue import DriftQueue
-from app.services.model_manager import ModelManager
-from app.store.db import make_engine, make_session_factory, transaction
+from app.services.runtime import ServingRuntime
 
 logger = logging.getLogger("driftrec")
 
@@ -47,38 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Per-worker intra-op threads: torch's default (all cores) oversubscribes the CPU
         # as soon as several workers or request threads run inference at once.
         torch.set_num_threads(settings.torch_threads)
-        engine = make_engine(settings.database_url, settings.db_statement_timeout_ms)
-        factory = make_session_factory(engine)
-        app.state.metrics.count_committed_drifts(factory)
-        app.state.engine, app.state.session_factory = engine, factory
         if not app.state.api_keys:
             logger.warning("auth is off: no API keys configured; listen on 127.0.0.1 only")
-        manager = ModelManager(settings, factory)
-        manager.on_reload = app.state.metrics.observe_model
-        app.state.models = manager
-        manager.reload()
-        manager.start_polling()
-
-        def check_user(user_id: str) -> None:
-            with transaction(factory) as session:
-                interest_service.check_drift(session, manager.current, user_id)
-
-        app.state.drift_queue = DriftQueue(check_user, settings.drift_queue_size)
-        app.state.drift_queue.start()
-        # PostgreSQL announces new events (NOTIFY): while this listens, repeated reads of an
-        # unchanged user are answered from memory. SQLite: the feed stays off.
-        listener = None
-        if engine.dialect.name == "postgresql":
-            listener = PostgresChangeListener(settings.database_url, app.state.change_feed)
-            listener.start()
+        runtime = ServingRuntime.start(settings, app.state.metrics)
+        app.state.runtime = runtime
         try:
             yield
         finally:
-            if listener is not None:
-                listener.stop()
-            app.state.drift_queue.stop()
-            manager.stop()
-            engine.dispose()
+            runtime.stop()
             app.state.metrics.process_exiting()
 
     # Here, not in the lifespan: uvicorn loads the app before it logs its start-up lines.
@@ -91,7 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = new_metrics()
-    app.state.change_feed = ChangeFeed()
     app.state.api_keys = parse_api_keys(settings.api_keys)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

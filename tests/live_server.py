@@ -78,14 +78,16 @@ def server_env(database_url: str, registry_uri: str, workdir: Path,
 
 @contextlib.contextmanager
 def live_server(port: int, database_url: str, registry_uri: str, workdir: Path,
-                **settings: str) -> Iterator[LiveServer]:
-    """Start the service on 127.0.0.1:`port`, wait for /healthz, stop it afterwards."""
+                workers: int = 1, **settings: str) -> Iterator[LiveServer]:
+    """Start the service on 127.0.0.1:`port` (`workers` processes), wait for /healthz, stop
+    it afterwards."""
     assert port_is_free(port), f"port {port} is taken: a server of an earlier run still up?"
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
+            [sys.executable, "-m", "app", "serve", "--port", str(port),
+             "--workers", str(workers)], cwd=PROJECT_ROOT,
             env=server_env(database_url, registry_uri, workdir, **settings),
             stdout=log, stderr=subprocess.STDOUT)
     server = LiveServer(process, f"http://127.0.0.1:{port}", log_path)

@@ -41,3 +41,27 @@ def test_a_feed_that_was_down_forgets_everything_when_it_is_back() -> None:
     assert feed.token("a") is None
     feed.set_live(True)
     assert feed.token("a") != before  # ... so nothing remembered earlier is trusted
+
+
+def test_item_payloads_list_every_item_and_reach_the_catalogue() -> None:
+    from app.store.changes import ALL_ITEMS, ITEMS_PREFIX, item_change_payloads
+
+    items = [f"item-{n:05d}" for n in range(2_000)]
+    payloads = item_change_payloads(items)
+    assert len(payloads) > 1 and all(p.startswith(ITEMS_PREFIX) for p in payloads)
+    assert all(len(p.encode()) <= PAYLOAD_LIMIT for p in payloads)
+    assert item_change_payloads([f"i{n:09d}" for n in range(MAX_PAYLOADS * PAYLOAD_LIMIT)]
+                                ) == [ALL_ITEMS]
+    feed = ChangeFeed()
+    heard: list[list[str] | None] = []
+    feed.on_items_changed = heard.append
+    feed.set_live(True)  # (re)connected: notifications may have been lost, compare them all
+    token = feed.token("items:a")  # a user id that looks like a payload prefix
+    for payload in payloads:
+        feed.apply(payload)
+    feed.apply(ALL_ITEMS)
+    assert heard[0] is None and [i for ids in heard[1:-1] for i in ids or []] == items
+    assert heard[-1] is None
+    assert feed.token("items:a") != token  # titles in remembered answers may have changed
+    feed.apply("items:a\nb")  # user ids, not items
+    assert len(heard) == len(payloads) + 2

@@ -189,13 +189,14 @@ def live(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         try:
-            model = app.state.models.current
+            model = app.state.runtime.models.current
             # The tiny model rarely crosses its calibrated threshold on 40 users; alarm on
             # every eligible event so the scan leaves records for the pages to show.
             calibrated, model.bundle.drift.threshold = model.bundle.drift.threshold, 0.0
             try:
-                ids = all_user_ids(app.state.session_factory)
-                report = scan_users(app.state.session_factory, model, ids, backfill=True)
+                factory = app.state.runtime.session_factory
+                ids = all_user_ids(factory)
+                report = scan_users(factory, model, ids, backfill=True)
             finally:
                 model.bundle.drift.threshold = calibrated
             yield LiveService(f"http://127.0.0.1:{port}", app, ids, report.drifts)
@@ -217,7 +218,7 @@ def test_backfill_stamps_each_check_at_the_users_last_event(live: LiveService) -
     for record in records[:5]:
         last = live.get(f"/users/{record['user_id']}/events", limit=1)["events"][0]
         assert record["detected_at"] == last["timestamp"]
-    with live.app.state.session_factory() as session:
+    with live.app.state.runtime.session_factory() as session:
         assert drift_records.user_ids_to_scan(session, unchecked_only=True) == []
 
 

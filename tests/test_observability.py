@@ -306,7 +306,7 @@ def test_metrics_without_a_model(client: TestClient) -> None:
 def test_drifts_are_counted_when_their_record_commits(client: TestClient) -> None:
     events = post_catalogue_and_events(client, "drifting", 3)
     assert client.post("/events", json={"events": events}).status_code == 200
-    factory = client.app.state.session_factory
+    factory = client.app.state.runtime.session_factory
     change = {"user_id": "drifting", "change_event_id": events[2]["event_id"],
               "change_at": datetime.fromtimestamp(events[2]["timestamp"], UTC),
               "change_index": 2, "score": 0.9, "threshold": 0.5, "kind": "abrupt",
@@ -413,7 +413,7 @@ def served_tiny(tiny_model: TinyModel,
 
 def test_model_and_drift_metrics_with_a_served_model(served_tiny: TestClient) -> None:
     client = served_tiny
-    served = client.app.state.models.current
+    served = client.app.state.runtime.models.current
     assert metric(client, "driftrec_model_info", name=served.name, version=served.version,
                   device=served.device) == 1
     assert served.version == "1" and metric(client, "driftrec_model_reload_failures_total") == 0
@@ -440,7 +440,7 @@ def test_model_and_drift_metrics_with_a_served_model(served_tiny: TestClient) ->
                 "type": "view", "timestamp": start + 600 * 20}
         assert client.post("/events", params={"detect_drift": "true"},
                            json={"events": [late]}).json()["drift_checks_queued"] == 1
-        client.app.state.drift_queue.join()
+        client.app.state.runtime.drift_queue.join()
         assert metric(client, "driftrec_drifts_detected_total") == 2
     finally:
         drift.threshold = calibrated

@@ -74,7 +74,7 @@ def _assert_still_serving(client: TestClient, version: str) -> None:
 
 
 def test_registry_unreachable_keeps_the_loaded_version_serving(served: Registry) -> None:
-    client, manager = served.client, served.client.app.state.models
+    client, manager = served.client, served.client.app.state.runtime.models
     assert client.get("/models/current").json()["version"] == "1"
     failures = client.get("/models/current").json()["reload_failures"]
     reachable = manager.settings

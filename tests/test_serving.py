@@ -139,7 +139,7 @@ def test_served_hr_at_10_equals_the_registered_test_hr(served: Served) -> None:
 
 def test_drift_is_recorded_once_per_change_point(served: Served) -> None:
     user = _user(served, 3)
-    bundle = served.client.app.state.models.current.bundle
+    bundle = served.client.app.state.runtime.models.current.bundle
     calibrated = bundle.drift.threshold
     bundle.drift.threshold = 0.0  # every event alarms: exercises the recording path
     try:
@@ -169,7 +169,7 @@ def test_events_can_queue_drift_checks(served: Served) -> None:
     body = served.client.post("/events", params={"detect_drift": "true"},
                               json={"events": [event]}).json()
     assert body == {"accepted": 1, "duplicates": 0, "drift_checks_queued": 1}
-    queue = served.client.app.state.drift_queue
+    queue = served.client.app.state.runtime.drift_queue
     queue.join()
     assert queue.done >= 1 and queue.failed == 0
 
@@ -250,7 +250,7 @@ def test_poller_follows_the_alias_without_a_reload_call(served: Served) -> None:
 def test_drift_scan_checks_every_user(served: Served) -> None:
     from app.services.drift_scan import all_user_ids, scan_users
 
-    state = served.client.app.state
+    state = served.client.app.state.runtime
     users = all_user_ids(state.session_factory)
     assert len(users) == len(served.split.train)
     report = scan_users(state.session_factory, state.models.current, users[:5])
@@ -265,7 +265,9 @@ def test_items_added_after_loading_are_recommendable(served: Served) -> None:
     item = {"item_id": "cold-1", "title": "Space Horror Night",
             "text": "A crew fights an alien on a dark spaceship.", "categories": ["Horror"]}
     assert client.post("/items", json={"items": [item]}).status_code == 200
-    bundle = client.app.state.models.current.bundle
+    runtime = client.app.state.runtime
+    assert runtime.catalogue.wait_idle(timeout=30)  # embedded in the background
+    bundle = runtime.models.current.bundle
     assert bundle.index_of("cold-1") is not None
     assert bundle.topics.names[bundle.item_topic("cold-1")] == "Horror"
     body = client.post("/recommend", json={"recent_item_ids": ["cold-1", "1"], "k": 3})
@@ -319,7 +321,7 @@ def test_a_ranking_is_reused_until_the_user_has_a_new_event(
 
 
 def _wait_live(client: TestClient) -> None:
-    feed = client.app.state.change_feed
+    feed = client.app.state.runtime.change_feed
     deadline = time.monotonic() + 10
     while not feed.live and time.monotonic() < deadline:
         time.sleep(0.05)

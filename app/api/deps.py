@@ -12,26 +12,38 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import ApiError
+from app.core.metrics import Metrics
 from app.core.security import ApiKey, authenticate
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from app.services.model_manager import ModelUnavailable, ServedModel
+from app.services.runtime import ServingRuntime
 
 
+# The only reader of `app.state` (routers take these typed dependencies instead): the settings,
+# the metrics and the API keys are set by `create_app`, the runtime by the lifespan.
 # Dependencies without I/O are `async def`: FastAPI runs sync ones in the thread pool, a hop
 # per dependency per request that cost more than the work itself.
 async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def get_runtime(request: Request) -> ServingRuntime:
+    return request.app.state.runtime
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+    with request.app.state.runtime.session_factory() as session:
         yield session
 
 
 async def get_model(request: Request) -> ServedModel:
     """The served model, taken once per request (a reload never changes it mid-request)."""
     try:
-        return request.app.state.models.current
+        return request.app.state.runtime.models.current
     except ModelUnavailable as error:
         raise ApiError(503, "model_unavailable",
                        f"no model is being served: {error}. Train and promote one with "
@@ -39,6 +51,8 @@ async def get_model(request: Request) -> ServedModel:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 UserIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]

@@ -58,9 +58,21 @@ class Settings(BaseSettings):
     short_term_events: int = Field(default=20, ge=1)
     drift_strength: float = Field(default=1.0, ge=0)
     drift_queue_size: int = Field(default=1_000, ge=1)
-    # Remembered rankings (a user's top-k for one state of their events; ~1 KB each);
+    # Per-worker memory bounds (README "Memory per worker"). Remembered rankings: users with
+    # one (each holds up to `ranking_cache_variants` rankings of their latest event state, one
+    # per set of request options; ~35 KiB each at k=100), and the bytes they may hold in all;
     # 0 turns the cache off, so every /recommend runs the model.
     ranking_cache_size: int = Field(default=20_000, ge=0)
+    ranking_cache_mb: int = Field(default=128, ge=0)
+    ranking_cache_variants: int = Field(default=4, ge=1)
+    # Drift findings: users with one (their latest event state only; ~2-4 KiB each), bytes.
+    drift_cache_size: int = Field(default=20_000, ge=0)
+    drift_cache_mb: int = Field(default=64, ge=0)
+    # Users whose change counter the change feed keeps (the least recently changed go first;
+    # an evicted user's next /recommend may recompute once). ~(id length + 200) bytes each.
+    change_feed_users: int = Field(default=100_000, ge=1)
+    # Items the catalogue refresher embeds per batch (in the background, after a commit).
+    catalogue_embed_batch: int = Field(default=64, ge=1)
     # Histories per batched forward pass (1: no batching).
     max_inference_batch: int = Field(default=64, ge=1)
 

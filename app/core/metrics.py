@@ -39,6 +39,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # 1 ms .. 10 s: a cached recommendation takes a few ms, a cold drift check over 200 events or a
 # 10,000-event batch takes seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
 
@@ -97,6 +98,31 @@ class Metrics:
         self.drifts_detected = Counter(
             "driftrec_drifts_detected", "Drift records created (new change points, committed).",
             registry=registry)
+        self.inference_batch = Histogram(
+            "driftrec_inference_batch_size",
+            "Histories per batched forward pass (concurrent requests share one).",
+            ["kind"], buckets=BATCH_BUCKETS, registry=registry)
+        self.drift_queue_depth = Gauge(
+            "driftrec_drift_queue_depth", "Drift checks waiting in the background queue.",
+            multiprocess_mode="livesum", registry=registry)
+        self.drift_checks = Counter(
+            "driftrec_drift_checks", "Background drift checks by outcome "
+            "(done, failed, dropped: the queue was full).", ["outcome"], registry=registry)
+        self.catalogue_pending = Gauge(
+            "driftrec_catalogue_pending_items",
+            "Items written but not yet embedded into the served catalogue.",
+            multiprocess_mode="livesum", registry=registry)
+        self.catalogue_embedded = Counter(
+            "driftrec_catalogue_items_embedded",
+            "Items embedded (new) or re-embedded (changed) into the served catalogue.",
+            registry=registry)
+        self.catalogue_batch = Histogram(
+            "driftrec_catalogue_embed_batch_size", "Items per catalogue embedding batch.",
+            buckets=BATCH_BUCKETS, registry=registry)
+        self.catalogue_failures = Counter(
+            "driftrec_catalogue_refresh_failures",
+            "Catalogue refresh batches that failed (retried with the next change).",
+            registry=registry)
         if multiprocess_dir() is None:
             # Process metrics (CPU, memory, open files) are per process: not in multiprocess mode.
             ProcessCollector(registry=registry)
@@ -114,6 +140,9 @@ class Metrics:
         """After a batch commits: `accepted` new events, `duplicates` already stored."""
         self.events_ingested.inc(accepted)
         self.events_duplicate.inc(duplicates)
+
+    def observe_batch(self, kind: str, size: int) -> None:
+        self.inference_batch.labels(kind).observe(size)
 
     def observe_model(self, manager: ObservedManager) -> None:
         """After a reload attempt: the served version and the failures so far."""

@@ -217,29 +217,43 @@ class InterestModelBundle:
         return self.topics.assign(embedding, categories)
 
     def with_items(self, item_ids: Sequence[str], texts: Sequence[str],
-                   categories: Sequence[Sequence[str]] | None = None) -> InterestModelBundle:
-        """A copy whose catalogue also holds these cold-start items (unknown ids only): they
-        are embedded with the encoder, scored by their text alone, and given a topic.
+                   categories: Sequence[Sequence[str]] | None = None,
+                   replace: bool = False) -> InterestModelBundle:
+        """A copy whose catalogue also holds these cold-start items: they are embedded with
+        the encoder, scored by their text alone, and given a topic. Ids the bundle knows are
+        skipped, or with `replace` re-embedded in place: their text row and topic are replaced
+        (a trained item keeps its learned ID embedding; only its text part changes).
 
         This bundle is left as it is, so serving swaps the copy in atomically while requests
         in flight keep using the original. Call from one thread at a time: the encoder's fast
         tokenizer is not thread-safe.
         """
         categories = categories if categories is not None else [()] * len(item_ids)
-        fresh = [(i, t, c) for i, t, c in zip(item_ids, texts, categories, strict=True)
-                 if i not in self._index]
-        if not fresh:
+        latest = {i: (t, tuple(c)) for i, t, c in zip(item_ids, texts, categories, strict=True)}
+        chosen = [(i, t, c) for i, (t, c) in latest.items() if replace or i not in self._index]
+        if not chosen:
             return self
-        embeddings = self.encoder.embed([t for _, t, _ in fresh])  # [n_new, D]
+        embeddings = self.encoder.embed([t for _, t, _ in chosen]).float()  # [n, D]
+        topics = [self.topics.assign(e.cpu().numpy(), c)
+                  for e, (_, _, c) in zip(embeddings, chosen, strict=True)]
+        known = [(n, self._index[i]) for n, (i, _, _) in enumerate(chosen) if i in self._index]
+        fresh = [n for n, (i, _, _) in enumerate(chosen) if i not in self._index]
         model = copy.deepcopy(self.sequence_model)
-        model.set_item_text_embeddings(torch.cat([model.item_text,
-                                                  embeddings.to(model.item_text.device)]))
-        new_topics = [self.topics.assign(e.float().cpu().numpy(), c)
-                      for e, (_, _, c) in zip(embeddings, fresh, strict=True)]
-        topics = dataclasses.replace(self.topics, item_topics=np.concatenate(
-            [self.topics.item_topics, np.asarray(new_topics, dtype=np.int64)]))
-        return dataclasses.replace(self, sequence_model=model, topics=topics,
-                                   item_ids=[*self.item_ids, *(i for i, _, _ in fresh)])
+        table = model.item_text.clone()
+        item_topics = self.topics.item_topics.copy()
+        embeddings = embeddings.to(table.device)
+        for n, index in known:
+            table[index] = embeddings[n]
+            item_topics[index - 1] = topics[n]
+        if fresh:
+            table = torch.cat([table, embeddings[fresh]])
+            item_topics = np.concatenate([item_topics,
+                                          np.asarray([topics[n] for n in fresh], np.int64)])
+        model.set_item_text_embeddings(table)
+        return dataclasses.replace(self, sequence_model=model,
+                                   topics=dataclasses.replace(self.topics,
+                                                              item_topics=item_topics),
+                                   item_ids=[*self.item_ids, *(chosen[n][0] for n in fresh)])
 
     # -------------------------------------------------------------- self-check
     def smoke_test(self) -> None:

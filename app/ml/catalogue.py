@@ -9,6 +9,7 @@ untouched, so swapping the two is atomic for requests in flight.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,14 +22,21 @@ class CatalogueItem:
     text: str
     categories: tuple[str, ...] = ()
 
+    @property
+    def digest(self) -> bytes:
+        """What the served model's row of this item depends on (text and categories)."""
+        return hashlib.blake2b("\x1f".join((self.text, *self.categories)).encode(),
+                               digest_size=16).digest()
+
 
 def item_text(title: str, text: str | None) -> str:
     """What the encoder reads for a stored item: its text, or its title when it has none."""
     return text if text else title
 
 
-def with_new_items(bundle: InterestModelBundle,
-                   items: Sequence[CatalogueItem]) -> InterestModelBundle:
-    """A copy of `bundle` whose catalogue also holds `items` (those it knows are skipped)."""
+def with_new_items(bundle: InterestModelBundle, items: Sequence[CatalogueItem],
+                   replace: bool = False) -> InterestModelBundle:
+    """A copy of `bundle` whose catalogue also holds `items` (those it knows are skipped, or
+    with `replace` re-embedded from their new text and categories)."""
     return bundle.with_items([i.item_id for i in items], [i.text for i in items],
-                             [i.categories for i in items])
+                             [i.categories for i in items], replace=replace)

@@ -11,61 +11,101 @@ event state in the database instead, as before.
 Consistency: the worker that stored an event forgets the user's rankings before it
 acknowledges the write, so a client reads its own writes. Other workers learn of it when the
 notification arrives, normally within a few milliseconds of the commit.
+
+Item upserts send the ids of the items (app.store.changes.ITEMS_PREFIX): every process then
+forgets its remembered answers (titles may have changed) and hands the ids to its catalogue
+refresher (app.services.catalogue_refresh), which embeds them in the background.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 import psycopg
 from sqlalchemy.engine import make_url
 
-from app.store.changes import CHANNEL, EVERYTHING
+from app.store.changes import CHANNEL, EVERYTHING, ITEMS_PREFIX, parse_item_payload
 
 logger = logging.getLogger("driftrec.change_feed")
+
+DEFAULT_MAX_USERS = 100_000
+
 
 class ChangeFeed:
     """Per-process change counters: a token that moves whenever a user's answers may have.
 
-    `token(user_id)` is None while the feed cannot vouch for completeness (not listening)."""
+    `token(user_id)` is None while the feed cannot vouch for completeness (not listening).
 
-    def __init__(self) -> None:
+    Bounded: at most `max_users` users have a counter of their own (the least recently
+    changed go first). Counters come from one clock that only moves forward, and a user
+    without a counter gets the highest counter evicted so far (the floor), so a user's token
+    never moves back to a value it had before its latest event: an evicted user's old
+    remembered rankings can never look current again (a user at the floor may merely miss).
+
+    `on_items_changed(ids)` (ids None: the whole catalogue) is called for item notifications
+    and when the feed comes back after notifications may have been lost."""
+
+    def __init__(self, max_users: int = DEFAULT_MAX_USERS) -> None:
         self._lock = threading.Lock()
-        self._generation: dict[str, int] = {}
+        self._generation: OrderedDict[str, int] = OrderedDict()
+        self._clock = 0  # the last counter handed out
+        self._floor = 0  # the highest counter evicted: every user without one has this
         self._epoch = 0  # moves when everything changed (or notifications may have been lost)
         self._live = False
+        self.max_users = max(1, max_users)
+        self.on_items_changed: Callable[[list[str] | None], None] | None = None
 
     @property
     def live(self) -> bool:
         return self._live
 
+    def __len__(self) -> int:
+        return len(self._generation)
+
     def token(self, user_id: str) -> tuple[int, int] | None:
         if not self._live:
             return None
-        return self._epoch, self._generation.get(user_id, 0)
+        with self._lock:
+            return self._epoch, self._generation.get(user_id, self._floor)
 
     def users_changed(self, user_ids: Iterable[str]) -> None:
         with self._lock:
+            generation = self._generation
             for user_id in user_ids:
-                self._generation[user_id] = self._generation.get(user_id, 0) + 1
+                self._clock += 1
+                generation[user_id] = self._clock
+                generation.move_to_end(user_id)
+            while len(generation) > self.max_users:
+                _, evicted = generation.popitem(last=False)
+                self._floor = max(self._floor, evicted)
 
     def everything_changed(self) -> None:
         with self._lock:
             self._epoch += 1
             self._generation.clear()
+            self._floor = self._clock
+
+    def items_changed(self, item_ids: list[str] | None) -> None:
+        """Items were inserted or updated: titles in remembered answers, and the catalogue."""
+        self.everything_changed()
+        if self.on_items_changed is not None:
+            self.on_items_changed(item_ids)
 
     def apply(self, payload: str) -> None:
         if payload == EVERYTHING:
             self.everything_changed()
+        elif payload.startswith(ITEMS_PREFIX):
+            self.items_changed(parse_item_payload(payload))
         else:
             self.users_changed(payload.split("\n"))
 
     def set_live(self, live: bool) -> None:
         if live and not self._live:
             # notifications sent while we were not listening are lost: start afresh
-            self.everything_changed()
+            self.items_changed(None)
         self._live = live
 
 

@@ -11,13 +11,24 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 logger = logging.getLogger("driftrec.drift_queue")
 
 
+class QueueObserver(Protocol):
+    """What the queue reports (app.core.metrics.Metrics implements it through an adapter)."""
+
+    def depth(self, depth: int) -> None: ...
+
+    def outcome(self, outcome: str, count: int = 1) -> None: ...
+
+
 class DriftQueue:
-    def __init__(self, check: Callable[[str], None], maxsize: int) -> None:
+    def __init__(self, check: Callable[[str], None], maxsize: int,
+                 observer: QueueObserver | None = None) -> None:
         self._check = check
+        self._observer = observer
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self.dropped = 0
@@ -37,7 +48,21 @@ class DriftQueue:
                 queued += 1
             except queue.Full:
                 self.dropped += 1
+                self._report("dropped")
+        self._report_depth()
         return queued
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def _report(self, outcome: str) -> None:
+        if self._observer is not None:
+            self._observer.outcome(outcome)
+
+    def _report_depth(self) -> None:
+        if self._observer is not None:
+            self._observer.depth(self._queue.qsize())
 
     def join(self) -> None:
         """Wait until every queued check has run (for tests and the batch command)."""
@@ -57,8 +82,11 @@ class DriftQueue:
                     return
                 self._check(user_id)
                 self.done += 1
+                self._report("done")
             except Exception:  # one user's failure must not stop the worker
                 self.failed += 1
+                self._report("failed")
                 logger.exception("drift check failed for user %s", user_id)
             finally:
+                self._report_depth()
                 self._queue.task_done()

@@ -154,5 +154,6 @@ def upsert_items(session: Session, items: Sequence[ItemIn], settings: Settings) 
         raise BatchRejected(errors)
     rows = {item.item_id: item.model_dump() for item in items}
     count = repository.upsert_items(session, [rows[key] for key in sorted(rows)])
-    repository.announce_changes(session, None)  # titles and candidates may have changed
+    # every serving process re-embeds these items and forgets answers (titles may have changed)
+    repository.announce_item_changes(session, sorted(rows))
     return count

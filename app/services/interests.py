@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.domain import drift as drift_domain
 from app.domain import profiles, ranking
+from app.services.caches import str_bytes
 from app.services.change_feed import ChangeFeed
 from app.services.model_manager import ServedModel
 from app.store import drift_records, repository
@@ -147,16 +148,35 @@ def find_drift(model: ServedModel, history: History) -> DriftFinding:
     return DriftFinding(history, probs, change, before, after)
 
 
+@dataclass(frozen=True, slots=True)
+class _RememberedDrift:
+    """What the drift cache keeps of a finding: not the history (the caller has it)."""
+
+    probabilities: np.ndarray
+    change: drift_domain.ChangePoint | None
+    before: np.ndarray
+    after: np.ndarray
+
+
+def drift_size(entry: _RememberedDrift) -> int:
+    """Estimated bytes of a drift cache entry (measured in tests/test_memory_bounds.py)."""
+    arrays = (entry.probabilities, entry.before, entry.after)
+    return 600 + sum(a.nbytes + 112 for a in arrays) + (0 if entry.change is None else 400)
+
+
 def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFinding:
-    """find_drift, remembered per (user, last event, event count) for the served version
-    (and its decision settings, which an operator may tune on a loaded model)."""
+    """find_drift, remembered per user for the latest state of their events (last event,
+    event count) and the served version's decision settings, which an operator may tune on
+    a loaded model. A newer state replaces the user's entry."""
     drift = model.bundle.drift
-    key = (user_id, history.event_ids[-1], history.total, drift.threshold, drift.kind_threshold)
-    finding = model.drift_cache.get(key)
-    if finding is None:
+    state = (history.event_ids[-1], history.total, drift.threshold, drift.kind_threshold)
+    entry = model.drift_cache.get(user_id, state, None)
+    if entry is None:
         finding = find_drift(model, history)
-        model.drift_cache.put(key, finding)
-    return finding
+        model.drift_cache.put(user_id, state, None, _RememberedDrift(
+            finding.probabilities, finding.change, finding.before, finding.after))
+        return finding
+    return DriftFinding(history, entry.probabilities, entry.change, entry.before, entry.after)
 
 
 def check_drift(session: Session, model: ServedModel, user_id: str,
@@ -247,10 +267,24 @@ class RememberedRanking:
     response: dict[str, Any] | None
 
 
-def _ranking_key(model: ServedModel, user_id: str, k: int, exclude_seen: bool,
-                 drift_aware: bool, settings: Settings) -> tuple[Any, ...]:
+def ranking_size(entry: RememberedRanking) -> int:
+    """Estimated bytes of a remembered ranking (measured in tests/test_memory_bounds.py):
+    the strings it holds (ids and topic names are shared with the bundle, but counted) and
+    per-item containers."""
+    size = 400 + 8 * len(entry.state)
+    for item_id, _, topic in entry.chosen:
+        size += 150 + str_bytes(item_id, topic)
+    if entry.response is not None:
+        size += 900
+        for item in entry.response["items"]:
+            size += 420 + str_bytes(item["title"])
+    return size
+
+
+def _ranking_variant(model: ServedModel, k: int, exclude_seen: bool, drift_aware: bool,
+                     settings: Settings) -> tuple[Any, ...]:
     drift = model.bundle.drift
-    return (user_id, k, exclude_seen, drift_aware, settings.drift_strength, drift.threshold,
+    return (k, exclude_seen, drift_aware, settings.drift_strength, drift.threshold,
             drift.kind_threshold)
 
 
@@ -260,9 +294,9 @@ def _feed_state(feed: ChangeFeed | None, user_id: str) -> tuple[Any, ...] | None
     return None if token is None else ("feed", *token)
 
 
-def _remembered(model: ServedModel, key: tuple[Any, ...], state: tuple[Any, ...]
-                ) -> RememberedRanking | None:
-    entry = model.ranking_cache.get(key)
+def _remembered(model: ServedModel, user_id: str, variant: tuple[Any, ...],
+                state: tuple[Any, ...]) -> RememberedRanking | None:
+    entry: RememberedRanking | None = model.ranking_cache.get(user_id, state, variant)
     return entry if entry is not None and entry.state == state else None
 
 
@@ -274,8 +308,8 @@ def remembered_recommendations(model: ServedModel, feed: ChangeFeed | None, user
     state = _feed_state(feed, user_id)
     if state is None:
         return None
-    key = _ranking_key(model, user_id, k, exclude_seen, drift_aware, settings)
-    entry = _remembered(model, key, state)
+    variant = _ranking_variant(model, k, exclude_seen, drift_aware, settings)
+    entry = _remembered(model, user_id, variant, state)
     return None if entry is None else entry.response
 
 
@@ -294,8 +328,8 @@ def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: in
         if total == 0:
             raise UnknownUser(user_id)
         state = ("db", total, last_seq)
-    key = _ranking_key(model, user_id, k, exclude_seen, drift_aware, settings)
-    entry = _remembered(model, key, state)
+    variant = _ranking_variant(model, k, exclude_seen, drift_aware, settings)
+    entry = _remembered(model, user_id, variant, state)
     if entry is not None:
         if entry.response is not None:
             return entry.response
@@ -303,7 +337,7 @@ def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: in
     chosen, changed = _rank_for_user(session, model, user_id, total, k, exclude_seen, settings,
                                      drift_aware)
     response = _recommendations(session, model, user_id, chosen, changed)
-    model.ranking_cache.put(key, RememberedRanking(
+    model.ranking_cache.put(user_id, state, variant, RememberedRanking(
         state, chosen, changed, response if from_feed else None))
     return response
 

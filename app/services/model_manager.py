@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,8 @@ from app.ml.catalogue import CatalogueItem, item_text, with_new_items
 from app.ml.loader import load_bundle as load_bundle_dir
 from app.ml.loader import load_registered, registry_client, resolve_version
 from app.services.batching import MicroBatcher
+from app.services.caches import LruCache as LruCache  # re-exported
+from app.services.caches import UserStateCache
 from app.store import repository
 
 logger = logging.getLogger("driftrec.models")
@@ -44,31 +45,6 @@ class ModelUnavailable(RuntimeError):
     """No model is loaded (no champion yet, or the first load failed)."""
 
 
-class LruCache:
-    """A small thread-safe LRU map (per served version: a reload starts an empty one)."""
-
-    def __init__(self, maxsize: int = 50_000) -> None:
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.maxsize = maxsize
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        if self.maxsize <= 0:  # turned off
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            if len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-
 @dataclass(frozen=True)
 class ServedModel:
     bundle: InterestModelBundle
@@ -79,25 +55,37 @@ class ServedModel:
     device: str
     loaded_at: datetime
     metrics: dict[str, Any] = field(default_factory=dict)
-    # Drift findings by (user, last event, event count): the drift head over 200 events is the
-    # costliest part of a request, and its answer only changes when the user has a new event.
-    drift_cache: LruCache = field(default_factory=LruCache)
-    # Rankings by (user, event state, request options): they too change only with new events.
-    ranking_cache: LruCache = field(default_factory=LruCache)
+    # Drift findings per user, for the latest state of their events (last event, count): the
+    # drift head over 200 events is the costliest part of a request, and its answer only
+    # changes when the user has a new event.
+    drift_cache: UserStateCache[Any] = field(default_factory=lambda: new_drift_cache(None))
+    # Rankings per user (a few request-option variants), for the latest state of their events.
+    ranking_cache: UserStateCache[Any] = field(
+        default_factory=lambda: new_ranking_cache(None))
     max_batch: int = DEFAULT_MAX_BATCH
+    # What each catalogue row was embedded from (item id -> CatalogueItem.digest): the
+    # catalogue refresher re-embeds an item whose stored text or categories differ.
+    catalogue: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    # Sizes of the batches run (kind "score" or "drift"): the metrics.
+    observe_batch: Callable[[str, int], None] | None = field(default=None, repr=False)
     # Concurrent requests share forward passes (see app.services.batching).
     scorer: MicroBatcher[EventWindow, np.ndarray] = field(init=False, repr=False)
     drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         bundle = self.bundle
+        observe = self.observe_batch
 
         def score(histories: Sequence[EventWindow]) -> list[np.ndarray]:
+            if observe is not None:
+                observe("score", len(histories))
             scores = bundle.score_next_batch([h[0] for h in histories],
                                              [h[1] for h in histories])
             return list(scores.numpy())
 
         def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
+            if observe is not None:
+                observe("drift", len(histories))
             return bundle.drift_traces_batch([h[0] for h in histories],
                                              [h[1] for h in histories])
 
@@ -128,6 +116,26 @@ def catalogue_items(factory: sessionmaker[Session]) -> list[CatalogueItem]:
                 for i in repository.all_items(session)]
 
 
+def new_ranking_cache(settings: Settings | None) -> UserStateCache[Any]:
+    from app.services.interests import ranking_size
+
+    settings = settings or _DEFAULTS
+    return UserStateCache(settings.ranking_cache_size, settings.ranking_cache_mb * MIB,
+                          settings.ranking_cache_variants, ranking_size)
+
+
+def new_drift_cache(settings: Settings | None) -> UserStateCache[Any]:
+    from app.services.interests import drift_size
+
+    settings = settings or _DEFAULTS
+    return UserStateCache(settings.drift_cache_size, settings.drift_cache_mb * MIB, 1,
+                          drift_size)
+
+
+MIB = 1024 * 1024
+_DEFAULTS = Settings.model_construct()  # the documented defaults (no environment read)
+
+
 class ModelManager:
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
                  load_bundle: Callable[[Path, str], InterestModelBundle] | None = None) -> None:
@@ -140,7 +148,14 @@ class ModelManager:
         self.reload_failures = 0
         # Called (under the reload lock) after a version is swapped in or refused: the metrics.
         self.on_reload: Callable[[ModelManager], None] | None = None
-        self._reload_lock = threading.Lock()  # one load at a time; also guards the tokenizer
+        # Called after another version was swapped in (outside the lock): the catalogue
+        # refresher re-reads the catalogue, so no item written meanwhile is missed.
+        self.on_new_version: Callable[[], None] | None = None
+        self.observe_batch: Callable[[str, int], None] | None = None
+        # One load and one swap at a time. The served bundle's encoder (its tokenizer is not
+        # thread-safe) is used by the catalogue refresher's thread only; a load embeds with
+        # the encoder of the bundle it loads.
+        self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -185,7 +200,9 @@ class ModelManager:
             logger.info("serving %s version %s on %s", candidate.name, candidate.version,
                         candidate.device)
             self._notify()
-            return ReloadOutcome(True, candidate.version)
+        if self.on_new_version is not None:
+            self.on_new_version()
+        return ReloadOutcome(True, candidate.version)
 
     def _notify(self) -> None:
         if self.on_reload is not None:
@@ -195,30 +212,36 @@ class ModelManager:
         loaded = load_registered(version, self.settings.mlflow_tracking_uri,
                                  self.settings.model_download_dir, self.settings.device,
                                  self.settings.model_alias, self._load_bundle)
-        bundle = with_new_items(loaded.bundle, catalogue_items(self.factory))
+        items = catalogue_items(self.factory)
+        bundle = with_new_items(loaded.bundle, items)
         bundle.smoke_test()
         return ServedModel(
             bundle=bundle, name=version.name, version=str(version.version),
             alias=self.settings.model_alias, run_id=version.run_id, device=str(bundle.device),
             loaded_at=datetime.now(UTC), metrics=dict(bundle.metrics),
-            ranking_cache=self._ranking_cache(), max_batch=self.settings.max_inference_batch,
+            drift_cache=new_drift_cache(self.settings),
+            ranking_cache=new_ranking_cache(self.settings),
+            max_batch=self.settings.max_inference_batch,
+            catalogue={item.item_id: item.digest for item in items},
+            observe_batch=self.observe_batch,
         )
 
-    def _ranking_cache(self) -> LruCache:
-        return LruCache(self.settings.ranking_cache_size)
-
-    def add_items(self, items: list[CatalogueItem]) -> None:
-        """Embed items upserted after the model was loaded into the served catalogue."""
+    def swap_catalogue(self, expected: ServedModel, bundle: InterestModelBundle,
+                       catalogue: Mapping[str, bytes]) -> bool:
+        """Serve `bundle` (a copy of `expected`'s with catalogue rows added or replaced) if
+        `expected` is still the one served; False when another was swapped in meanwhile."""
         with self._reload_lock:
-            served = self._current
-            if served is None:
-                return
-            extended = with_new_items(served.bundle, items)
-            if extended is not served.bundle:
-                # a fresh copy: new caches (the catalogue changed) and batchers
-                self._current = dataclasses.replace(served, bundle=extended,
-                                                    drift_cache=LruCache(),
-                                                    ranking_cache=self._ranking_cache())
+            if self._current is not expected:
+                return False
+            if bundle is expected.bundle:  # same rows: only what they were embedded from
+                self._current = dataclasses.replace(expected, catalogue=catalogue)
+                return True
+            # a fresh copy: new caches (the catalogue changed) and batchers
+            self._current = dataclasses.replace(
+                expected, bundle=bundle, catalogue=catalogue,
+                drift_cache=new_drift_cache(self.settings),
+                ranking_cache=new_ranking_cache(self.settings))
+            return True
 
     def start_polling(self) -> None:
         interval = self.settings.model_poll_seconds

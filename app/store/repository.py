@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.store.changes import CHANNEL, change_payloads
+from app.store.changes import CHANNEL, change_payloads, item_change_payloads
 from app.store.models import EVENTS, Event, Item, User, utcnow, written_columns
 
 # SQLite caps the number of bound parameters per statement; chunk long IN lists.
@@ -154,6 +154,18 @@ def announce_changes(session: Session, user_ids: Iterable[str] | None) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     for payload in change_payloads(user_ids):
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": CHANNEL, "payload": payload})
+
+
+def announce_item_changes(session: Session, item_ids: Iterable[str]) -> None:
+    """Tell every serving process, when this transaction commits, that these items were
+    inserted or updated: each re-reads and re-embeds them (and forgets remembered answers,
+    whose titles may have changed). PostgreSQL NOTIFY; on SQLite the one process does it
+    from its own post-commit effect."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for payload in item_change_payloads(item_ids):
         session.execute(text("SELECT pg_notify(:channel, :payload)"),
                         {"channel": CHANNEL, "payload": payload})
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from app.api.deps import SessionDep, SettingsDep, WriteScope
+from app.api.deps import RuntimeDep, WriteScope
 from app.schemas.events import EventBatch, IngestResult
-from app.services import ingestion
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -15,21 +14,14 @@ router = APIRouter(prefix="/events", tags=["events"])
              response_model_exclude_none=True,
              responses={422: {"description": "Invalid rows; nothing was written."},
                         503: {"description": "Database unavailable; nothing was written."}})
-def post_events(batch: EventBatch, session: SessionDep, settings: SettingsDep, request: Request,
-                detect_drift: bool = False) -> IngestResult:
+def post_events(batch: EventBatch, runtime: RuntimeDep, detect_drift: bool = False
+                ) -> IngestResult:
     """Store a batch of events. Retries are safe: a repeated `event_id` counts as a duplicate.
 
     The response is sent only after the batch is committed: an acknowledged event is stored.
     With `detect_drift=true` the batch's users are checked for drift in a bounded background
     queue after the commit (`drift_checks_queued` says how many were queued).
     """
-    with session.begin():
-        result = ingestion.ingest_events(session, batch.events, settings)
-    request.app.state.metrics.count_events(result.accepted, result.duplicates)
-    # before the acknowledgement: this process never answers from a ranking it knows is stale
-    request.app.state.change_feed.users_changed(result.user_ids)
-    queued = None
-    if detect_drift:
-        queued = request.app.state.drift_queue.submit(result.user_ids)
-    return IngestResult(accepted=result.accepted, duplicates=result.duplicates,
-                        drift_checks_queued=queued)
+    outcome = runtime.ingest_events(batch.events, detect_drift)
+    return IngestResult(accepted=outcome.accepted, duplicates=outcome.duplicates,
+                        drift_checks_queued=outcome.drift_checks_queued)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import ModelDep, ReadScope, SessionDep, SettingsDep, UserIdPath
+from app.api.deps import ModelDep, ReadScope, RuntimeDep, SessionDep, SettingsDep, UserIdPath
 from app.core.errors import ApiError
 from app.schemas.serving import InterestProfileOut, RecommendationsOut, RecommendRequest
 from app.schemas.timeline import InterestTimelineOut
@@ -36,7 +36,7 @@ def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
 
 @router.get("/recommend/{user_id}", dependencies=[ReadScope],
             response_model=RecommendationsOut, responses=NOT_FOUND)
-async def recommend(user_id: UserIdPath, request: Request, model: ModelDep,
+async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
                     settings: SettingsDep, k: Annotated[int, Query(ge=1)] = 10,
                     exclude_seen: bool = True, drift_aware: bool = True) -> dict[str, Any]:
     """Top-k items for the user's interests now; after a drift, the new interests weigh more
@@ -44,14 +44,14 @@ async def recommend(user_id: UserIdPath, request: Request, model: ModelDep,
     _check_k(k, settings.max_k)
     # async, and no session dependency: a user whose events have not changed since the last
     # answer is served from memory on the event loop, without a thread hop or a query
-    feed = request.app.state.change_feed
+    feed = runtime.change_feed
     remembered = interests.remembered_recommendations(model, feed, user_id, k, exclude_seen,
                                                       drift_aware, settings)
     if remembered is not None:
         return remembered
 
     def compute() -> dict[str, Any]:
-        with request.app.state.session_factory() as session:
+        with runtime.session_factory() as session:
             return interests.recommend_for_user(session, model, user_id, k, exclude_seen,
                                                 settings, drift_aware, feed)
 

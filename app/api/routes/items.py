@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
-from app.api.deps import ReadScope, SessionDep, SettingsDep, WriteScope
+from app.api.deps import ReadScope, RuntimeDep, SessionDep, WriteScope
 from app.core.errors import ApiError
-from app.ml.catalogue import CatalogueItem, item_text
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from app.schemas.items import ItemBatch, ItemOut, UpsertResult
-from app.services import ingestion
 from app.store import repository
 
 router = APIRouter(prefix="/items", tags=["items"])
 
 
 @router.post("", dependencies=[WriteScope], response_model=UpsertResult)
-def upsert_items(batch: ItemBatch, session: SessionDep, settings: SettingsDep,
-                 request: Request) -> UpsertResult:
+def upsert_items(batch: ItemBatch, runtime: RuntimeDep) -> UpsertResult:
     """Insert or update items by `item_id`; the whole batch or nothing.
 
-    Items new to the served model are embedded from their text right after the commit, so
-    they can be recommended at once (cold start); a reloaded model embeds the whole catalogue.
+    Returns once the batch is committed. Every worker then embeds the items new to its served
+    model, and re-embeds those whose text or categories changed, in the background (normally
+    within a second for a small batch): until then `POST /recommend` may answer 422 for a new
+    item, and a changed item keeps its old topic. A reloaded model embeds the whole catalogue.
     """
-    with session.begin():
-        count = ingestion.upsert_items(session, batch.items, settings)
-    request.app.state.change_feed.everything_changed()  # titles in remembered answers
-    request.app.state.models.add_items(
-        [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories))
-         for i in batch.items])
-    return UpsertResult(upserted=count)
+    return UpsertResult(upserted=runtime.upsert_items(batch.items))
 
 
 @router.get("/{item_id}", dependencies=[ReadScope], response_model=ItemOut,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import ReadScope
+from app.api.deps import MetricsDep, ReadScope
 
 router = APIRouter(tags=["operations"])
 
@@ -16,9 +16,9 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", dependencies=[ReadScope], response_class=Response,
             responses={200: {"description": "Prometheus text exposition format.",
                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
-def metrics(request: Request) -> Response:
+def metrics(request: Request, registry: MetricsDep) -> Response:
     """Request counts and latencies per route, the served model version, reload failures,
     events ingested and duplicates, drifts detected."""
-    body, content_type = request.app.state.metrics.exposition(
+    body, content_type = registry.exposition(
         request.headers.get("accept", ""))
     return Response(body, media_type=content_type)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from app.api.deps import AdminScope, ReadScope
+from app.api.deps import AdminScope, ReadScope, RuntimeDep
 from app.schemas.serving import ModelInfo, ReloadOut
-from app.services.model_manager import ModelManager
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("/current", dependencies=[ReadScope], response_model=ModelInfo)
-def current_model(request: Request) -> ModelInfo:
-    manager: ModelManager = request.app.state.models
+def current_model(runtime: RuntimeDep) -> ModelInfo:
+    manager = runtime.models
     served = manager.loaded
     return ModelInfo(
         name=manager.settings.model_name, alias=manager.settings.model_alias,
@@ -25,7 +24,7 @@ def current_model(request: Request) -> ModelInfo:
 
 
 @router.post("/reload", dependencies=[AdminScope], response_model=ReloadOut)
-def reload_model(request: Request, force: bool = False) -> ReloadOut:
+def reload_model(runtime: RuntimeDep, force: bool = False) -> ReloadOut:
     """Load the version the alias points at now (validated, then swapped in atomically)."""
-    outcome = request.app.state.models.reload(force=force)
+    outcome = runtime.reload_model(force=force)
     return ReloadOut(changed=outcome.changed, version=outcome.version, error=outcome.error)

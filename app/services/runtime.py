@@ -1,0 +1,169 @@
+"""The serving runtime: one object per app (per worker process) that owns what serving needs.
+
+Created in the lifespan and handed to routers through `app.api.deps.RuntimeDep`, it holds
+the database engine and sessions, the model manager (the served model and its caches), the
+change feed and its PostgreSQL listener, the catalogue refresher, the drift queue and the
+metrics, and it runs every effect that follows a commit:
+
+- events stored: count them, forget the users' remembered answers in this process before the
+  acknowledgement (other processes learn it from the NOTIFY sent with the commit), queue
+  drift checks when asked;
+- items upserted: forget remembered answers (titles may have changed) and hand the ids to the
+  catalogue refresher, which embeds them in the background; other processes get the same
+  from the NOTIFY.
+
+Routers call the service functions below and map their errors; nothing reads `app.state`
+but `app.api.deps` (and `create_app`, which stores the runtime there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.schemas.events import EventIn
+from app.schemas.items import ItemIn
+from app.services import ingestion
+from app.services import interests as interest_service
+from app.services.catalogue_refresh import CatalogueRefresher
+from app.services.change_feed import ChangeFeed, PostgresChangeListener
+from app.services.drift_queue import DriftQueue
+from app.services.model_manager import ModelManager, ReloadOutcome
+from app.store.db import make_engine, make_session_factory, transaction
+
+logger = logging.getLogger("driftrec")
+
+
+class _QueueMetrics:
+    """The drift queue's counts as Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def depth(self, depth: int) -> None:
+        self._metrics.drift_queue_depth.set(depth)
+
+    def outcome(self, outcome: str, count: int = 1) -> None:
+        self._metrics.drift_checks.labels(outcome).inc(count)
+
+
+@dataclass(frozen=True, slots=True)
+class EventsOutcome:
+    accepted: int
+    duplicates: int
+    drift_checks_queued: int | None
+
+
+@dataclass(eq=False)
+class ServingRuntime:
+    settings: Settings
+    metrics: Metrics
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    models: ModelManager
+    change_feed: ChangeFeed
+    drift_queue: DriftQueue
+    catalogue: CatalogueRefresher
+    listener: PostgresChangeListener | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def start(cls, settings: Settings, metrics: Metrics) -> ServingRuntime:
+        """Open the engine, load the model, start the background threads."""
+        engine = make_engine(settings.database_url, settings.db_statement_timeout_ms)
+        factory = make_session_factory(engine)
+        metrics.count_committed_drifts(factory)
+        manager = ModelManager(settings, factory)
+        manager.on_reload = metrics.observe_model
+        manager.observe_batch = metrics.observe_batch
+        feed = ChangeFeed(settings.change_feed_users)
+        refresher = CatalogueRefresher(manager, factory, settings.catalogue_embed_batch,
+                                       metrics)
+
+        def check_user(user_id: str) -> None:
+            with transaction(factory) as session:
+                interest_service.check_drift(session, manager.current, user_id)
+
+        runtime = cls(settings, metrics, engine, factory, manager, feed,
+                      DriftQueue(check_user, settings.drift_queue_size, _QueueMetrics(metrics)),
+                      refresher)
+        manager.reload()
+        # another version read the catalogue when it loaded: items written since then are
+        # compared again; the feed reports items written by any process
+        manager.on_new_version = lambda: refresher.submit(None)
+        feed.on_items_changed = refresher.submit
+        refresher.start()
+        manager.start_polling()
+        runtime.drift_queue.start()
+        # PostgreSQL announces new events and items (NOTIFY): while this listens, repeated
+        # reads of an unchanged user are answered from memory and every process follows the
+        # catalogue. SQLite: the feed stays off (one process: the local effects suffice).
+        if engine.dialect.name == "postgresql":
+            runtime.listener = PostgresChangeListener(settings.database_url, feed)
+            runtime.listener.start()
+        return runtime
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        self.catalogue.stop()
+        self.drift_queue.stop()
+        self.models.stop()
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ writes
+    def ingest_events(self, events: Sequence[EventIn], detect_drift: bool) -> EventsOutcome:
+        """Store a batch of events (atomic, idempotent), then run the post-commit effects."""
+        with transaction(self.session_factory) as session:
+            result = ingestion.ingest_events(session, events, self.settings)
+        return self.after_events_ingested(result, detect_drift)
+
+    def after_events_ingested(self, result: ingestion.EventIngestResult,
+                              detect_drift: bool = False) -> EventsOutcome:
+        self.metrics.count_events(result.accepted, result.duplicates)
+        # before the acknowledgement: this process never answers from a ranking it knows is
+        # stale (other processes: the NOTIFY sent with the commit)
+        self.change_feed.users_changed(result.user_ids)
+        queued = self.drift_queue.submit(result.user_ids) if detect_drift else None
+        return EventsOutcome(result.accepted, result.duplicates, queued)
+
+    def upsert_items(self, items: Sequence[ItemIn]) -> int:
+        """Insert or update items (atomic); they are embedded in the background after it."""
+        with transaction(self.session_factory) as session:
+            count = ingestion.upsert_items(session, items, self.settings)
+        self.after_items_upserted(sorted({item.item_id for item in items}))
+        return count
+
+    def after_items_upserted(self, item_ids: Sequence[str]) -> None:
+        self.change_feed.everything_changed()  # titles in remembered answers
+        self.catalogue.submit(item_ids)
+
+    # ------------------------------------------------------------------ models
+    def reload_model(self, force: bool = False) -> ReloadOutcome:
+        return self.models.reload(force=force)
+
+    def readiness(self) -> dict[str, Any]:
+        """The checks of `/readyz`: the database answers, a model is loaded."""
+        from sqlalchemy import exc as sa_exc
+
+        from app.store.db import ping
+
+        checks: dict[str, str] = {}
+        try:
+            ping(self.engine)
+            checks["database"] = "ok"
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
+            checks["database"] = f"unavailable: {type(error).__name__}"
+        manager = self.models
+        if manager.loaded is not None:
+            checks["model"] = "ok"
+        else:
+            checks["model"] = f"not loaded: {manager.last_error or 'loading'}"
+        return checks
