@@ -73,7 +73,8 @@ def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False)
                             backfill=True)
     engine.dispose()
     print(f"drift scan with {settings.model_name} v{manager.current.version}: "
-          f"{report.drifts} of {report.users} users drifted")
+          f"{report.drifts} of {report.users} users drifted"
+          + (f" ({report.skipped} without events skipped)" if report.skipped else ""))
 
 
 if __name__ == "__main__":

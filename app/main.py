@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
+from app.api.openapi import docs_urls, install_openapi
 from app.api.routes import (
     dashboard,
     drift,
@@ -24,7 +25,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.metrics import new_metrics
-from app.core.middleware import BodySizeLimit
+from app.core.middleware import BodySizeLimit, HeadAsGet
 from app.core.request_context import ObservedFastAPI
 from app.core.security import parse_api_keys
 from app.schemas.common import ErrorOut
@@ -32,6 +33,7 @@ from app.services import interests as interest_service
 from app.services.change_feed import ChangeFeed, PostgresChangeListener
 from app.services.drift_queue import DriftQueue
 from app.services.model_manager import ModelManager
+from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
 
 logger = logging.getLogger("driftrec")
@@ -49,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         engine = make_engine(settings.database_url, settings.db_statement_timeout_ms)
         factory = make_session_factory(engine)
-        app.state.metrics.count_committed_drifts(factory)
+        app.state.metrics.count_committed_drifts(factory, drift_records.take_new_records,
+                                                 drift_records.forget_new_records)
         app.state.engine, app.state.session_factory = engine, factory
         if not app.state.api_keys:
             logger.warning("auth is off: no API keys configured; listen on 127.0.0.1 only")
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Interest profiles, interest-drift detection and drift-aware recommendations.",
         lifespan=lifespan,
+        **docs_urls(settings.public_docs),
     )
     app.state.settings = settings
     app.state.metrics = new_metrics()
@@ -95,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = parse_api_keys(settings.api_keys)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     # Documented on every keyed operation (the probes need no key): what a client must handle
     # besides the operation's own answers.
     keyed = {401: {"model": ErrorOut, "description": "Missing or invalid API key."},
@@ -104,4 +109,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (items, events, users, models, interests, drift, dashboard, metrics):
         app.include_router(module.router, responses=keyed)
+    install_openapi(app, settings.public_docs)
     return app

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # API keys as "key:scope1,scope2" entries separated by ";" or as a JSON list. Empty = auth off
     # (then the server binds to 127.0.0.1 only). Scopes: read, write, admin.
     api_keys: str = ""
+    # /openapi.json, /docs and /redoc without a key (they hold no data); false: the schema
+    # needs a read key and the HTML pages are off.
+    public_docs: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
@@ -53,7 +56,7 @@ class Settings(BaseSettings):
     # Serving.
     model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
-    max_k: int = Field(default=100, ge=1)
+    max_k: int = Field(default=100, ge=1, le=100, description="at most the schema's k <= 100")
     profile_half_life_days: float = Field(default=30.0, gt=0)
     short_term_events: int = Field(default=20, ge=1)
     drift_strength: float = Field(default=1.0, ge=0)

@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.exceptions import UnknownItems, UnknownUser
 from app.domain import drift as drift_domain
 from app.domain import profiles, ranking
 from app.services.change_feed import ChangeFeed
@@ -20,20 +21,6 @@ from app.store import drift_records, repository
 
 PROFILE_EVENTS = 5_000  # the profile reads at most this many recent events
 TOP_ITEMS = 10
-
-
-class UnknownItems(ValueError):
-    """Items neither the model nor the store knows (positions in the request's list)."""
-
-    def __init__(self, positions: list[int], item_ids: list[str]) -> None:
-        super().__init__(f"unknown item(s): {', '.join(item_ids[:5])}")
-        self.positions, self.item_ids = positions, item_ids
-
-
-class UnknownUser(LookupError):
-    def __init__(self, user_id: str) -> None:
-        super().__init__(f"user '{user_id}' has no events")
-        self.user_id = user_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +116,20 @@ def _topic_name(model: ServedModel, item_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class DriftFinding:
     history: History
-    probabilities: np.ndarray
-    change: drift_domain.ChangePoint | None
+    probabilities: np.ndarray  # per encoded event (the model skips items it does not know)
+    change: drift_domain.ChangePoint | None  # its index counts encoded events only
+    position: int | None  # the change event's position in `history` (all events)
     before: np.ndarray
     after: np.ndarray
+
+
+def encoded_positions(model: ServedModel, item_ids: Sequence[str]) -> list[int]:
+    """Positions in `item_ids` of the events the model encodes, in order: entry j is where
+    encoded event j sits in the full history. The bundle skips items it does not know and
+    reads the last `max_events` of the rest, so its indices are not history positions."""
+    bundle = model.bundle
+    known = [i for i, item_id in enumerate(item_ids) if bundle.index_of(item_id) is not None]
+    return known[-bundle.drift.max_events:]
 
 
 def find_drift(model: ServedModel, history: History) -> DriftFinding:
@@ -141,10 +138,12 @@ def find_drift(model: ServedModel, history: History) -> DriftFinding:
     probs, change = model.detect_drift(history.item_ids, history.timestamps)
     n_topics = len(bundle.topics.names)
     before = after = np.zeros(n_topics)
+    position = None
     if change is not None:
+        position = encoded_positions(model, history.item_ids)[change.index]
         event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, history.item_ids)]
-        before, after = drift_domain.interests_around(event_topics, change.index, n_topics)
-    return DriftFinding(history, probs, change, before, after)
+        before, after = drift_domain.interests_around(event_topics, position, n_topics)
+    return DriftFinding(history, probs, change, position, before, after)
 
 
 def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFinding:
@@ -170,23 +169,26 @@ def check_drift(session: Session, model: ServedModel, user_id: str,
     stamp = _as_time(history.timestamps[-1]) if backfill else None
     finding = cached_drift(model, user_id, history)
     names = model.bundle.topics.names
-    change, record_id, change_point = finding.change, None, None
-    if change is not None:
-        at = _as_time(history.timestamps[change.index])
+    change, position, record_id, change_point = finding.change, finding.position, None, None
+    if change is not None and position is not None:
+        at = _as_time(history.timestamps[position])
         record, _ = drift_records.record_drift(
-            session, user_id=user_id, change_event_id=history.event_ids[change.index],
-            change_at=at, change_index=history.offset + change.index, score=change.score,
+            session, user_id=user_id, change_event_id=history.event_ids[position],
+            change_at=at, change_index=history.offset + position, score=change.score,
             threshold=model.bundle.drift.threshold, kind=change.kind,
             model_version=model.version, detected_at=stamp,
             interests_before=dict(drift_domain.top_topics(finding.before, names, len(names))),
             interests_after=dict(drift_domain.top_topics(finding.after, names, len(names))),
         )
         record_id = record.id
-        change_point = {"event_id": history.event_ids[change.index], "timestamp": at,
-                        "index": history.offset + change.index}
-    drift_records.record_check(session, user_id=user_id, model_version=model.version,
-                               drift_detected=change is not None, record_id=record_id,
-                               checked_at=stamp)
+        change_point = {"event_id": history.event_ids[position], "timestamp": at,
+                        "index": history.offset + position}
+    # A live check is logged once per state of the user's events (and model version): a read
+    # key repeating GET /drift/{user} does not grow the table. The backfill logs every check.
+    if backfill or not drift_records.checked_since_last_event(session, user_id, model.version):
+        drift_records.record_check(session, user_id=user_id, model_version=model.version,
+                                   drift_detected=change is not None, record_id=record_id,
+                                   checked_at=stamp)
     probs = finding.probabilities
     return {
         "user_id": user_id, "model_version": model.version,

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, text
+from sqlalchemy import Select, and_, delete, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -61,11 +61,33 @@ def existing_item_ids(session: Session, item_ids: Iterable[str]) -> set[str]:
     return found
 
 
-def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
+def ensure_users(session: Session, user_ids: Iterable[str]) -> set[str]:
+    """Create the users not stored yet; returns those this call created."""
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
     values = [{"user_id": user_id, "created_at": utcnow()} for user_id in sorted(set(user_ids))]
-    if values:
-        session.execute(_insert(session, User).on_conflict_do_nothing(), values)
+    if not values:
+        return set()
+    statement = _insert(session, User).on_conflict_do_nothing().returning(User.user_id)
+    return set(session.scalars(statement, values))
+
+
+def drop_users_without_events(session: Session, user_ids: Iterable[str]) -> None:
+    """Delete these users where they have no event (rows this transaction created for a batch
+    whose rows for them all turned out to be duplicates: a user exists only with events)."""
+    wanted = sorted(set(user_ids))
+    for chunk in _chunks(wanted):
+        session.execute(delete(User).where(
+            User.user_id.in_(chunk),
+            ~select(Event.event_id).where(Event.user_id == User.user_id).exists()))
+
+
+def stored_events(session: Session, event_ids: Iterable[str]) -> dict[str, Event]:
+    wanted = sorted(set(event_ids))
+    found: dict[str, Event] = {}
+    for chunk in _chunks(wanted):
+        found.update((e.event_id, e) for e in session.scalars(
+            select(Event).where(Event.event_id.in_(chunk))))
+    return found
 
 
 # PostgreSQL: one statement whose parameters are column arrays. The generic multi-row VALUES
@@ -116,8 +138,11 @@ def announce_changes(session: Session, user_ids: Iterable[str] | None) -> None:
                         {"channel": CHANNEL, "payload": payload})
 
 
-def user_exists(session: Session, user_id: str) -> bool:
-    return session.get(User, user_id) is not None
+def user_has_events(session: Session, user_id: str) -> bool:
+    """Whether the user has a stored event: what every endpoint naming a user asks (a user
+    row alone, e.g. one left by an earlier release for an all-duplicate batch, is not one)."""
+    return session.scalar(select(Event.event_id).where(Event.user_id == user_id).limit(1)
+                          ) is not None
 
 
 def user_events_page(

@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from app.api.deps import ModelDep, ReadScope, SessionDep, UserIdPath
-from app.core.errors import ApiError
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, Timestamp
 from app.schemas.serving import DriftHistoryOut, DriftOut, DriftSummaryOut
 from app.services import interests
 from app.store import drift_records
+from app.store.cursors import MAX_CURSOR_CHARS
 
 router = APIRouter(prefix="/drift", tags=["drift"])
 
@@ -24,18 +24,12 @@ def drift_history(
     until: Timestamp | None = None,
     kind: Literal["abrupt", "gradual"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> dict[str, Any]:
     """Recorded drifts, newest first; follow `next_cursor` for older ones."""
-    try:
-        records, next_cursor = drift_records.drift_history(
-            session, user_id=user_id, since=since, until=until, kind=kind, limit=limit,
-            cursor=cursor)
-    except drift_records.InvalidCursor as error:
-        raise ApiError(422, "validation_error", "cursor is not one this API returned",
-                       detail=[{"loc": ["query", "cursor"], "msg": str(error),
-                                "type": "invalid_cursor", "row": None, "field": "cursor"}]
-                       ) from error
+    records, next_cursor = drift_records.drift_history(  # a bad cursor: InvalidCursor, a 422
+        session, user_id=user_id, since=since, until=until, kind=kind, limit=limit,
+        cursor=cursor)
     return {"records": records, "next_cursor": next_cursor}
 
 

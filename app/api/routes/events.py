@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import SessionDep, SettingsDep, WriteScope
-from app.schemas.events import EventBatch, IngestResult
+from app.schemas.events import ConflictOut, EventBatch, IngestResult
 from app.services import ingestion
 
 router = APIRouter(prefix="/events", tags=["events"])
@@ -17,7 +17,8 @@ router = APIRouter(prefix="/events", tags=["events"])
                         503: {"description": "Database unavailable; nothing was written."}})
 def post_events(batch: EventBatch, session: SessionDep, settings: SettingsDep, request: Request,
                 detect_drift: bool = False) -> IngestResult:
-    """Store a batch of events. Retries are safe: a repeated `event_id` counts as a duplicate.
+    """Store a batch of events. Retries are safe: a repeated `event_id` counts as a duplicate
+    (one whose content differs from the stored event is also listed in `conflicts`).
 
     The response is sent only after the batch is committed: an acknowledged event is stored.
     With `detect_drift=true` the batch's users are checked for drift in a bounded background
@@ -32,4 +33,6 @@ def post_events(batch: EventBatch, session: SessionDep, settings: SettingsDep, r
     if detect_drift:
         queued = request.app.state.drift_queue.submit(result.user_ids)
     return IngestResult(accepted=result.accepted, duplicates=result.duplicates,
+                        conflicts=[ConflictOut(row=c.row, event_id=c.event_id)
+                                   for c in result.conflicts] or None,
                         drift_checks_queued=queued)
