@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
+    # Connections (`python -m app serve`): a request (headers and body) must arrive whole this
+    # long after the connection opened or the previous response ended, else the connection is
+    # closed; an idle keep-alive connection is closed after keep_alive_timeout_seconds; on
+    # shutdown requests in flight get graceful_shutdown_seconds to finish.
+    request_read_timeout_seconds: float = Field(default=15.0, gt=0)
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1)
+    graceful_shutdown_seconds: int = Field(default=30, ge=1)
+
     # Limits on what a request may carry.
     max_batch_items: int = Field(default=10_000, ge=1)
     max_batch_events: int = Field(default=10_000, ge=1)
