@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.api.openapi import docs_urls, install_openapi
+from app.api.query import single_valued_query
 from app.api.routes import (
     dashboard,
     drift,
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Interest profiles, interest-drift detection and drift-aware recommendations.",
         lifespan=lifespan,
+        dependencies=[Depends(single_valued_query)],
         **docs_urls(settings.public_docs),
     )
     app.state.settings = settings

@@ -37,6 +37,10 @@ def parse_timestamp(value: Any) -> datetime:
     elif isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError("epoch seconds must be a finite number")
+        # Checked here, not after conversion: -1e-323 and 253402300799.00003 round into range.
+        if not 0 <= value <= MAX_EPOCH_SECONDS:
+            raise ValueError(f"epoch seconds must be from 0 to {MAX_EPOCH_SECONDS} "
+                             "(1970-01-01 to 9999-12-31)")
         try:
             parsed = datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError) as error:

@@ -24,7 +24,7 @@ def drift_history(
     until: Timestamp | None = None,
     kind: Literal["abrupt", "gradual"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=MAX_CURSOR_CHARS)] = None,
 ) -> dict[str, Any]:
     """Recorded drifts, newest first; follow `next_cursor` for older ones."""
     records, next_cursor = drift_records.drift_history(  # a bad cursor: InvalidCursor, a 422

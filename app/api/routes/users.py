@@ -23,7 +23,7 @@ def user_events(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Timestamp | None = None,
-    cursor: Annotated[str | None, Query(max_length=cursors.MAX_CURSOR_CHARS)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=cursors.MAX_CURSOR_CHARS)] = None,
 ) -> EventPage:
     """The user's events, newest first; follow `next_cursor` for older pages."""
     limit = min(limit, settings.max_page_size)
