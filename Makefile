@@ -10,7 +10,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv migrate import-data model bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
+.PHONY: venv migrate import-data model bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-serve: venv postgres
 
 bench-consistency: venv
 	$(PY) -m bench.consistency
+
+bench-schemathesis: venv postgres
+	$(PY) -m bench.schemathesis_run --examples 300
 
 bench-train: venv
 	$(PY) -m training train --config $(CONFIG)

@@ -170,6 +170,8 @@ def main() -> None:
     }
     path = write_result(args.output, {
         "examples_per_operation_and_mode": args.examples, "seed": args.seed,
+        "note": "an operation with few possible inputs (no parameters: GET /metrics; one "
+                "boolean: POST /models/reload) runs as many distinct examples as exist",
         "summary": summary, "operations": results, "machine": machine()})
     print(summary, "->", path)
     if summary["server_errors"] or summary["failures"]:
