@@ -26,7 +26,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-train clean
+.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,9 @@ bench-serve: venv postgres
 
 bench-consistency: venv
 	$(PY) -m bench.consistency
+
+bench-schemathesis: venv postgres
+	$(PY) -m bench.schemathesis_run --examples 300
 
 bench-train: venv
 	$(PY) -m training train --config $(CONFIG)

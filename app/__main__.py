@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from typing import Any
 
 import uvicorn
 
+from app.core import server
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging, uvicorn_log_config
 from app.core.metrics import empty_multiprocess_dir
@@ -47,7 +50,22 @@ def main() -> None:
     # uvicorn's own lines go through our formatter; its access log is replaced by ours.
     uvicorn.run("app.main:create_app", factory=True, host=host,
                 port=args.port or settings.port, workers=args.workers,
-                log_config=uvicorn_log_config(settings), access_log=False)
+                log_config=uvicorn_log_config(settings), access_log=False,
+                **connection_limits(settings))
+
+
+def connection_limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn's connection timeouts, and our request-read deadline (app.core.server): a
+    connection that does not deliver a whole request in time is closed. Each worker reads
+    the deadline from the environment, so it is set here before they start."""
+    os.environ[server.TIMEOUT_ENV] = str(settings.request_read_timeout_seconds)
+    try:
+        import httptools  # noqa: F401  (uvicorn's faster parser, when installed)
+        protocol = server.PROTOCOLS["httptools"]
+    except ImportError:
+        protocol = server.PROTOCOLS["h11"]
+    return {"http": protocol, "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+            "timeout_graceful_shutdown": settings.graceful_shutdown_seconds}
 
 
 def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False) -> None:
@@ -73,7 +91,8 @@ def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False)
                             backfill=True)
     engine.dispose()
     print(f"drift scan with {settings.model_name} v{manager.current.version}: "
-          f"{report.drifts} of {report.users} users drifted")
+          f"{report.drifts} of {report.users} users drifted"
+          + (f" ({report.skipped} without events skipped)" if report.skipped else ""))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from app.api.openapi import docs_urls, install_openapi
+from app.api.query import single_valued_query
 from app.api.routes import (
     dashboard,
     drift,
@@ -24,7 +26,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.metrics import new_metrics
-from app.core.middleware import BodySizeLimit
+from app.core.middleware import BodySizeLimit, HeadAsGet
 from app.core.request_context import ObservedFastAPI
 from app.core.security import parse_api_keys
 from app.schemas.common import ErrorOut
@@ -60,12 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Interest profiles, interest-drift detection and drift-aware recommendations.",
         lifespan=lifespan,
+        dependencies=[Depends(single_valued_query)],
+        **docs_urls(settings.public_docs),
     )
     app.state.settings = settings
     app.state.metrics = new_metrics()
     app.state.api_keys = parse_api_keys(settings.api_keys)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     # Documented on every keyed operation (the probes need no key): what a client must handle
     # besides the operation's own answers.
     keyed = {401: {"model": ErrorOut, "description": "Missing or invalid API key."},
@@ -75,4 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (items, events, users, models, interests, drift, dashboard, metrics):
         app.include_router(module.router, responses=keyed)
+    install_openapi(app, settings.public_docs)
     return app

@@ -237,6 +237,10 @@ def test_bodies_that_are_not_utf8_json_are_refused(
     "/items/m1%00", "/drift/history?user_id=u1%27--", "/users/u1/events?cursor=%27%3B--",
     "/users/u1/events?before=1e20", "/users/u1/events?before=NaN", "/users/u1/events?limit=-1",
     "/drift/summary?since=9999999999999", "/drift/history?limit=100000",
+    # found by bench/schemathesis_run.py: epochs that round into range, a repeated parameter
+    # (its last value was taken), an empty cursor
+    "/users/u1/events?before=-1e-323", "/drift/history?until=253402300799.00003",
+    "/users/u1/events?before=%E1%9A%9B&before=1", "/drift/history?cursor=",
 ])
 def test_attacks_in_urls_are_clear_4xx(api: tuple[TestClient, str, Settings],
                                        path: str) -> None:
@@ -245,3 +249,74 @@ def test_attacks_in_urls_are_clear_4xx(api: tuple[TestClient, str, Settings],
     response = client.get(path)
     _assert_refused(response, (404, 422))
     assert _counts(url) == before
+
+
+# Issue 12, point 3: times whose UTC form overflows (OverflowError from astimezone is not a
+# ValueError) and forged cursors were 500s that also dropped the keep-alive connection.
+OVERFLOWING_TIMES = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]
+
+
+def _forged(data: object) -> str:
+    import base64
+
+    raw = data if isinstance(data, str) else json.dumps(data)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("moment", OVERFLOWING_TIMES)
+@pytest.mark.parametrize(("path", "field"), [
+    ("/drift/history?since={}", "since"), ("/drift/history?until={}", "until"),
+    ("/drift/summary?since={}", "since"), ("/drift/summary?until={}", "until"),
+    ("/users/u1/events?before={}", "before"),
+])
+def test_times_out_of_range_in_queries_are_422s(api: tuple[TestClient, str, Settings],
+                                                path: str, field: str, moment: str) -> None:
+    client, _, _ = api
+    response = client.get(path.format(moment.replace("+", "%2B")))
+    _assert_refused(response, 422, field)
+
+
+@pytest.mark.parametrize("moment", OVERFLOWING_TIMES)
+def test_an_event_time_out_of_range_is_a_422(api: tuple[TestClient, str, Settings],
+                                             moment: str) -> None:
+    client, url, _ = api
+    before = _counts(url)
+    body = _events_body(_event(2), _event(1, timestamp=moment))
+    _assert_refused(_post_raw(client, "/events", body), 422, "timestamp")
+    assert _counts(url) == before
+
+
+@pytest.mark.parametrize("cursor", [
+    # users (event pages): a seq beyond a bigint, in the old and the current codec's form
+    _forged("2024-01-01T00:00:00+00:00|99999999999999999999999"),
+    _forged({"of": "events", "at": "2024-01-01T00:00:00+00:00",
+             "key": 99999999999999999999999}),
+    _forged({"of": "events", "at": "9999-12-31T23:59:59-14:00", "key": 1}),
+    _forged({"of": "drift_records", "at": "2024-01-01T00:00:00+00:00", "key": 1}),
+    "%%%",
+])
+def test_forged_event_cursors_are_422s(api: tuple[TestClient, str, Settings],
+                                       cursor: str) -> None:
+    client, _, _ = api
+    response = client.get("/users/u1/events", params={"cursor": cursor})
+    _assert_refused(response, 422, "cursor")
+
+
+@pytest.mark.parametrize("record_id", ["Infinity", "-Infinity", "NaN", "1e30", "-1e30",
+                                       str(2**63), "1e308", "1.5", "true", '"7"'])
+def test_forged_drift_history_cursors_are_422s(api: tuple[TestClient, str, Settings],
+                                               record_id: str) -> None:
+    client, _, _ = api
+    for id_key in ("id", "key"):  # the old and the current form
+        raw = ('{"of": "drift_records", "at": "2024-01-01T00:00:00+00:00", '
+               f'"{id_key}": {record_id}}}')
+        response = client.get("/drift/history", params={"cursor": _forged(raw)})
+        _assert_refused(response, 422, "cursor")
+
+
+def test_a_keep_alive_connection_survives_a_refused_request(
+        api: tuple[TestClient, str, Settings]) -> None:
+    client, _, _ = api
+    refused = client.get("/drift/history", params={"since": OVERFLOWING_TIMES[0]})
+    assert refused.status_code == 422 and "close" not in refused.headers.get("connection", "")
+    assert client.get("/healthz").status_code == 200

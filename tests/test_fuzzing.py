@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import hypothesis
@@ -18,6 +19,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -34,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.core.config import Settings
 from app.main import create_app
+from app.schemas.common import MAX_EPOCH_SECONDS
 from tests.app_routes import endpoints
 from tests.conftest import TinyModel, tiny_model_database
 
@@ -70,6 +73,9 @@ def fuzzed(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
         # Schemathesis runs the app's lifespan itself (once per app); it is stopped below.
         app = create_app(settings)
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        # Auth is off here (tests/test_auth.py covers it): no generated Authorization headers,
+        # whose invalid forms an open server rightly accepts.
+        schema.config.generation.update(with_security_parameters=False)
         try:
             yield Fuzzed(schema, settings)
         finally:
@@ -148,3 +154,53 @@ def test_valid_requests_never_fail_and_match_the_schema(fuzzed: Fuzzed) -> None:
 def test_invalid_requests_are_refused_with_documented_4xx(fuzzed: Fuzzed) -> None:
     _run_all(fuzzed, GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES,
              [*CHECKS, negative_data_rejection])
+
+
+# ------------------------------------------------------------------ edges of time (issue 12)
+def edge_times() -> st.SearchStrategy[str]:
+    """Times at the edges of what a datetime holds, as a client would send them: ISO-8601
+    in years 1, 1969-70 and 9999 with no offset or any offset up to +-14 h (so some overflow
+    on the way to UTC), and epoch seconds around 0, around the last representable second and
+    far beyond it."""
+    offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+    moments = st.one_of(
+        st.datetimes(datetime(1, 1, 1), datetime(1, 1, 2, 23, 59, 59)),
+        st.datetimes(datetime(1969, 12, 30), datetime(1970, 1, 2)),
+        st.datetimes(datetime(9999, 12, 30), datetime(9999, 12, 31, 23, 59, 59, 999_999)),
+    )
+    texts = st.builds(lambda moment, tz: moment.replace(tzinfo=tz).isoformat(),
+                      moments, st.none() | offsets)
+    epochs = st.one_of(
+        st.floats(-1e4, 1e4), st.floats(MAX_EPOCH_SECONDS - 1e5, MAX_EPOCH_SECONDS + 1e5),
+        st.sampled_from([1e20, -1e20, 1e308, 2.0**63]), st.integers(-(2**70), 2**70))
+    return st.one_of(texts, epochs.map(str))
+
+
+def test_times_at_the_edges_are_answered_or_refused_by_name(fuzzed: Fuzzed) -> None:
+    """Every endpoint taking a time answers it or refuses it with a 422 naming the field;
+    never a 5xx (an OverflowError is not a ValueError)."""
+    with TestClient(create_app(fuzzed.settings), raise_server_exceptions=False) as client:
+
+        @hypothesis.settings(max_examples=60, derandomize=True, database=None, deadline=None,
+                             suppress_health_check=list(HealthCheck))
+        @hypothesis.given(moment=edge_times())
+        def check(moment: str) -> None:
+            calls = [
+                ("since", lambda: client.get("/drift/history", params={"since": moment})),
+                ("until", lambda: client.get("/drift/summary", params={"until": moment})),
+                ("before", lambda: client.get(f"/users/{USERS[0]}/events",
+                                              params={"before": moment})),
+                ("timestamp", lambda: client.post("/events", json={"events": [{
+                    "event_id": "edge-1", "user_id": "edge", "item_id": ITEMS[0],
+                    "type": "view", "timestamp": moment}]})),
+                ("timestamps", lambda: client.post("/recommend", json={
+                    "recent_item_ids": [ITEMS[0]], "timestamps": [moment], "k": 3})),
+            ]
+            for field, call in calls:
+                response = call()
+                assert response.status_code < 500, (field, moment, response.text)
+                if response.status_code == 422:
+                    named = {d["field"] for d in response.json()["detail"]}
+                    assert field in named, (field, moment, response.json())
+
+        check()

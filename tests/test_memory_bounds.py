@@ -122,7 +122,8 @@ def _ranking(n: int, k: int = 100) -> RememberedRanking:
 
 def _drift(n: int) -> _RememberedDrift:
     return _RememberedDrift(np.random.default_rng(n).random(200).astype(np.float32),
-                            ChangePoint(150, 0.9, "abrupt"), np.zeros(18), np.ones(18) / 18)
+                            ChangePoint(150, 0.9, "abrupt"), 50, np.zeros(18),
+                            np.ones(18) / 18)
 
 
 @pytest.mark.parametrize("kind", ["ranking", "drift"])

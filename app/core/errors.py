@@ -15,12 +15,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.services.ingestion import BatchRejected
-from app.services.interests import UnknownItems, UnknownUser
+from app.core.exceptions import FieldProblem, InvalidInput, UnknownUser
 
 logger = logging.getLogger("driftrec.errors")
 
 RETRY_AFTER_SECONDS = "5"
+# RFC 6750's challenge of a 401: Bearer, so browsers do not pop up a login dialog for the API
+# (the dashboard's pages challenge with Basic instead).
+BEARER_CHALLENGE = 'Bearer realm="DriftRec"'
 
 
 class ApiError(Exception):
@@ -70,16 +72,19 @@ def _summary(details: list[dict[str, Any]]) -> str:
     return "invalid request; nothing was written. " + "; ".join(shown) + more
 
 
+def validation_response(details: list[dict[str, Any]]) -> JSONResponse:
+    """The one 422 body of the API: every refusal of bad input goes through here."""
+    return error_response(422, "validation_error", _summary(details), detail=details)
+
+
 async def _on_validation(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    details = _validation_details(list(error.errors()))
-    return error_response(422, "validation_error", _summary(details), detail=details)
+    return validation_response(_validation_details(list(error.errors())))
 
 
-async def _on_batch_rejected(_: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, BatchRejected)
-    details = [e.as_dict() for e in error.errors]
-    return error_response(422, "validation_error", _summary(details), detail=details)
+async def _on_invalid_input(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, InvalidInput)
+    return validation_response([problem.as_dict() for problem in error.problems])
 
 
 async def _on_unknown_user(_: Request, error: Exception) -> JSONResponse:
@@ -87,17 +92,10 @@ async def _on_unknown_user(_: Request, error: Exception) -> JSONResponse:
     return error_response(404, "not_found", str(error), user_id=error.user_id)
 
 
-async def _on_unknown_items(_: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, UnknownItems)
-    details = [{"loc": ["body", "recent_item_ids", position], "msg": f"unknown item '{item}'",
-                "type": "unknown_item", "row": position, "field": "recent_item_ids"}
-               for position, item in zip(error.positions, error.item_ids, strict=True)]
-    return error_response(422, "validation_error", _summary(details), detail=details)
-
-
 async def _on_api_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ApiError)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
+    headers = ({"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503
+               else {"WWW-Authenticate": BEARER_CHALLENGE} if error.status == 401 else None)
     return error_response(error.status, error.code, error.message, headers, **error.extra)
 
 
@@ -109,9 +107,8 @@ async def _on_http(_: Request, error: Exception) -> JSONResponse:
         # not as a bare "there was an error parsing the body".
         problem = ("nests too deeply" if isinstance(error.__cause__, RecursionError)
                    else "is not UTF-8 encoded JSON")
-        details = [{"loc": ["body"], "msg": f"the body {problem}", "type": "json_invalid",
-                    "row": None, "field": "body"}]
-        return error_response(422, "validation_error", _summary(details), detail=details)
+        return validation_response(
+            [FieldProblem(("body",), f"the body {problem}", "json_invalid").as_dict()])
     code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
             403: "forbidden", 413: "payload_too_large"}.get(error.status_code, "http_error")
     return error_response(error.status_code, code, str(error.detail),
@@ -126,16 +123,17 @@ async def _on_database(_: Request, error: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, error: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    # The route template, never the path: paths carry user and item ids.
+    route = getattr(request.scope.get("route"), "path_format", None) or "unmatched route"
+    logger.exception("unhandled error on %s %s", request.method, route)
     return error_response(500, "internal_error", "an internal error occurred; it was logged")
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(BatchRejected, _on_batch_rejected)
+    app.add_exception_handler(InvalidInput, _on_invalid_input)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(UnknownUser, _on_unknown_user)
-    app.add_exception_handler(UnknownItems, _on_unknown_items)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     # Connection-level failures (server down, connection cut, pool exhausted) are outages.
     app.add_exception_handler(sa_exc.OperationalError, _on_database)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Protocol
 
@@ -32,8 +33,6 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
-
-from app.store.drift_records import NEW_DRIFT_RECORDS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # 1 ms .. 10 s: a cached recommendation takes a few ms, a cold drift check over 200 events or a
@@ -164,20 +163,29 @@ class Metrics:
                 self.model_info.labels(*labels).set(1)
             self._model_labels = labels
 
-    def count_committed_drifts(self, factory: sessionmaker[Session]) -> None:
+    def count_committed_drifts(self, factory: sessionmaker[Session],
+                               take_created: Callable[[Session], int],
+                               forget_created: Callable[[Session], None]) -> None:
         """Count the drift records that sessions of `factory` create, when they commit.
 
-        `drift_records.record_drift` notes each new record in `session.info`; a rollback
+        The store notes each new record on the session (`app.store.drift_records`:
+        `take_new_records` pops the count, `forget_new_records` drops it); a rollback
         discards the note, so a record counts only once it is stored."""
-        event.listen(factory, "after_commit", self._on_commit)
-        event.listen(factory, "after_transaction_end", _forget_drifts)
 
-    def _on_commit(self, session: Session) -> None:
-        if session.in_nested_transaction():  # a savepoint: the outer transaction may roll back
-            return
-        created = session.info.pop(NEW_DRIFT_RECORDS, 0)
-        if created:
-            self.drifts_detected.inc(created)
+        def on_commit(session: Session) -> None:
+            if session.in_nested_transaction():  # a savepoint: the outer one may roll back
+                return
+            created = take_created(session)
+            if created:
+                self.drifts_detected.inc(created)
+
+        def on_end(session: Session, transaction: object) -> None:
+            # Fires after after_commit, and alone on rollback: what is left was not committed.
+            if getattr(transaction, "parent", None) is None:
+                forget_created(session)
+
+        event.listen(factory, "after_commit", on_commit)
+        event.listen(factory, "after_transaction_end", on_end)
 
     # ------------------------------------------------------------------ exposition
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
@@ -193,12 +201,6 @@ class Metrics:
         """Drop this worker's `driftrec_model_info` series (multiprocess mode)."""
         if multiprocess_dir() is not None:
             multiprocess.mark_process_dead(os.getpid())
-
-
-def _forget_drifts(session: Session, transaction: object) -> None:
-    # Fires after after_commit, and alone on rollback: whatever is left was not committed.
-    if getattr(transaction, "parent", None) is None:
-        session.info.pop(NEW_DRIFT_RECORDS, None)
 
 
 @lru_cache

@@ -53,3 +53,26 @@ class BodySizeLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """Answer `HEAD` on every GET route: run it as the GET and send the headers alone.
+
+    FastAPI's routes accept only the methods they declare, so without this every `HEAD`
+    (monitors, link checkers, `curl -I`) was a 405, `/healthz` included. A path with no GET
+    route still answers `HEAD` with a 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

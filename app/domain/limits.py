@@ -9,3 +9,4 @@ from __future__ import annotations
 ID_MAX_LENGTH = 200  # user, item and event ids (and the topic names drift records keep)
 TITLE_MAX_LENGTH = 500  # item titles
 EVENT_TYPE_MAX_LENGTH = 32  # event types ("view", "rate", ...)
+CURSOR_MAX_LENGTH = 200  # opaque paging cursors (app/store/cursors.py)

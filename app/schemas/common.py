@@ -23,6 +23,13 @@ EntityId = Annotated[
 ]
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The last epoch second a datetime holds (9999-12-31T23:59:59Z).
+MAX_EPOCH_SECONDS = 253_402_300_799
+# Years 1970..9999 at the start of an ISO-8601 time (the schema's form of the epoch limit).
+YEAR_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-"
+
+
 def parse_timestamp(value: Any) -> datetime:
     """ISO-8601 text (UTC assumed when it has no offset) or epoch seconds, as aware UTC."""
     if isinstance(value, datetime):
@@ -32,6 +39,10 @@ def parse_timestamp(value: Any) -> datetime:
     elif isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError("epoch seconds must be a finite number")
+        # Checked here, not after conversion: -1e-323 and 253402300799.00003 round into range.
+        if not 0 <= value <= MAX_EPOCH_SECONDS:
+            raise ValueError(f"epoch seconds must be from 0 to {MAX_EPOCH_SECONDS} "
+                             "(1970-01-01 to 9999-12-31)")
         try:
             parsed = datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError) as error:
@@ -51,8 +62,12 @@ def parse_timestamp(value: Any) -> datetime:
         raise ValueError("a timestamp is ISO-8601 text or epoch seconds")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    parsed = parsed.astimezone(UTC)
-    if parsed < datetime(1970, 1, 1, tzinfo=UTC):
+    try:  # 9999-12-31T23:59:59-14:00 is after the last representable UTC time
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range: its UTC time is not before year 10000"
+                         ) from None
+    if parsed < EPOCH:
         raise ValueError("timestamps before 1970-01-01 are not accepted")
     return parsed
 
@@ -61,9 +76,12 @@ Timestamp = Annotated[
     datetime,
     BeforeValidator(parse_timestamp),
     # Documented as what is accepted (clients and fuzzers read the schema): either form.
-    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
-                              {"type": "number", "minimum": 0}]}),
-    Field(description="ISO-8601 (UTC when no offset is given) or epoch seconds.",
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time",
+                               "pattern": YEAR_PATTERN},
+                              {"type": "number", "minimum": 0,
+                               "maximum": MAX_EPOCH_SECONDS}]}),
+    Field(description="ISO-8601 (UTC when no offset is given) or epoch seconds: from "
+                      "1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z.",
           examples=["2024-05-01T12:00:00Z"]),
 ]
 
@@ -81,8 +99,11 @@ def storable_text(value: str) -> str:
     return value
 
 
-# Free text of items and events (titles, descriptions, reviews, categories).
-StorableText = Annotated[str, AfterValidator(storable_text)]
+# Free text of items and events (titles, descriptions, reviews, categories). The schema says
+# no NUL (the validator also refuses unpaired surrogates, which JSON Schema cannot express).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+StorableText = Annotated[str, AfterValidator(storable_text),
+                         Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 
 
 class ErrorOut(BaseModel):

@@ -56,9 +56,19 @@ class EventBatch(BaseModel):
     events: list[EventIn] = Field(min_length=1)
 
 
+class ConflictOut(BaseModel):
+    row: int = Field(description="position of the row in the batch (0 = first)")
+    event_id: str
+
+
 class IngestResult(BaseModel):
     accepted: int = Field(description="Events stored by this request.")
     duplicates: int = Field(description="Events whose event_id was already stored (or repeated).")
+    conflicts: list[ConflictOut] | None = Field(
+        default=None,
+        description="Present when some duplicates differ in content from the stored event of "
+        "their event_id (or from the batch's first row with it): those rows were not stored, "
+        "the stored event is kept.")
     drift_checks_queued: int | None = Field(
         default=None, description="With detect_drift=true: users queued for a drift check.")
 

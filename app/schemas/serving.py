@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import EntityId, Timestamp
 
+MAX_K = 100  # the most items one recommendation may ask for (`max_k` may lower it)
+
 
 class TopicWeight(BaseModel):
     topic: str
@@ -132,7 +134,7 @@ class RecommendRequest(BaseModel):
     timestamps: list[Timestamp] | None = Field(
         default=None, description="one per item; without them events are taken as one "
         "minute apart, ending now")
-    k: int = Field(default=10, ge=1)
+    k: int = Field(default=10, ge=1, le=MAX_K)
     exclude_seen: bool = True
     drift_aware: bool = Field(default=True, description="false: the model's ranking alone, "
                               "exactly as offline evaluation scores it")

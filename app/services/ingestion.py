@@ -16,37 +16,26 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.exceptions import BatchRejected, RowError
 from app.schemas.events import EventIn
 from app.schemas.items import ItemIn
 from app.store import repository
 
 
 @dataclass(frozen=True, slots=True)
-class RowError:
-    collection: str  # "events" or "items"
+class Conflict:
+    """A batch row whose event_id is already taken by an event with other content."""
+
     row: int
-    field: str
-    message: str
-    code: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"loc": ["body", self.collection, self.row, self.field], "msg": self.message,
-                "type": self.code, "row": self.row, "field": self.field}
-
-
-class BatchRejected(Exception):
-    """The batch has invalid rows; nothing of it was written."""
-
-    def __init__(self, errors: list[RowError]) -> None:
-        super().__init__(f"{len(errors)} invalid row(s)")
-        self.errors = errors
+    event_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class EventIngestResult:
     accepted: int
     duplicates: int
-    user_ids: list[str]
+    user_ids: list[str]  # users with an event stored by this batch
+    conflicts: list[Conflict]
 
 
 # What a derived event id hashes, frozen: the fields of EventIn when ids were first derived, in
@@ -132,17 +121,60 @@ def ingest_events(session: Session, events: Sequence[EventIn], settings: Setting
         raise BatchRejected(sorted(errors, key=lambda error: error.row))
 
     rows: dict[str, dict[str, Any]] = {}
-    for event in events:
+    positions: dict[str, list[int]] = {}  # batch rows of each event_id
+    for position, event in enumerate(events):
         event_id = event.event_id or derive_event_id(event)
         # every field of the body under its column's name (the table defines the columns)
         rows.setdefault(event_id, {**event.columns(), "event_id": event_id, "ingested_at": now})
-    user_ids = sorted({row["user_id"] for row in rows.values()})
-    repository.ensure_users(session, user_ids)
+        positions.setdefault(event_id, []).append(position)
+    # Users only for stored events: a user row whose batch rows were all duplicates would be
+    # a user without events (every endpoint answers 404 for it, the drift scan has nothing).
+    created = repository.ensure_users(session, {row["user_id"] for row in rows.values()})
     inserted = repository.insert_events(session, list(rows.values()))
+    user_ids = sorted({rows[e]["user_id"] for e in inserted})
+    if created - set(user_ids):
+        repository.drop_users_without_events(session, created - set(user_ids))
+    conflicts = _conflicts(session, events, rows, positions, inserted)
     # serving processes forget these users' remembered rankings when this commits
-    repository.announce_changes(session, sorted({rows[e]["user_id"] for e in inserted}))
+    repository.announce_changes(session, user_ids)
     return EventIngestResult(accepted=len(inserted), duplicates=len(events) - len(inserted),
-                             user_ids=user_ids)
+                             user_ids=user_ids, conflicts=conflicts)
+
+
+def _content(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["user_id"], row["item_id"], row["type"], row["value"], row["text"],
+            row["occurred_at"].astimezone(UTC), json.dumps(row["context"], sort_keys=True))
+
+
+def _conflicts(session: Session, events: Sequence[EventIn], rows: dict[str, dict[str, Any]],
+               positions: dict[str, list[int]], inserted: set[str]) -> list[Conflict]:
+    """Duplicates whose content differs from the stored event of their id (or from the first
+    row of the batch with that id): not stored, and named in the response."""
+    repeated = {e for e, rows_of_id in positions.items() if e not in inserted or
+                len(rows_of_id) > 1}
+    if not repeated:
+        return []
+    stored = repository.stored_events(session, repeated - inserted)
+    conflicts = []
+    for event_id in sorted(repeated, key=lambda e: positions[e][0]):
+        if event_id in stored:
+            event = stored[event_id]
+            reference = _content({"user_id": event.user_id, "item_id": event.item_id,
+                                  "type": event.type, "value": event.value, "text": event.text,
+                                  "occurred_at": event.occurred_at, "context": event.context})
+            candidates = positions[event_id]
+        else:  # first stored by this batch: later rows with its id are compared to it
+            reference = _content(rows[event_id])
+            candidates = positions[event_id][1:]
+        for position in candidates:
+            event_in = events[position]
+            content = _content({"user_id": event_in.user_id, "item_id": event_in.item_id,
+                                "type": event_in.type, "value": event_in.value,
+                                "text": event_in.text, "occurred_at": event_in.timestamp,
+                                "context": event_in.context})
+            if content != reference:
+                conflicts.append(Conflict(position, event_id))
+    return sorted(conflicts, key=lambda c: c.row)
 
 
 def upsert_items(session: Session, items: Sequence[ItemIn], settings: Settings) -> int:

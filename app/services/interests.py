@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.exceptions import UnknownItems, UnknownUser
 from app.domain import drift as drift_domain
 from app.domain import profiles, ranking
 from app.services.caches import str_bytes
@@ -21,20 +22,6 @@ from app.store import drift_records, repository
 
 PROFILE_EVENTS = 5_000  # the profile reads at most this many recent events
 TOP_ITEMS = 10
-
-
-class UnknownItems(ValueError):
-    """Items neither the model nor the store knows (positions in the request's list)."""
-
-    def __init__(self, positions: list[int], item_ids: list[str]) -> None:
-        super().__init__(f"unknown item(s): {', '.join(item_ids[:5])}")
-        self.positions, self.item_ids = positions, item_ids
-
-
-class UnknownUser(LookupError):
-    def __init__(self, user_id: str) -> None:
-        super().__init__(f"user '{user_id}' has no events")
-        self.user_id = user_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +117,20 @@ def _topic_name(model: ServedModel, item_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class DriftFinding:
     history: History
-    probabilities: np.ndarray
-    change: drift_domain.ChangePoint | None
+    probabilities: np.ndarray  # per encoded event (the model skips items it does not know)
+    change: drift_domain.ChangePoint | None  # its index counts encoded events only
+    position: int | None  # the change event's position in `history` (all events)
     before: np.ndarray
     after: np.ndarray
+
+
+def encoded_positions(model: ServedModel, item_ids: Sequence[str]) -> list[int]:
+    """Positions in `item_ids` of the events the model encodes, in order: entry j is where
+    encoded event j sits in the full history. The bundle skips items it does not know and
+    reads the last `max_events` of the rest, so its indices are not history positions."""
+    bundle = model.bundle
+    known = [i for i, item_id in enumerate(item_ids) if bundle.index_of(item_id) is not None]
+    return known[-bundle.drift.max_events:]
 
 
 def find_drift(model: ServedModel, history: History) -> DriftFinding:
@@ -142,10 +139,12 @@ def find_drift(model: ServedModel, history: History) -> DriftFinding:
     probs, change = model.detect_drift(history.item_ids, history.timestamps)
     n_topics = len(bundle.topics.names)
     before = after = np.zeros(n_topics)
+    position = None
     if change is not None:
+        position = encoded_positions(model, history.item_ids)[change.index]
         event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, history.item_ids)]
-        before, after = drift_domain.interests_around(event_topics, change.index, n_topics)
-    return DriftFinding(history, probs, change, before, after)
+        before, after = drift_domain.interests_around(event_topics, position, n_topics)
+    return DriftFinding(history, probs, change, position, before, after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +153,9 @@ class _RememberedDrift:
 
     probabilities: np.ndarray
     change: drift_domain.ChangePoint | None
+    # the change event counted from the newest event (1 = the last one): callers read
+    # histories of different lengths ending at the same event
+    from_end: int | None
     before: np.ndarray
     after: np.ndarray
 
@@ -171,12 +173,16 @@ def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFin
     drift = model.bundle.drift
     state = (history.event_ids[-1], history.total, drift.threshold, drift.kind_threshold)
     entry = model.drift_cache.get(user_id, state, None)
-    if entry is None:
+    n = len(history.item_ids)
+    if entry is None or (entry.from_end is not None and entry.from_end > n):
         finding = find_drift(model, history)
+        from_end = None if finding.position is None else n - finding.position
         model.drift_cache.put(user_id, state, None, _RememberedDrift(
-            finding.probabilities, finding.change, finding.before, finding.after))
+            finding.probabilities, finding.change, from_end, finding.before, finding.after))
         return finding
-    return DriftFinding(history, entry.probabilities, entry.change, entry.before, entry.after)
+    position = None if entry.from_end is None else n - entry.from_end
+    return DriftFinding(history, entry.probabilities, entry.change, position, entry.before,
+                        entry.after)
 
 
 def check_drift(session: Session, model: ServedModel, user_id: str,
@@ -190,23 +196,26 @@ def check_drift(session: Session, model: ServedModel, user_id: str,
     stamp = _as_time(history.timestamps[-1]) if backfill else None
     finding = cached_drift(model, user_id, history)
     names = model.bundle.topics.names
-    change, record_id, change_point = finding.change, None, None
-    if change is not None:
-        at = _as_time(history.timestamps[change.index])
+    change, position, record_id, change_point = finding.change, finding.position, None, None
+    if change is not None and position is not None:
+        at = _as_time(history.timestamps[position])
         record, _ = drift_records.record_drift(
-            session, user_id=user_id, change_event_id=history.event_ids[change.index],
-            change_at=at, change_index=history.offset + change.index, score=change.score,
+            session, user_id=user_id, change_event_id=history.event_ids[position],
+            change_at=at, change_index=history.offset + position, score=change.score,
             threshold=model.bundle.drift.threshold, kind=change.kind,
             model_version=model.version, detected_at=stamp,
             interests_before=dict(drift_domain.top_topics(finding.before, names, len(names))),
             interests_after=dict(drift_domain.top_topics(finding.after, names, len(names))),
         )
         record_id = record.id
-        change_point = {"event_id": history.event_ids[change.index], "timestamp": at,
-                        "index": history.offset + change.index}
-    drift_records.record_check(session, user_id=user_id, model_version=model.version,
-                               drift_detected=change is not None, record_id=record_id,
-                               checked_at=stamp)
+        change_point = {"event_id": history.event_ids[position], "timestamp": at,
+                        "index": history.offset + position}
+    # A live check is logged once per state of the user's events (and model version): a read
+    # key repeating GET /drift/{user} does not grow the table. The backfill logs every check.
+    if backfill or not drift_records.checked_since_last_event(session, user_id, model.version):
+        drift_records.record_check(session, user_id=user_id, model_version=model.version,
+                                   drift_detected=change is not None, record_id=record_id,
+                                   checked_at=stamp)
     probs = finding.probabilities
     return {
         "user_id": user_id, "model_version": model.version,

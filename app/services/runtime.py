@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -36,6 +36,7 @@ from app.services.catalogue_refresh import CatalogueRefresher
 from app.services.change_feed import ChangeFeed, PostgresChangeListener
 from app.services.drift_queue import DriftQueue
 from app.services.model_manager import ModelManager, ReloadOutcome
+from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
 
 logger = logging.getLogger("driftrec")
@@ -59,6 +60,7 @@ class EventsOutcome:
     accepted: int
     duplicates: int
     drift_checks_queued: int | None
+    conflicts: list[ingestion.Conflict] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -79,7 +81,8 @@ class ServingRuntime:
         """Open the engine, load the model, start the background threads."""
         engine = make_engine(settings.database_url, settings.db_statement_timeout_ms)
         factory = make_session_factory(engine)
-        metrics.count_committed_drifts(factory)
+        metrics.count_committed_drifts(factory, drift_records.take_new_records,
+                                       drift_records.forget_new_records)
         manager = ModelManager(settings, factory)
         manager.on_reload = metrics.observe_model
         manager.observe_batch = metrics.observe_batch
@@ -132,7 +135,7 @@ class ServingRuntime:
         # stale (other processes: the NOTIFY sent with the commit)
         self.change_feed.users_changed(result.user_ids)
         queued = self.drift_queue.submit(result.user_ids) if detect_drift else None
-        return EventsOutcome(result.accepted, result.duplicates, queued)
+        return EventsOutcome(result.accepted, result.duplicates, queued, result.conflicts)
 
     def upsert_items(self, items: Sequence[ItemIn]) -> int:
         """Insert or update items (atomic); they are embedded in the background after it."""

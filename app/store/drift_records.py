@@ -25,9 +25,6 @@ Definitions (time ranges are ``since <= t < until``; either end may be None = op
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -35,8 +32,10 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
+from app.core.exceptions import InvalidCursor as InvalidCursor  # raised by decode_cursor
 from app.domain.profiles import top_topic
-from app.store.models import DriftCheck, DriftRecord, User, UTCDateTime, utcnow
+from app.store import cursors
+from app.store.models import DriftCheck, DriftRecord, Event, User, UTCDateTime, utcnow
 from app.store.repository import _insert
 
 Bucket = Literal["hour", "day", "week"]
@@ -53,8 +52,14 @@ _SQLITE_BUCKET = {
 NEW_DRIFT_RECORDS = "driftrec.new_drift_records"
 
 
-class InvalidCursor(ValueError):
-    """A history cursor that this module did not produce."""
+def take_new_records(session: Session) -> int:
+    """Drift records created in the session's transaction since the last call (for metrics,
+    at commit)."""
+    return int(session.info.pop(NEW_DRIFT_RECORDS, 0))
+
+
+def forget_new_records(session: Session) -> None:
+    session.info.pop(NEW_DRIFT_RECORDS, None)
 
 
 def user_ids_to_scan(session: Session, unchecked_only: bool = False) -> list[str]:
@@ -131,22 +136,26 @@ def record_check(
     return check
 
 
+def checked_since_last_event(session: Session, user_id: str, model_version: str) -> bool:
+    """Whether `model_version` already checked the user after their last event was stored
+    (a check of the same events: logging it again would add nothing to the drift rates)."""
+    last_ingested = (select(func.max(Event.ingested_at)).where(Event.user_id == user_id)
+                     .scalar_subquery())
+    query = (select(DriftCheck.id)
+             .where(DriftCheck.user_id == user_id, DriftCheck.model_version == model_version,
+                    DriftCheck.checked_at >= last_ingested)
+             .limit(1))
+    return session.scalar(query) is not None
+
+
 def encode_cursor(record: DriftRecord) -> str:
     """Opaque cursor pointing just after ``record`` in newest-first order."""
-    raw = json.dumps({"at": record.detected_at.isoformat(), "id": record.id})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursors.encode(cursors.DRIFT_RECORDS, record.detected_at, record.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     """(detected_at, id) of a cursor; raises InvalidCursor when it is not one of ours."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        at, record_id = datetime.fromisoformat(data["at"]), int(data["id"])
-    except (binascii.Error, ValueError, KeyError, TypeError) as error:
-        raise InvalidCursor("invalid cursor") from error
-    if at.tzinfo is None:
-        raise InvalidCursor("invalid cursor")
-    return at, record_id
+    return cursors.decode(cursors.DRIFT_RECORDS, cursor)
 
 
 def drift_history(

@@ -17,6 +17,7 @@ from sqlalchemy import (
     TextClause,
     TypeDecorator,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -75,11 +76,33 @@ def existing_item_ids(session: Session, item_ids: Iterable[str]) -> set[str]:
     return found
 
 
-def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
+def ensure_users(session: Session, user_ids: Iterable[str]) -> set[str]:
+    """Create the users not stored yet; returns those this call created."""
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
     values = [{"user_id": user_id, "created_at": utcnow()} for user_id in sorted(set(user_ids))]
-    if values:
-        session.execute(_insert(session, User).on_conflict_do_nothing(), values)
+    if not values:
+        return set()
+    statement = _insert(session, User).on_conflict_do_nothing().returning(User.user_id)
+    return set(session.scalars(statement, values))
+
+
+def drop_users_without_events(session: Session, user_ids: Iterable[str]) -> None:
+    """Delete these users where they have no event (rows this transaction created for a batch
+    whose rows for them all turned out to be duplicates: a user exists only with events)."""
+    wanted = sorted(set(user_ids))
+    for chunk in _chunks(wanted):
+        session.execute(delete(User).where(
+            User.user_id.in_(chunk),
+            ~select(Event.event_id).where(Event.user_id == User.user_id).exists()))
+
+
+def stored_events(session: Session, event_ids: Iterable[str]) -> dict[str, Event]:
+    wanted = sorted(set(event_ids))
+    found: dict[str, Event] = {}
+    for chunk in _chunks(wanted):
+        found.update((e.event_id, e) for e in session.scalars(
+            select(Event).where(Event.event_id.in_(chunk))))
+    return found
 
 
 def _pg_array_type(column: Column[Any]) -> str:
@@ -170,8 +193,12 @@ def announce_item_changes(session: Session, item_ids: Iterable[str]) -> None:
                         {"channel": CHANNEL, "payload": payload})
 
 
-def user_exists(session: Session, user_id: str) -> bool:
-    return session.get(User, user_id) is not None
+
+def user_has_events(session: Session, user_id: str) -> bool:
+    """Whether the user has a stored event: what every endpoint naming a user asks (a user
+    row alone, e.g. one left by an earlier release for an all-duplicate batch, is not one)."""
+    return session.scalar(select(Event.event_id).where(Event.user_id == user_id).limit(1)
+                          ) is not None
 
 
 def user_events_page(

@@ -7,11 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from app.api.deps import ModelDep, ReadScope, SessionDep, UserIdPath
-from app.core.errors import ApiError
+from app.domain.limits import CURSOR_MAX_LENGTH
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, Timestamp
 from app.schemas.serving import DriftHistoryOut, DriftOut, DriftSummaryOut
-from app.services import interests
-from app.store import drift_records
+from app.services import history, interests
 
 router = APIRouter(prefix="/drift", tags=["drift"])
 
@@ -24,19 +23,12 @@ def drift_history(
     until: Timestamp | None = None,
     kind: Literal["abrupt", "gradual"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=CURSOR_MAX_LENGTH)] = None,
 ) -> dict[str, Any]:
     """Recorded drifts, newest first; follow `next_cursor` for older ones."""
-    try:
-        records, next_cursor = drift_records.drift_history(
-            session, user_id=user_id, since=since, until=until, kind=kind, limit=limit,
-            cursor=cursor)
-    except drift_records.InvalidCursor as error:
-        raise ApiError(422, "validation_error", "cursor is not one this API returned",
-                       detail=[{"loc": ["query", "cursor"], "msg": str(error),
-                                "type": "invalid_cursor", "row": None, "field": "cursor"}]
-                       ) from error
-    return {"records": records, "next_cursor": next_cursor}
+    page = history.drift_history(session, user_id=user_id, since=since, until=until, kind=kind,
+                                 limit=limit, cursor=cursor)
+    return {"records": page.records, "next_cursor": page.next_cursor}
 
 
 @router.get("/summary", dependencies=[ReadScope], response_model=DriftSummaryOut)
@@ -48,11 +40,10 @@ def drift_summary(
     transitions: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> dict[str, Any]:
     """Per time bucket: users checked, drifts, drift rate; and the top topic transitions."""
-    return {
-        "bucket": bucket, "since": since, "until": until,
-        "buckets": drift_records.drift_summary(session, since, until, bucket),
-        "transitions": drift_records.top_transitions(session, since, until, transitions),
-    }
+    summary = history.drift_summary(session, since=since, until=until, bucket=bucket,
+                                    transitions=transitions)
+    return {"bucket": bucket, "since": since, "until": until, "buckets": summary.buckets,
+            "transitions": summary.transitions}
 
 
 @router.get("/{user_id}", dependencies=[ReadScope], response_model=DriftOut,

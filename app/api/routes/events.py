@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import RuntimeDep, WriteScope
-from app.schemas.events import EventBatch, IngestResult
+from app.schemas.events import ConflictOut, EventBatch, IngestResult
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -16,7 +16,8 @@ router = APIRouter(prefix="/events", tags=["events"])
                         503: {"description": "Database unavailable; nothing was written."}})
 def post_events(batch: EventBatch, runtime: RuntimeDep, detect_drift: bool = False
                 ) -> IngestResult:
-    """Store a batch of events. Retries are safe: a repeated `event_id` counts as a duplicate.
+    """Store a batch of events. Retries are safe: a repeated `event_id` counts as a duplicate
+    (one whose content differs from the stored event is also listed in `conflicts`).
 
     The response is sent only after the batch is committed: an acknowledged event is stored.
     With `detect_drift=true` the batch's users are checked for drift in a bounded background
@@ -24,4 +25,6 @@ def post_events(batch: EventBatch, runtime: RuntimeDep, detect_drift: bool = Fal
     """
     outcome = runtime.ingest_events(batch.events, detect_drift)
     return IngestResult(accepted=outcome.accepted, duplicates=outcome.duplicates,
+                        conflicts=[ConflictOut(row=c.row, event_id=c.event_id)
+                                   for c in outcome.conflicts] or None,
                         drift_checks_queued=outcome.drift_checks_queued)

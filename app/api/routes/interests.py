@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import ModelDep, ReadScope, RuntimeDep, SessionDep, SettingsDep, UserIdPath
-from app.core.errors import ApiError
-from app.schemas.serving import InterestProfileOut, RecommendationsOut, RecommendRequest
+from app.core.exceptions import FieldProblem, InvalidInput
+from app.schemas.serving import MAX_K, InterestProfileOut, RecommendationsOut, RecommendRequest
 from app.schemas.timeline import InterestTimelineOut
 from app.services import interests, timeline
 
@@ -19,11 +19,12 @@ NOT_FOUND = {404: {"description": "Unknown user."},
              503: {"description": "No model is loaded."}}
 
 
-def _check_k(k: int, limit: int) -> None:
+def _check_k(k: int, limit: int, where: str = "query") -> None:
+    """The operator's `max_k` (the schema's bound is MAX_K; a deployment may lower it)."""
     if k > limit:
-        raise ApiError(422, "validation_error", f"k: at most {limit} items per request",
-                       detail=[{"loc": ["query", "k"], "msg": f"k must be <= {limit}",
-                                "type": "less_than_equal", "row": None, "field": "k"}])
+        raise InvalidInput([FieldProblem((where, "k"), f"k must be <= {limit}",
+                                         "less_than_equal", None, "k")],
+                           f"k: at most {limit} items per request")
 
 
 @router.get("/interest-profile/{user_id}", dependencies=[ReadScope],
@@ -37,7 +38,7 @@ def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
 @router.get("/recommend/{user_id}", dependencies=[ReadScope],
             response_model=RecommendationsOut, responses=NOT_FOUND)
 async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
-                    settings: SettingsDep, k: Annotated[int, Query(ge=1)] = 10,
+                    settings: SettingsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
                     exclude_seen: bool = True, drift_aware: bool = True) -> dict[str, Any]:
     """Top-k items for the user's interests now; after a drift, the new interests weigh more
     (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it)."""
@@ -63,7 +64,7 @@ async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
 def recommend_for_session(body: RecommendRequest, session: SessionDep, model: ModelDep,
                           settings: SettingsDep) -> dict[str, Any]:
     """Recommendations for an anonymous or session-only history (item ids, oldest first)."""
-    _check_k(body.k, settings.max_k)
+    _check_k(body.k, settings.max_k, "body")
     timestamps = [t.timestamp() for t in body.timestamps] if body.timestamps else None
     return interests.recommend_for_items(session, model, body.recent_item_ids, timestamps,
                                          body.k, body.exclude_seen, settings, body.user_id,

@@ -8,7 +8,7 @@ from app.api.deps import ReadScope, RuntimeDep, SessionDep, WriteScope
 from app.core.errors import ApiError
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from app.schemas.items import ItemBatch, ItemOut, UpsertResult
-from app.store import repository
+from app.services import history
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -29,7 +29,7 @@ def upsert_items(batch: ItemBatch, runtime: RuntimeDep) -> UpsertResult:
             responses={404: {"description": "Unknown item."}})
 def get_item(session: SessionDep,
              item_id: str = Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)) -> ItemOut:
-    item = repository.get_item(session, item_id)
+    item = history.get_item(session, item_id=item_id)
     if item is None:
         raise ApiError(404, "not_found", f"item '{item_id}' does not exist")
     return ItemOut.model_validate(item)

@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from app.api.deps import ReadScope, SessionDep, SettingsDep, UserIdPath
-from app.core.errors import ApiError
-from app.schemas.common import parse_timestamp
+from app.domain.limits import CURSOR_MAX_LENGTH
+from app.schemas.common import Timestamp
 from app.schemas.events import EventOut, EventPage
-from app.store import repository
+from app.services import history
 
 router = APIRouter(prefix="/users", tags=["users"])
-
-
-def encode_cursor(at: datetime, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{seq}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        at_text, seq_text = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(at_text).astimezone(UTC), int(seq_text)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
-        raise ApiError(422, "validation_error", "cursor is not one this API returned",
-                       detail=[{"loc": ["query", "cursor"], "msg": "invalid cursor",
-                                "type": "invalid_cursor", "row": None, "field": "cursor"}]
-                       ) from error
-
-
-def _parse_before(before: str | None) -> datetime | None:
-    if before is None:
-        return None
-    try:
-        return parse_timestamp(before)
-    except ValueError as error:
-        raise ApiError(422, "validation_error", f"before: {error}",
-                       detail=[{"loc": ["query", "before"], "msg": str(error),
-                                "type": "invalid_timestamp", "row": None, "field": "before"}]
-                       ) from error
 
 
 @router.get("/{user_id}/events", dependencies=[ReadScope], response_model=EventPage,
@@ -52,21 +22,12 @@ def user_events(
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[str | None, Query(description="ISO-8601 or epoch seconds")] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    before: Timestamp | None = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=CURSOR_MAX_LENGTH)] = None,
 ) -> EventPage:
     """The user's events, newest first; follow `next_cursor` for older pages."""
-    limit = min(limit, settings.max_page_size)
-    if not repository.user_exists(session, user_id):
-        raise ApiError(404, "not_found", f"user '{user_id}' has no events")
-    events = repository.user_events_page(
-        session, user_id, limit + 1, before=_parse_before(before),
-        after_key=decode_cursor(cursor) if cursor else None,
-    )
-    page, more = events[:limit], len(events) > limit
-    return EventPage(
-        user_id=user_id,
-        events=[EventOut.model_validate(e) for e in page],
-        next_cursor=encode_cursor(page[-1].occurred_at, page[-1].seq) if more else None,
-    )
-
+    page = history.user_events_page(session, user_id=user_id,
+                                    limit=min(limit, settings.max_page_size), before=before,
+                                    cursor=cursor)
+    return EventPage(user_id=user_id, events=[EventOut.model_validate(e) for e in page.events],
+                     next_cursor=page.next_cursor)
