@@ -119,7 +119,8 @@ def _store(factory: sessionmaker[Session], user_id: str, items: list[str]) -> li
 
 def _check(factory: sessionmaker[Session], model: _Model, user_id: str) -> dict[str, Any]:
     with transaction(factory) as session:
-        return interests.check_drift(session, model, user_id)  # type: ignore[arg-type]
+        return interests.check_drift(  # type: ignore[arg-type]
+            session, model, user_id=user_id).model_dump()
 
 
 @pytest.mark.parametrize("case", list(HISTORIES))

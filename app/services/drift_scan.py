@@ -48,8 +48,8 @@ def scan_users(factory: sessionmaker[Session], model: ServedModel, user_ids: lis
     for user_id in user_ids:
         try:
             with transaction(factory) as session:
-                result = interests.check_drift(session, model, user_id, backfill=backfill)
-                drifts += bool(result["drift_detected"])
+                result = interests.check_drift(session, model, user_id=user_id, backfill=backfill)
+                drifts += result.drift_detected
         except UnknownUser:  # a user row without events (e.g. left by an earlier release)
             skipped += 1
         on_user()

@@ -15,6 +15,16 @@ from app.core.config import Settings
 from app.core.exceptions import UnknownItems, UnknownUser
 from app.domain import drift as drift_domain
 from app.domain import profiles, ranking
+from app.schemas.serving import (
+    ChangePointOut,
+    DriftOut,
+    InterestProfileOut,
+    ProfileItem,
+    RecommendationsOut,
+    RecommendedItem,
+    TopicTrendOut,
+    TopicWeight,
+)
 from app.services.caches import str_bytes
 from app.services.change_feed import ChangeFeed
 from app.services.model_manager import ServedModel
@@ -56,8 +66,8 @@ def _topics_of(model: ServedModel, item_ids: Sequence[str]) -> np.ndarray:
     return np.asarray([-1 if t is None else t for t in topics], dtype=np.int64)
 
 
-def _weights_list(weights: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
-    return [{"topic": name, "weight": weight}
+def _weights_list(weights: np.ndarray, names: Sequence[str]) -> list[TopicWeight]:
+    return [TopicWeight(topic=name, weight=weight)
             for name, weight in drift_domain.top_topics(weights, names, k=len(names))]
 
 
@@ -66,8 +76,8 @@ def _as_time(seconds: float | None) -> datetime | None:
 
 
 # ------------------------------------------------------------------------------ profile
-def interest_profile(session: Session, model: ServedModel, user_id: str,
-                     settings: Settings) -> dict[str, Any]:
+def interest_profile(session: Session, model: ServedModel, *, user_id: str,
+                     settings: Settings) -> InterestProfileOut:
     history = load_history(session, user_id, PROFILE_EVENTS)
     topics = _topics_of(model, history.item_ids)
     known = topics >= 0
@@ -78,22 +88,22 @@ def interest_profile(session: Session, model: ServedModel, user_id: str,
         half_life_days=settings.profile_half_life_days,
         short_window=settings.short_term_events,
     )
-    return {
-        "user_id": user_id, "model_version": model.version,
-        "as_of": _as_time(history.timestamps[-1]), "event_count": history.total,
-        "enough_events": bool(known.any()),
-        "long_term": [{"topic": t, "weight": w} for t, w in profile.long_term],
-        "short_term": [{"topic": t, "weight": w} for t, w in profile.short_term],
-        "trends": [{"topic": t.topic, "trend": t.label, "change": t.change}
-                   for t in profile.trends],
-        "contexts": {name: [{"topic": t, "weight": w} for t, w in weights]
-                     for name, weights in profile.contexts.items()},
-        "top_items": _top_items(session, model, history, settings),
-    }
+    return InterestProfileOut(
+        user_id=user_id, model_version=model.version,
+        as_of=_as_time(history.timestamps[-1]), event_count=history.total,
+        enough_events=bool(known.any()),
+        long_term=[TopicWeight(topic=t, weight=w) for t, w in profile.long_term],
+        short_term=[TopicWeight(topic=t, weight=w) for t, w in profile.short_term],
+        trends=[TopicTrendOut(topic=t.topic, trend=t.label, change=t.change)  # type: ignore[arg-type]
+                for t in profile.trends],
+        contexts={name: [TopicWeight(topic=t, weight=w) for t, w in weights]
+                  for name, weights in profile.contexts.items()},
+        top_items=_top_items(session, model, history, settings),
+    )
 
 
 def _top_items(session: Session, model: ServedModel, history: History,
-               settings: Settings) -> list[dict[str, Any]]:
+               settings: Settings) -> list[ProfileItem]:
     """The items that weigh most in the long-term profile: recency-decayed, ratings counted."""
     times = np.asarray(history.timestamps)
     decay = profiles.decay_weights(times, float(times[-1]),
@@ -104,8 +114,8 @@ def _top_items(session: Session, model: ServedModel, history: History,
         best[item_id] = max(best.get(item_id, 0.0), float(weight))
     chosen = sorted(best, key=lambda i: (-best[i], i))[:TOP_ITEMS]
     stored = repository.items_by_id(session, chosen)
-    return [{"item_id": i, "title": stored[i].title if i in stored else None,
-             "topic": _topic_name(model, i)} for i in chosen]
+    return [ProfileItem(item_id=i, title=stored[i].title if i in stored else None,
+                        topic=_topic_name(model, i)) for i in chosen]
 
 
 def _topic_name(model: ServedModel, item_id: str) -> str:
@@ -185,8 +195,8 @@ def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFin
                         entry.after)
 
 
-def check_drift(session: Session, model: ServedModel, user_id: str,
-                backfill: bool = False) -> dict[str, Any]:
+def check_drift(session: Session, model: ServedModel, *, user_id: str,
+                backfill: bool = False) -> DriftOut:
     """The user's drift status; a detected change point is recorded once, every check logged.
 
     Writes through `session`: the caller commits (one transaction for the whole check).
@@ -208,8 +218,8 @@ def check_drift(session: Session, model: ServedModel, user_id: str,
             interests_after=dict(drift_domain.top_topics(finding.after, names, len(names))),
         )
         record_id = record.id
-        change_point = {"event_id": history.event_ids[position], "timestamp": at,
-                        "index": history.offset + position}
+        change_point = ChangePointOut(event_id=history.event_ids[position], timestamp=at,
+                                      index=history.offset + position)
     # A live check is logged once per state of the user's events (and model version): a read
     # key repeating GET /drift/{user} does not grow the table. The backfill logs every check.
     if backfill or not drift_records.checked_since_last_event(session, user_id, model.version):
@@ -217,18 +227,19 @@ def check_drift(session: Session, model: ServedModel, user_id: str,
                                    drift_detected=change is not None, record_id=record_id,
                                    checked_at=stamp)
     probs = finding.probabilities
-    return {
-        "user_id": user_id, "model_version": model.version,
-        "drift_detected": change is not None,
-        "score": float(change.score if change else _eligible_max(probs, model)),
-        "threshold": float(model.bundle.drift.threshold),
-        "kind": change.kind if change else "none", "change_point": change_point,
-        "from_interests": _weights_list(finding.before, names) if change else [],
-        "to_interests": _weights_list(finding.after, names) if change else [],
-        "record_id": record_id, "event_count": history.total,
-        "enough_events": len(history.item_ids) >= model.bundle.drift.min_events,
-        "min_events": model.bundle.drift.min_events,
-    }
+    return DriftOut(
+        user_id=user_id, model_version=model.version,
+        drift_detected=change is not None,
+        score=float(change.score if change else _eligible_max(probs, model)),
+        threshold=float(model.bundle.drift.threshold),
+        kind=change.kind if change else "none",  # type: ignore[arg-type]
+        change_point=change_point,
+        from_interests=_weights_list(finding.before, names) if change else [],
+        to_interests=_weights_list(finding.after, names) if change else [],
+        record_id=record_id, event_count=history.total,
+        enough_events=len(history.item_ids) >= model.bundle.drift.min_events,
+        min_events=model.bundle.drift.min_events,
+    )
 
 
 def _eligible_max(probs: np.ndarray, model: ServedModel) -> float:
@@ -238,7 +249,7 @@ def _eligible_max(probs: np.ndarray, model: ServedModel) -> float:
 
 
 # ---------------------------------------------------------------------- recommendations
-def rank_items(model: ServedModel, item_ids: Sequence[str], timestamps: Sequence[float],
+def rank_items(model: ServedModel, *, item_ids: Sequence[str], timestamps: Sequence[float],
                k: int, exclude: set[str], strength: float,
                finding: DriftFinding | None) -> tuple[list[tuple[str, float, str]], bool]:
     """Top-k (item_id, score, topic) for a history, and whether drift changed the ranking.
@@ -273,7 +284,7 @@ class RememberedRanking:
     state: tuple[Any, ...]
     chosen: list[tuple[str, float, str]]
     drift_aware: bool
-    response: dict[str, Any] | None
+    response: RecommendationsOut | None
 
 
 def ranking_size(entry: RememberedRanking) -> int:
@@ -285,8 +296,8 @@ def ranking_size(entry: RememberedRanking) -> int:
         size += 150 + str_bytes(item_id, topic)
     if entry.response is not None:
         size += 900
-        for item in entry.response["items"]:
-            size += 420 + str_bytes(item["title"])
+        for item in entry.response.items:
+            size += 420 + str_bytes(item.title)
     return size
 
 
@@ -309,9 +320,9 @@ def _remembered(model: ServedModel, user_id: str, variant: tuple[Any, ...],
     return entry if entry is not None and entry.state == state else None
 
 
-def remembered_recommendations(model: ServedModel, feed: ChangeFeed | None, user_id: str,
+def remembered_recommendations(model: ServedModel, *, feed: ChangeFeed | None, user_id: str,
                                k: int, exclude_seen: bool, drift_aware: bool,
-                               settings: Settings) -> dict[str, Any] | None:
+                               settings: Settings) -> RecommendationsOut | None:
     """The answer for a user whose events have not changed since it was computed, from memory
     alone (no database), when the change feed can vouch for that; else None."""
     state = _feed_state(feed, user_id)
@@ -322,9 +333,9 @@ def remembered_recommendations(model: ServedModel, feed: ChangeFeed | None, user
     return None if entry is None else entry.response
 
 
-def recommend_for_user(session: Session, model: ServedModel, user_id: str, k: int,
-                       exclude_seen: bool, settings: Settings, drift_aware: bool = True,
-                       feed: ChangeFeed | None = None) -> dict[str, Any]:
+def recommend_for_user(session: Session, model: ServedModel, *, user_id: str, k: int,
+                       exclude_seen: bool, drift_aware: bool, settings: Settings,
+                       feed: ChangeFeed | None = None) -> RecommendationsOut:
     # A ranking depends only on the user's events and the request's options. Its state is the
     # change feed's token for the user (taken before reading, so a change that lands meanwhile
     # invalidates it) or, without a live feed, one aggregate read of the user's events, which
@@ -362,14 +373,14 @@ def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: in
         exclude = (set(history.item_ids) if history.offset == 0
                    else repository.user_item_ids(session, user_id))
     finding = _drift_of(model, history, drift_aware, user_id)
-    return rank_items(model, history.item_ids, history.timestamps, k, exclude,
-                      settings.drift_strength, finding)
+    return rank_items(model, item_ids=history.item_ids, timestamps=history.timestamps, k=k,
+                      exclude=exclude, strength=settings.drift_strength, finding=finding)
 
 
-def recommend_for_items(session: Session, model: ServedModel, item_ids: Sequence[str],
+def recommend_for_items(session: Session, model: ServedModel, *, item_ids: Sequence[str],
                         timestamps: Sequence[float] | None, k: int, exclude_seen: bool,
-                        settings: Settings, user_id: str | None = None,
-                        drift_aware: bool = True) -> dict[str, Any]:
+                        drift_aware: bool, settings: Settings,
+                        user_id: str | None = None) -> RecommendationsOut:
     unknown = [i for i, item_id in enumerate(item_ids) if model.bundle.index_of(item_id) is None]
     if unknown:
         raise UnknownItems(unknown, [item_ids[i] for i in unknown])
@@ -379,17 +390,18 @@ def recommend_for_items(session: Session, model: ServedModel, item_ids: Sequence
     exclude = set(item_ids) if exclude_seen else set()
     window = History([""] * len(item_ids), list(item_ids), list(timestamps),
                      [None] * len(item_ids), len(item_ids))
-    chosen, changed = rank_items(model, item_ids, timestamps, k, exclude,
-                                 settings.drift_strength, _drift_of(model, window, drift_aware))
+    chosen, changed = rank_items(model, item_ids=item_ids, timestamps=timestamps, k=k,
+                                 exclude=exclude, strength=settings.drift_strength,
+                                 finding=_drift_of(model, window, drift_aware))
     return _recommendations(session, model, user_id, chosen, changed)
 
 
 def _recommendations(session: Session, model: ServedModel, user_id: str | None,
-                     chosen: list[tuple[str, float, str]], drift_aware: bool) -> dict[str, Any]:
+                     chosen: list[tuple[str, float, str]], drift_aware: bool
+                     ) -> RecommendationsOut:
     stored = repository.items_by_id(session, [item_id for item_id, _, _ in chosen])
-    return {
-        "user_id": user_id, "model_version": model.version, "drift_aware": drift_aware,
-        "items": [{"item_id": item_id, "title": stored[item_id].title if item_id in stored
-                   else None, "score": score, "topic": topic}
-                  for item_id, score, topic in chosen],
-    }
+    return RecommendationsOut(
+        user_id=user_id, model_version=model.version, drift_aware=drift_aware,
+        items=[RecommendedItem(item_id=item_id, score=score, topic=topic,
+                               title=stored[item_id].title if item_id in stored else None)
+               for item_id, score, topic in chosen])

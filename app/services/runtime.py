@@ -92,7 +92,7 @@ class ServingRuntime:
 
         def check_user(user_id: str) -> None:
             with transaction(factory) as session:
-                interest_service.check_drift(session, manager.current, user_id)
+                interest_service.check_drift(session, manager.current, user_id=user_id)
 
         runtime = cls(settings, metrics, engine, factory, manager, feed,
                       DriftQueue(check_user, settings.drift_queue_size, _QueueMetrics(metrics)),

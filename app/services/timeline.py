@@ -8,19 +8,19 @@ Topics come from the served model, the same way the profile and the drift check 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from app.domain.timeline import rolling_topic_shares
+from app.schemas.timeline import InterestTimelineOut, TimelinePoint
 from app.services.interests import load_history
 from app.services.model_manager import ServedModel
 from app.store import repository
 
 
-def interest_timeline(session: Session, model: ServedModel, user_id: str, limit: int,
-                      window: int) -> dict[str, Any]:
+def interest_timeline(session: Session, model: ServedModel, *, user_id: str, limit: int,
+                      window: int) -> InterestTimelineOut:
     """The user's last `limit` events with the topic weights after each (see module doc).
 
     Events whose item has no topic in the served model are left out of the points and of the
@@ -49,16 +49,15 @@ def interest_timeline(session: Session, model: ServedModel, user_id: str, limit:
     for out_row, row in enumerate(shown):
         position = positions[row]
         item_id = history.item_ids[position]
-        points.append({
-            "index": history.offset + position,
-            "event_id": history.event_ids[position],
-            "item_id": item_id,
-            "title": items[item_id].title if item_id in items else None,
-            "timestamp": datetime.fromtimestamp(history.timestamps[position], tz=UTC),
-            "topic": names[topic_ids[row]],
-            "weights": [float(shares[out_row, c]) for c in columns],
-        })
-    return {
-        "user_id": user_id, "model_version": model.version, "window": window,
-        "event_count": history.total, "topics": [names[c] for c in columns], "points": points,
-    }
+        points.append(TimelinePoint(
+            index=history.offset + position,
+            event_id=history.event_ids[position],
+            item_id=item_id,
+            title=items[item_id].title if item_id in items else None,
+            timestamp=datetime.fromtimestamp(history.timestamps[position], tz=UTC),
+            topic=names[topic_ids[row]],
+            weights=[float(shares[out_row, c]) for c in columns],
+        ))
+    return InterestTimelineOut(
+        user_id=user_id, model_version=model.version, window=window,
+        event_count=history.total, topics=[names[c] for c in columns], points=points)

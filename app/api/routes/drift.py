@@ -49,7 +49,7 @@ def drift_summary(
 @router.get("/{user_id}", dependencies=[ReadScope], response_model=DriftOut,
             responses={404: {"description": "Unknown user."},
                        503: {"description": "No model is loaded."}})
-def user_drift(user_id: UserIdPath, session: SessionDep, model: ModelDep) -> dict[str, Any]:
+def user_drift(user_id: UserIdPath, session: SessionDep, model: ModelDep) -> DriftOut:
     """Has the user's interest drifted? A detected change point is recorded once."""
     with session.begin():
-        return interests.check_drift(session, model, user_id)
+        return interests.check_drift(session, model, user_id=user_id)

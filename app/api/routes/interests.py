@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -30,31 +30,33 @@ def _check_k(k: int, limit: int, where: str = "query") -> None:
 @router.get("/interest-profile/{user_id}", dependencies=[ReadScope],
             response_model=InterestProfileOut, responses=NOT_FOUND)
 def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
-                     settings: SettingsDep) -> dict[str, Any]:
+                     settings: SettingsDep) -> InterestProfileOut:
     """Long- and short-term topic weights, trends, time-of-day contexts and top items."""
-    return interests.interest_profile(session, model, user_id, settings)
+    return interests.interest_profile(session, model, user_id=user_id, settings=settings)
 
 
 @router.get("/recommend/{user_id}", dependencies=[ReadScope],
             response_model=RecommendationsOut, responses=NOT_FOUND)
 async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
                     settings: SettingsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-                    exclude_seen: bool = True, drift_aware: bool = True) -> dict[str, Any]:
+                    exclude_seen: bool = True, drift_aware: bool = True) -> RecommendationsOut:
     """Top-k items for the user's interests now; after a drift, the new interests weigh more
     (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it)."""
     _check_k(k, settings.max_k)
     # async, and no session dependency: a user whose events have not changed since the last
     # answer is served from memory on the event loop, without a thread hop or a query
     feed = runtime.change_feed
-    remembered = interests.remembered_recommendations(model, feed, user_id, k, exclude_seen,
-                                                      drift_aware, settings)
+    remembered = interests.remembered_recommendations(
+        model, feed=feed, user_id=user_id, k=k, exclude_seen=exclude_seen,
+        drift_aware=drift_aware, settings=settings)
     if remembered is not None:
         return remembered
 
-    def compute() -> dict[str, Any]:
+    def compute() -> RecommendationsOut:
         with runtime.session_factory() as session:
-            return interests.recommend_for_user(session, model, user_id, k, exclude_seen,
-                                                settings, drift_aware, feed)
+            return interests.recommend_for_user(
+                session, model, user_id=user_id, k=k, exclude_seen=exclude_seen,
+                drift_aware=drift_aware, settings=settings, feed=feed)
 
     return await run_in_threadpool(compute)
 
@@ -62,13 +64,14 @@ async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
 @router.post("/recommend", dependencies=[ReadScope], response_model=RecommendationsOut,
              responses={503: {"description": "No model is loaded."}})
 def recommend_for_session(body: RecommendRequest, session: SessionDep, model: ModelDep,
-                          settings: SettingsDep) -> dict[str, Any]:
+                          settings: SettingsDep) -> RecommendationsOut:
     """Recommendations for an anonymous or session-only history (item ids, oldest first)."""
     _check_k(body.k, settings.max_k, "body")
     timestamps = [t.timestamp() for t in body.timestamps] if body.timestamps else None
-    return interests.recommend_for_items(session, model, body.recent_item_ids, timestamps,
-                                         body.k, body.exclude_seen, settings, body.user_id,
-                                         body.drift_aware)
+    return interests.recommend_for_items(
+        session, model, item_ids=body.recent_item_ids, timestamps=timestamps, k=body.k,
+        exclude_seen=body.exclude_seen, drift_aware=body.drift_aware, settings=settings,
+        user_id=body.user_id)
 
 
 @router.get("/interest-profile/{user_id}/timeline", dependencies=[ReadScope],
@@ -77,8 +80,8 @@ def interest_timeline(user_id: UserIdPath, session: SessionDep, model: ModelDep,
                       settings: SettingsDep,
                       limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
                       window: Annotated[int | None, Query(ge=1, le=500)] = None
-                      ) -> dict[str, Any]:
+                      ) -> InterestTimelineOut:
     """Topic weights after each of the user's last `limit` events: the shares of the last
     `window` events (default: the short-term profile's window), oldest first."""
-    return timeline.interest_timeline(session, model, user_id, limit,
-                                      window or settings.short_term_events)
+    return timeline.interest_timeline(session, model, user_id=user_id, limit=limit,
+                                      window=window or settings.short_term_events)
