@@ -76,10 +76,27 @@ def existing_item_ids(session: Session, item_ids: Iterable[str]) -> set[str]:
 
 
 def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
+    """Create the users that do not exist yet. On PostgreSQL their rows are then held with a
+    KEY SHARE lock until the transaction ends (concurrent batches do not wait for each
+    other): an erasure of one of them (app.store.erasure) waits for this batch, and a batch
+    that waited for an erasure re-creates the user, so its events outlive the erasure."""
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
-    values = [{"user_id": user_id, "created_at": utcnow()} for user_id in sorted(set(user_ids))]
-    if values:
+    wanted = sorted(set(user_ids))
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for _ in range(5):
+        values = [{"user_id": user_id, "created_at": utcnow()} for user_id in wanted]
+        if not values:
+            return
         session.execute(_insert(session, User).on_conflict_do_nothing(), values)
+        if not postgres:
+            return
+        held: set[str] = set()
+        for chunk in _chunks(wanted):
+            held.update(session.scalars(select(User.user_id).where(User.user_id.in_(chunk))
+                                        .order_by(User.user_id).with_for_update(key_share=True)))
+        wanted = [user_id for user_id in wanted if user_id not in held]  # erased meanwhile
+    if wanted:
+        raise RuntimeError(f"{len(wanted)} user(s) erased again and again during one batch")
 
 
 def _pg_array_type(column: Column[Any]) -> str:
