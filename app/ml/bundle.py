@@ -87,6 +87,7 @@ class InterestModelBundle:
 
     def __post_init__(self) -> None:
         self._index = {item_id: i + 1 for i, item_id in enumerate(self.item_ids)}
+        self.sequence_model.eval()
         self.drift_detector.eval()
         self.encoder.eval()
 
