@@ -17,7 +17,7 @@ from app.api.deps import (
     WriteScope,
 )
 from app.core.errors import ApiError
-from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, ErrorOut
+from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, ErrorOut, storable_text
 from app.schemas.items import ItemBatch, ItemOut, UpsertResult
 from app.schemas.lifecycle import (
     CatalogueItemOut,
@@ -69,6 +69,14 @@ def list_items(
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> CataloguePage:
     """The catalogue by item_id; follow `next_cursor` for the next page."""
+    if category is not None:
+        try:
+            storable_text(category)
+        except ValueError as error:
+            raise ApiError(422, "validation_error", f"category: {error}",
+                           detail=[{"loc": ["query", "category"], "msg": str(error),
+                                    "type": "value_error", "row": None, "field": "category"}]
+                           ) from error
     now = datetime.now(UTC)
     try:
         page, next_cursor = catalogue_listing.list_catalogue(session, limit, now, active,
