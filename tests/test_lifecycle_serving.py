@@ -97,12 +97,14 @@ def test_a_retired_item_is_never_recommended_and_its_events_still_count(
 def test_an_item_outside_its_window_is_not_recommended(client: TestClient) -> None:
     top = _recommended(client)[0]
     now = datetime.now(UTC)
-    # the window closes two seconds from now: recommended until then, not after
-    closing = {"available_until": (now + timedelta(seconds=2)).isoformat()}
-    assert client.patch(f"/items/{top}", json=closing).status_code == 200
+    # the window closes four seconds from now: recommended until then, not after
+    closes = now + timedelta(seconds=4)
+    assert client.patch(f"/items/{top}", json={"available_until": closes.isoformat()}
+                        ).status_code == 200
     time.sleep(0.3)
-    assert _recommended(client)[0] == top  # remembered ranking, window still open
-    time.sleep(2.0)
+    assert _recommended(client)[0] == top  # window still open
+    assert _recommended(client)[0] == top  # remembered
+    time.sleep(max(0.0, (closes - datetime.now(UTC)).total_seconds()) + 0.1)
     assert top not in _recommended(client)  # the remembered ranking did not outlive it
     opened = {"available_until": None, "available_from": (now - timedelta(days=1)).isoformat()}
     assert client.patch(f"/items/{top}", json=opened).status_code == 200

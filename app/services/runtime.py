@@ -104,8 +104,11 @@ class ServingRuntime:
                                        metrics)
 
         def check_user(user_id: str) -> None:
-            with transaction(factory) as session:
-                interest_service.check_drift(session, manager.current, user_id)
+            try:
+                with transaction(factory) as session:
+                    interest_service.check_drift(session, manager.current, user_id)
+            except interest_service.UnknownUser:
+                pass  # erased since it was queued: nothing to check, and nothing to log
 
         runtime = cls(settings, metrics, engine, factory, manager, feed,
                       DriftQueue(check_user, settings.drift_queue_size, _QueueMetrics(metrics)),
