@@ -113,11 +113,16 @@ def _id(prefix: str, n: int) -> str:
 
 def _ranking(n: int, k: int = 100) -> RememberedRanking:
     chosen = [(_id("i", n * k + j), float(j), f"Topic {j % 18}") for j in range(k)]
+    # why each is recommended: two history items (issue 18), as long as ids and titles go
+    because = [[(_id("h", (n * k + j) * 2 + r), 0.5 / (r + 1)) for r in range(2)]
+               for j in range(k)]
     response = {"user_id": _id("u", n), "model_version": "1", "drift_aware": True,
                 "items": [{"item_id": item_id, "title": f"T{n * k + j:06d}".ljust(500, "t"),
-                           "score": score, "topic": topic}
+                           "score": score, "topic": topic,
+                           "because": [{"item_id": h, "title": f"H{h}".ljust(500, "h")[:500],
+                                        "similarity": sim} for h, sim in because[j]]}
                           for j, (item_id, score, topic) in enumerate(chosen)]}
-    return RememberedRanking(("feed", 1, n), chosen, True, response)
+    return RememberedRanking(("feed", 1, n), chosen, True, response, because)
 
 
 def _drift(n: int) -> _RememberedDrift:

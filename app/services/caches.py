@@ -90,6 +90,12 @@ class UserStateCache(Generic[Value]):
                 self._data.move_to_end(user_id)
             return value
 
+    def clear(self) -> None:
+        """Drop every entry (notifications of erasures may have been missed)."""
+        with self._lock:
+            self._data.clear()
+            self.nbytes = 0
+
     def forget(self, user_id: str) -> bool:
         """Drop everything remembered of the user (an erasure); True if there was any."""
         with self._lock:

@@ -67,8 +67,9 @@ class ChangeFeed:
         self._live = False
         self.max_users = max(1, max_users)
         self.on_items_changed: Callable[[list[str] | None], None] | None = None
-        # Users whose data was erased: the runtime drops what serving remembers of them.
-        self.on_users_erased: Callable[[list[str]], None] | None = None
+        # Users whose data was erased: the runtime drops what serving remembers of them
+        # (None: any user may have been, as after notifications were lost).
+        self.on_users_erased: Callable[[list[str] | None], None] | None = None
 
     @property
     def live(self) -> bool:
@@ -125,8 +126,11 @@ class ChangeFeed:
 
     def set_live(self, live: bool) -> None:
         if live and not self._live:
-            # notifications sent while we were not listening are lost: start afresh
+            # notifications sent while we were not listening are lost: start afresh (and an
+            # erasure among them must not leave the user's entries in memory)
             self.items_changed(None)
+            if self.on_users_erased is not None:
+                self.on_users_erased(None)
         self._live = live
 
 

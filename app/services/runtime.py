@@ -223,10 +223,15 @@ class ServingRuntime:
             "drift_checks_removed": counts.drift_checks})
         return ErasureOutcome(counts.events, counts.drift_records, counts.drift_checks)
 
-    def forget_users(self, user_ids: Sequence[str]) -> None:
-        """Drop the remembered rankings and drift findings of these users (an erasure)."""
+    def forget_users(self, user_ids: Sequence[str] | None) -> None:
+        """Drop the remembered rankings and drift findings of these users (an erasure; None:
+        of every user, when erasures may have been missed)."""
         served = self.models.loaded
         if served is None:
+            return
+        if user_ids is None:
+            served.ranking_cache.clear()
+            served.drift_cache.clear()
             return
         for user_id in user_ids:
             served.ranking_cache.forget(user_id)
