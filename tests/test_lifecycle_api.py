@@ -244,3 +244,61 @@ def test_catalogue_listing_pages_and_filters(client: TestClient, catalogue: list
     inactive = client.get("/items", params={"active": "false"}).json()["items"]
     assert [i["item_id"] for i in inactive] == ["x01"]
     assert client.get("/items", params={"cursor": "!!!"}).status_code == 422
+
+
+@pytest.mark.parametrize("first", ["ingestion", "deletion"])
+def test_concurrent_item_deletion_and_ingestion(factory: sessionmaker[Session],
+                                                database_url: str, first: str) -> None:
+    """Ingestion first: the deletion waits, sees the batch's events and is refused. Deletion
+    first: the batch waits and is refused as naming an unknown item (no foreign-key error)."""
+    from app.services.ingestion import BatchRejected
+    from app.store import catalogue as catalogue_store
+
+    with transaction(factory) as session:
+        session.execute(text("INSERT INTO items (item_id, title, categories, attributes, "
+                             "created_at, updated_at, active) VALUES ('m1', 'M', '[]', '{}', "
+                             "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, true)"))
+
+    def delete(session: Session) -> bool:
+        assert catalogue_store.lock_item(session, "m1") is not None
+        if catalogue_store.has_events(session, "m1"):
+            return False
+        catalogue_store.delete_item(session, "m1")
+        return True
+
+    outcome: dict[str, Any] = {}
+    holder = factory()
+    holder.begin()
+    try:
+        if first == "ingestion":
+            ingestion.ingest_events(holder, [EventIn.model_validate(e)
+                                             for e in _events("u1", "pin", 1)], Settings())
+
+            def second() -> None:
+                with transaction(factory) as session:
+                    outcome["deleted"] = delete(session)
+        else:
+            outcome["deleted"] = delete(holder)
+
+            def second() -> None:
+                try:
+                    _ingest(factory, _events("u1", "pin", 1))
+                    outcome["ingested"] = True
+                except BatchRejected as error:
+                    outcome["ingested"] = [e.code for e in error.errors]
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        if database_url.startswith("postgresql"):
+            _wait_for_lock_wait(factory)
+        else:
+            time.sleep(0.3)
+        assert thread.is_alive(), "the second transaction did not wait for the first"
+        holder.commit()
+    finally:
+        holder.close()
+    thread.join(timeout=30)
+    if first == "ingestion":
+        assert outcome["deleted"] is False
+    else:
+        assert outcome["deleted"] is True and outcome["ingested"] == ["unknown_item"]

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select, text
 from sqlalchemy.orm import Session
 
+from app.store import repository
 from app.store.models import Event, Item, utcnow
 
 
@@ -19,7 +20,8 @@ class InvalidItemCursor(ValueError):
 
 def lock_item(session: Session, item_id: str) -> Item | None:
     """The item, its row locked until the transaction ends (PostgreSQL; SQLite serialises
-    writers anyway)."""
+    writers: the write lock is taken first)."""
+    repository.write_lock(session)
     return session.scalar(select(Item).where(Item.item_id == item_id).with_for_update())
 
 

@@ -67,12 +67,31 @@ def get_item(session: Session, item_id: str) -> Item | None:
     return session.get(Item, item_id)
 
 
-def existing_item_ids(session: Session, item_ids: Iterable[str]) -> set[str]:
+def existing_item_ids(session: Session, item_ids: Iterable[str], lock: bool = False
+                      ) -> set[str]:
+    """The ids of these items the store holds. `lock`: on PostgreSQL hold them with a KEY
+    SHARE lock until the transaction ends (what the events' foreign key takes anyway, taken
+    before validation), on SQLite take the write lock first: an item deletion then waits for
+    the batch and sees its events, and a batch that waited for a deletion finds the item gone
+    (a 422, not a foreign-key error)."""
     wanted = sorted(set(item_ids))
     found: set[str] = set()
+    if lock and session.get_bind().dialect.name == "sqlite":
+        write_lock(session)  # SQLite: the database's write lock, before reading
+        lock = False
     for chunk in _chunks(wanted):
-        found.update(session.scalars(select(Item.item_id).where(Item.item_id.in_(chunk))))
+        query = select(Item.item_id).where(Item.item_id.in_(chunk))
+        if lock:
+            query = query.order_by(Item.item_id).with_for_update(key_share=True)
+        found.update(session.scalars(query))
     return found
+
+
+def write_lock(session: Session) -> None:
+    """SQLite: take the database's write lock now (a write that changes nothing), so what
+    this transaction reads next cannot change before it writes. Other backends: nothing."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE items SET item_id = item_id WHERE 1 = 0"))
 
 
 def ensure_users(session: Session, user_ids: Iterable[str]) -> None:
