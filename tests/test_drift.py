@@ -276,14 +276,14 @@ def test_shift_features_are_causal_and_the_shift_head_is_a_drift_kind(tmp_path) 
     shift_1_30, shift_3_30 = full[0, :, 0], full[0, :, 1]
     assert shift_1_30[10] > 0.9 and shift_1_30[9] < 0.01  # the jump to the other half
     assert shift_3_30[12] > shift_3_30[11] > shift_3_30[10] > shift_3_30[9]
-    head = EmbeddingShiftHead(gamma=3.0)
+    head = EmbeddingShiftHead(2 * N_SHIFT_FEATURES, gammas=[3.0, 2.0], spaces=["items", "text"])
     assert get_kind("drift", "embedding-shift").cls is EmbeddingShiftHead
     entry = save_part("drift", head, tmp_path)
     loaded = load_part("drift", entry, tmp_path, torch.device("cpu"))
     times = torch.arange(16, dtype=torch.float64).unsqueeze(0) * 60
     assert torch.equal(loaded.traces(model, items, times).probabilities,
                        head.traces(model, items, times).probabilities)
-    assert loaded.gamma == 3.0
+    assert loaded.gammas == [3.0, 2.0] and loaded.spaces == ["items", "text"]
 
 
 def test_unseen_view_scores_generator_b_through_a_held_out_scorer() -> None:

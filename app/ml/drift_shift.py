@@ -1,4 +1,4 @@
-"""The ``embedding-shift`` drift detector: two-sample evidence on item text embeddings, read
+"""The ``embedding-shift`` drift detector: two-sample evidence on item vectors, read
 by a small GRU.
 
 Why: a detector built on the sequence model's surprise does well on users that model trained
@@ -23,10 +23,17 @@ Per event ``t`` (causal: events ``0..t`` only), on L2-normalised item text embed
   broad user's usual restlessness is not read as a change;
 - ``log_position``.
 
+The item vectors are the scorer's (``spaces``): its item table ("items", what its logits are dot
+products with: learned from many users' co-occurrences, so item-level knowledge, not a memory
+of one user's sequence) and/or its item text embeddings ("text"). In the protocol's unseen view
+the scorer is a sequence model fitted without the evaluated users, so even the item vectors
+owe nothing to them.
+
 The head is :class:`app.ml.drift_head.DriftHead`'s architecture (linear, GRU, read-out, with
 its own feature standardisation) over these features; its file is ``shift_head.pt`` and its
-manifest config ``{"n_features", "hidden_size", "gamma"}``. ``traces`` also returns the scorer's
-surprise as evidence (the abrupt/gradual rule reads it); the probabilities never use it.
+manifest config ``{"n_features", "hidden_size", "gammas", "spaces"}``. ``traces`` also returns
+the scorer's surprise as evidence (the abrupt/gradual rule reads it); the probabilities never
+use it.
 """
 
 from __future__ import annotations
@@ -134,28 +141,47 @@ def median_gamma(item_idx: list[list[int]], item_text: torch.Tensor) -> float:
     return 1.0 / max(median, 1e-3)
 
 
+SPACES = ("items", "text")  # the scorer's item table / its item text embeddings
+
+
+def item_space(scorer: NextItemScorer, space: str) -> torch.Tensor:
+    """FloatTensor[n_rows, D] of the item vectors a feature space reads from the scorer."""
+    if space == "items":
+        with torch.no_grad():
+            return scorer.item_table().float()
+    if space == "text":
+        return scorer.item_text.float()
+    raise ValueError(f"unknown item space {space!r}; expected one of {SPACES}")
+
+
 @register_part("drift", "embedding-shift", part_format=1)
 class EmbeddingShiftHead(DriftHead):
-    """A GRU over :func:`shift_features` (see the module docstring)."""
+    """A GRU over :func:`shift_features` in one or more item spaces (see the module
+    docstring): ``spaces[i]`` read with kernel width ``gammas[i]``."""
 
     def __init__(self, n_features: int = N_SHIFT_FEATURES, hidden_size: int = 32,
-                 gamma: float = DEFAULT_GAMMA) -> None:
+                 gammas: list[float] | None = None, spaces: list[str] | None = None) -> None:
         super().__init__(n_features, hidden_size)
-        self.gamma = float(gamma)
+        self.spaces = list(spaces or ["items"])
+        self.gammas = [float(g) for g in (gammas or [DEFAULT_GAMMA] * len(self.spaces))]
 
     def features(self, scorer: NextItemScorer, item_idx: torch.Tensor) -> torch.Tensor:
-        return shift_features(item_idx, scorer.item_text.to(item_idx.device), self.gamma)
+        """FloatTensor[B, L, N_SHIFT_FEATURES * len(spaces)]."""
+        return torch.cat([shift_features(item_idx, item_space(scorer, space).to(item_idx.device),
+                                         gamma)
+                          for space, gamma in zip(self.spaces, self.gammas, strict=True)],
+                         dim=-1)
 
     def traces(self, scorer: NextItemScorer, item_idx: torch.Tensor,
                timestamps: torch.Tensor) -> DriftTrace:
-        """Per-event probabilities (from the embeddings only) and the scorer's surprise."""
+        """Per-event probabilities (from the item vectors only) and the scorer's surprise."""
         probs = self.probabilities(self.features(scorer, item_idx)).float()
         return DriftTrace(probs, event_surprise(scorer, item_idx, timestamps).float())
 
     def save_part(self, directory: Path) -> dict[str, Any]:
         torch.save(self.state_dict(), Path(directory) / WEIGHTS_FILE)
         return {"n_features": self.inp.in_features, "hidden_size": self.inp.out_features,
-                "gamma": self.gamma}
+                "gammas": self.gammas, "spaces": self.spaces}
 
     @classmethod
     def load_part(cls, directory: Path, config: dict[str, Any], part_format: int,

@@ -55,8 +55,8 @@ class SpliceConfig:
     def generator_b(cls) -> SpliceConfig:
         """The second generator of the protocol (docs/drift-protocol.md): other segment
         lengths, a pause at the join, B among A's own farthest third, partial changes."""
-        return cls(min_prefix=20, max_prefix=140, min_suffix=12, max_suffix=100, ramp=14,
-                   far_quantile=0.67, partner_rule="per_user", join="gap", keep_a=0.2)
+        return cls(min_prefix=20, max_prefix=140, min_suffix=12, max_suffix=100, ramp=5,
+                   far_quantile=0.67, partner_rule="per_user", join="gap", keep_a=0.15)
 
 
 @dataclass(slots=True)

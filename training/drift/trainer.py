@@ -19,6 +19,7 @@ from app.ml.drift_head import DriftHead, drift_features
 from app.ml.drift_shift import (
     N_SHIFT_FEATURES,
     EmbeddingShiftHead,
+    item_space,
     median_gamma,
     shift_features,
 )
@@ -282,17 +283,22 @@ def shift_case_features(cases: Sequence[DriftCase], item_text: torch.Tensor, gam
 @register_drift_trainer("embedding-shift")
 class EmbeddingShiftTrainer:
     """The ``embedding-shift`` head (app.ml.drift_shift): the GRU of ``DriftConfig.head`` over
-    two-sample evidence on the item text embeddings; it ignores the shared features (they come
-    from the sequence model, which memorised its training users)."""
+    two-sample evidence on item vectors (``DriftConfig.options["spaces"]``, default
+    ``["items"]``); it ignores the shared features (their surprise comes from the sequence
+    model's memory of its training users)."""
 
     def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
             cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
             progress: bool) -> DriftDetector:
-        text = scorer.item_text.detach().float().cpu()
-        gamma = median_gamma([c.items for c in cases[:500]], text)
-        shift = shift_case_features(cases, text, gamma)
+        spaces = list(config.options.get("spaces", ["items"]))
+        tables = [item_space(scorer, space).detach().cpu() for space in spaces]
+        gammas = [median_gamma([c.items for c in cases[:500]], t) for t in tables]
+        shift = [torch.cat(parts, dim=-1) for parts in zip(
+            *(shift_case_features(cases, t, g) for t, g in zip(tables, gammas, strict=True)),
+            strict=True)]
         torch.manual_seed(seed)
-        head = EmbeddingShiftHead(N_SHIFT_FEATURES, config.head.hidden_size, gamma)
+        head = EmbeddingShiftHead(N_SHIFT_FEATURES * len(spaces), config.head.hidden_size,
+                                  gammas, spaces)
         return fit_head(head, shift, cases, config.head, config.min_events, seed, device,
                         progress)
 
