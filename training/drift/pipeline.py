@@ -297,10 +297,13 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     model: the trained, frozen sequence model; item_embeddings: FloatTensor[N+1, D] item text
     embeddings (row 0 zeros); sequences: the users' training-portion sequences.
     heldout: fits a sequence model on the given users only; with it the run adds the "unseen"
-    view (that model, fitted on the head-training users, reads the calibration and evaluation
-    users), ``metrics_unseen`` (unseen users, generator B) and every view in ``by_protocol``.
-    The abrupt/gradual cut is then fitted on the calibration users' spliced cases through that
-    model (surprise on users a model never saw, as in serving).
+    view: that model, fitted on the head-training users, is the scorer of a second pass (the
+    detector re-fitted on the head-training users' cases and its threshold re-calibrated on the
+    calibration users, both through it), so calibration and evaluation users are new to every
+    part that scores them; ``metrics_unseen`` (unseen users, generator B) and every view in
+    ``by_protocol``. The abrupt/gradual cut is then fitted on the calibration users' spliced
+    cases through that model (surprise on users a model never saw, as in serving). The served
+    detector and threshold stay the seen pass's (the ones the bundle's check reproduces).
     """
     start = clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -332,16 +335,24 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
 
     unseen_model: SequenceInterestModel | None = None
     if heldout is not None:
+        # The whole pipeline again on a scorer that never saw the calibration and evaluation
+        # users: the detector is re-fitted on the head-training users through it, its
+        # threshold re-calibrated on the calibration users through it.
         unseen_model = heldout(groups["train"])
         lap("heldout_scorer")
         feats_u = {g: case_features(unseen_model, cases[g], item_embeddings, device,
-                                    progress=progress) for g in views[1:]}
-        probs_u = {g: trainer.probabilities(detector, unseen_model, feats_u[g], cases[g],
+                                    progress=progress) for g in views}
+        detector_u = trainer.fit(unseen_model, feats_u["train"], cases["train"], config, seed,
+                                 device, progress)
+        probs_u = {g: trainer.probabilities(detector_u, unseen_model, feats_u[g], cases[g],
                                             device) for g in views[1:]}
+        calib_u = _unspliced(probs_u["calibration"], cases["calibration"])
+        threshold_u = calibrate_threshold(calib_u, config.target_alarms_per_1k,
+                                          config.min_events, config.cooldown)
         spliced = [i for i, c in enumerate(cases["calibration"]) if c.change_point >= 0]
         kind_threshold = _fit_kind([feats_u["calibration"][i] for i in spliced],
                                    [cases["calibration"][i] for i in spliced])
-        lap("unseen_features")
+        lap("unseen_view")
     else:
         kind_threshold = _fit_kind(feats["train"], cases["train"])
     thresholds = (threshold, kind_threshold)
@@ -360,11 +371,11 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     if unseen_model is not None:
         for view, group in (("unseen_a", "evaluation"), ("unseen_b", "evaluation_b")):
             by_protocol[view] = {"ours": _ours(probs_u[group], _surprise(feats_u[group]),
-                                               cases[group], thresholds, config)}
-        calib_u = _unspliced(probs_u["calibration"], cases["calibration"])
+                                               cases[group], (threshold_u, kind_threshold),
+                                               config)}
         calib_rate_u = alarms_per_1k(
-            [alarm_indices(p, threshold, config.min_events, config.cooldown) for p in calib_u],
-            [len(p) for p in calib_u])
+            [alarm_indices(p, threshold_u, config.min_events, config.cooldown)
+             for p in calib_u], [len(p) for p in calib_u])
         with torch.no_grad():
             table_u = unseen_model.item_table().detach().float().cpu().numpy()
         rows_u, knobs_u = _baselines(
@@ -372,6 +383,7 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
             {"calibration": cases["calibration"], "evaluation": cases["evaluation_b"]},
             {"text": vectors, "items": table_u}, calib_rate_u, config)
         by_protocol["unseen_b"].update(rows_u)
+        knobs_u["threshold"] = threshold_u
     lap("baselines")
     metrics = by_protocol["seen_a"]
     return DriftResult(
