@@ -301,7 +301,12 @@ def test_unseen_view_scores_generator_b_through_a_held_out_scorer() -> None:
     result = train_and_evaluate_drift(_model(max_len=16), torch.as_tensor(_item_vectors()),
                                       _users(48), config, seed=0, device=torch.device("cpu"),
                                       progress=False, heldout=heldout)
-    assert fitted == [result.groups["train"]]  # the held-out model never sees calib/eval users
+    # the held-out model fits on half the head-training users; the unseen head on the rest
+    assert fitted == [result.groups["heldout_scorer"]]
+    assert set(result.groups["heldout_scorer"]) | set(result.groups["train_oof"]) == \
+        set(result.groups["train"])
+    assert not set(result.groups["heldout_scorer"]) & set(result.groups["train_oof"])
+    assert all(c.user_a in result.groups["train_oof"] for c in result.cases["train_oof"])
     assert set(result.by_protocol) == {"seen_a", "seen_b", "unseen_a", "unseen_b"}
     assert result.metrics_unseen is result.by_protocol["unseen_b"]
     assert {"ours", "adwin", "page_hinkley", "kernel_cpd"} <= set(result.metrics_unseen)

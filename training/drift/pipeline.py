@@ -182,7 +182,18 @@ def _build_cases(sequences: list[UserSequence], vectors: np.ndarray, config: Dri
     }
     cases["evaluation_b"] = make_cases([by_id[u] for u in ids[2]], vectors, config.splice_b,
                                        config.eval_cases, seed * 1000 + 3)
-    return dict(zip(GROUPS, ids, strict=True)), cases
+    groups = dict(zip(GROUPS, ids, strict=True))
+    if spliced_calibration:
+        # Out-of-fold halves of the head-training users: the held-out scorer fits on the first,
+        # the unseen pass's head trains on cases made of the second only.
+        order = np.random.default_rng(seed * 1000 + 5).permutation(len(ids[0]))
+        half = len(order) // 2
+        groups["heldout_scorer"] = sorted(ids[0][i] for i in order[:half])
+        groups["train_oof"] = sorted(ids[0][i] for i in order[half:])
+        cases["train_oof"] = make_cases([by_id[u] for u in groups["train_oof"]], vectors,
+                                        config.train_splice, config.train_cases,
+                                        seed * 1000 + 4)
+    return groups, cases
 
 
 def _unspliced(values: list[Any], cases: list[DriftCase]) -> list[Any]:
@@ -284,7 +295,23 @@ def _ours(probs: list[np.ndarray], surprise: list[np.ndarray], cases: list[Drift
     metrics = _score(alarms, cases, config.margin)
     metrics["kind_accuracy"] = _kind_accuracy(probs, surprise, alarms, cases, thresholds,
                                               config.margin)
+    metrics.update(_alarm_rate_by_position(alarms, cases))
     return metrics
+
+
+POSITION_BUCKETS = ((0, 50), (50, 100), (100, 200))  # event positions of a history
+
+
+def _alarm_rate_by_position(alarms: list[np.ndarray], cases: list[DriftCase]) -> Metrics:
+    """False alarms per 1,000 unspliced events by the events' position in the history (does
+    the calibration hold for short and long histories?): ``alarms_per_1k_<lo>_<hi>``."""
+    out: Metrics = {}
+    for lo, hi in POSITION_BUCKETS:
+        events = sum(max(0, min(len(c.items), hi) - lo) for c in cases if c.kind == "none")
+        fired = sum(int(((a >= lo) & (a < hi)).sum())
+                    for a, c in zip(alarms, cases, strict=True) if c.kind == "none")
+        out[f"alarms_per_1k_{lo}_{hi}"] = 1000.0 * fired / events if events else None
+    return out
 
 
 def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torch.Tensor,
@@ -297,10 +324,10 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     model: the trained, frozen sequence model; item_embeddings: FloatTensor[N+1, D] item text
     embeddings (row 0 zeros); sequences: the users' training-portion sequences.
     heldout: fits a sequence model on the given users only; with it the run adds the "unseen"
-    view: that model, fitted on the head-training users, is the scorer of a second pass (the
-    detector re-fitted on the head-training users' cases and its threshold re-calibrated on the
-    calibration users, both through it), so calibration and evaluation users are new to every
-    part that scores them; ``metrics_unseen`` (unseen users, generator B) and every view in
+    view: that model, fitted on one half of the head-training users, is the scorer of a second
+    pass (the detector re-fitted on cases of the other half, out-of-fold, and its threshold
+    re-calibrated on the calibration users, both through it), so no user is scored by a model
+    that trained on them; ``metrics_unseen`` (unseen users, generator B) and every view in
     ``by_protocol``. The abrupt/gradual cut is then fitted on the calibration users' spliced
     cases through that model (surprise on users a model never saw, as in serving). The served
     detector and threshold stay the seen pass's (the ones the bundle's check reproduces).
@@ -335,15 +362,17 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
 
     unseen_model: SequenceInterestModel | None = None
     if heldout is not None:
-        # The whole pipeline again on a scorer that never saw the calibration and evaluation
-        # users: the detector is re-fitted on the head-training users through it, its
-        # threshold re-calibrated on the calibration users through it.
-        unseen_model = heldout(groups["train"])
+        # The whole pipeline again on a scorer that never saw the users it scores: fitted on
+        # one half of the head-training users, it gives out-of-fold features of the other
+        # half (the head re-fitted on them) and of the calibration users (the threshold
+        # re-calibrated there) and evaluation users.
+        unseen_model = heldout(groups["heldout_scorer"])
         lap("heldout_scorer")
+        views_u = ("train_oof", *views[1:])
         feats_u = {g: case_features(unseen_model, cases[g], item_embeddings, device,
-                                    progress=progress) for g in views}
-        detector_u = trainer.fit(unseen_model, feats_u["train"], cases["train"], config, seed,
-                                 device, progress)
+                                    progress=progress) for g in views_u}
+        detector_u = trainer.fit(unseen_model, feats_u["train_oof"], cases["train_oof"],
+                                 config, seed, device, progress)
         probs_u = {g: trainer.probabilities(detector_u, unseen_model, feats_u[g], cases[g],
                                             device) for g in views[1:]}
         calib_u = _unspliced(probs_u["calibration"], cases["calibration"])
