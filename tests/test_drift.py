@@ -290,6 +290,7 @@ def test_unseen_view_scores_generator_b_through_a_held_out_scorer() -> None:
     config = DriftConfig.tiny()
     config.splice = SPLICE
     config.kind = "embedding-shift"
+    config.options = {"spaces": ["items", "text"], "surprise": True}
     config.max_users = None
     fitted: list[list[str]] = []
 
@@ -314,3 +315,4 @@ def test_unseen_view_scores_generator_b_through_a_held_out_scorer() -> None:
     assert result.unseen_calibration_alarms_per_1k is not None
     assert result.unseen_calibration_alarms_per_1k <= config.target_alarms_per_1k
     assert all(c.user_a in result.groups["evaluation"] for c in result.cases["evaluation_b"])
+    assert result.detector.spaces == ["items", "text"] and result.detector.surprise

@@ -44,7 +44,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.ml.drift_head import DriftHead, causal_window_mean, event_surprise
+from app.ml.drift_head import (
+    FEATURE_NAMES,
+    DriftHead,
+    causal_window_mean,
+    drift_features,
+    event_surprise,
+)
 from app.ml.parts.protocols import DriftTrace, NextItemScorer
 from app.ml.parts.registry import load_weights, register_part
 
@@ -58,6 +64,11 @@ SHIFT_FEATURES = (
 )
 N_SHIFT_FEATURES = len(SHIFT_FEATURES)
 WEIGHTS_FILE = "shift_head.pt"
+# With ``surprise=True`` the head also reads the scorer's drift features but the gap since the
+# previous event: a head trained on splices without a pause learned that a long pause (a real
+# session start) excuses a surprise, and missed every change that came after one.
+SURPRISE_FEATURES = tuple(name for name in FEATURE_NAMES if name != "log_gap")
+SURPRISE_COLUMNS = [FEATURE_NAMES.index(name) for name in SURPRISE_FEATURES]
 DEFAULT_GAMMA = 2.0
 
 
@@ -160,28 +171,33 @@ class EmbeddingShiftHead(DriftHead):
     docstring): ``spaces[i]`` read with kernel width ``gammas[i]``."""
 
     def __init__(self, n_features: int = N_SHIFT_FEATURES, hidden_size: int = 32,
-                 gammas: list[float] | None = None, spaces: list[str] | None = None) -> None:
+                 gammas: list[float] | None = None, spaces: list[str] | None = None,
+                 surprise: bool = False) -> None:
         super().__init__(n_features, hidden_size)
         self.spaces = list(spaces or ["items"])
         self.gammas = [float(g) for g in (gammas or [DEFAULT_GAMMA] * len(self.spaces))]
+        self.surprise = bool(surprise)
 
-    def features(self, scorer: NextItemScorer, item_idx: torch.Tensor) -> torch.Tensor:
-        """FloatTensor[B, L, N_SHIFT_FEATURES * len(spaces)]."""
-        return torch.cat([shift_features(item_idx, item_space(scorer, space).to(item_idx.device),
-                                         gamma)
-                          for space, gamma in zip(self.spaces, self.gammas, strict=True)],
-                         dim=-1)
+    def features(self, scorer: NextItemScorer, item_idx: torch.Tensor,
+                 timestamps: torch.Tensor) -> torch.Tensor:
+        """FloatTensor[B, L, F]: :func:`shift_features` per space, then (``surprise``) the
+        scorer's :data:`SURPRISE_FEATURES`."""
+        parts = [shift_features(item_idx, item_space(scorer, space).to(item_idx.device), gamma)
+                 for space, gamma in zip(self.spaces, self.gammas, strict=True)]
+        if self.surprise:
+            parts.append(drift_features(scorer, item_idx, timestamps)[..., SURPRISE_COLUMNS])
+        return torch.cat(parts, dim=-1)
 
     def traces(self, scorer: NextItemScorer, item_idx: torch.Tensor,
                timestamps: torch.Tensor) -> DriftTrace:
-        """Per-event probabilities (from the item vectors only) and the scorer's surprise."""
-        probs = self.probabilities(self.features(scorer, item_idx)).float()
+        """Per-event probabilities and the scorer's surprise (evidence)."""
+        probs = self.probabilities(self.features(scorer, item_idx, timestamps)).float()
         return DriftTrace(probs, event_surprise(scorer, item_idx, timestamps).float())
 
     def save_part(self, directory: Path) -> dict[str, Any]:
         torch.save(self.state_dict(), Path(directory) / WEIGHTS_FILE)
         return {"n_features": self.inp.in_features, "hidden_size": self.inp.out_features,
-                "gammas": self.gammas, "spaces": self.spaces}
+                "gammas": self.gammas, "spaces": self.spaces, "surprise": self.surprise}
 
     @classmethod
     def load_part(cls, directory: Path, config: dict[str, Any], part_format: int,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from app.ml.drift_head import DriftHead, drift_features
 from app.ml.drift_shift import (
-    N_SHIFT_FEATURES,
+    SURPRISE_COLUMNS,
     EmbeddingShiftHead,
     item_space,
     median_gamma,
@@ -284,21 +284,22 @@ def shift_case_features(cases: Sequence[DriftCase], item_text: torch.Tensor, gam
 class EmbeddingShiftTrainer:
     """The ``embedding-shift`` head (app.ml.drift_shift): the GRU of ``DriftConfig.head`` over
     two-sample evidence on item vectors (``DriftConfig.options["spaces"]``, default
-    ``["items"]``); it ignores the shared features (their surprise comes from the sequence
-    model's memory of its training users)."""
+    ``["items"]``) and, with ``options["surprise"]``, the shared features but the gap."""
 
     def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
             cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
             progress: bool) -> DriftDetector:
         spaces = list(config.options.get("spaces", ["items"]))
+        surprise = bool(config.options.get("surprise", False))
         tables = [item_space(scorer, space).detach().cpu() for space in spaces]
         gammas = [median_gamma([c.items for c in cases[:500]], t) for t in tables]
-        shift = [torch.cat(parts, dim=-1) for parts in zip(
-            *(shift_case_features(cases, t, g) for t, g in zip(tables, gammas, strict=True)),
-            strict=True)]
+        groups = [shift_case_features(cases, t, g) for t, g in zip(tables, gammas, strict=True)]
+        if surprise:  # the shared features, read the same way traces reads them
+            groups.append([f[:, SURPRISE_COLUMNS] for f in features])
+        shift = [torch.cat(parts, dim=-1) for parts in zip(*groups, strict=True)]
         torch.manual_seed(seed)
-        head = EmbeddingShiftHead(N_SHIFT_FEATURES * len(spaces), config.head.hidden_size,
-                                  gammas, spaces)
+        head = EmbeddingShiftHead(shift[0].shape[-1], config.head.hidden_size, gammas, spaces,
+                                  surprise)
         return fit_head(head, shift, cases, config.head, config.min_events, seed, device,
                         progress)
 
