@@ -178,21 +178,30 @@ class EmbeddingShiftHead(DriftHead):
         self.gammas = [float(g) for g in (gammas or [DEFAULT_GAMMA] * len(self.spaces))]
         self.surprise = bool(surprise)
 
+    def _parts(self, scorer: NextItemScorer, item_idx: torch.Tensor,
+               timestamps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features FloatTensor[B, L, F], the scorer's surprise [B, L]), one forward pass."""
+        parts = [shift_features(item_idx, item_space(scorer, space).to(item_idx.device), gamma)
+                 for space, gamma in zip(self.spaces, self.gammas, strict=True)]
+        if self.surprise:
+            shared = drift_features(scorer, item_idx, timestamps)
+            parts.append(shared[..., SURPRISE_COLUMNS])
+            surprise = shared[..., FEATURE_NAMES.index("surprise")]
+        else:
+            surprise = event_surprise(scorer, item_idx, timestamps)
+        return torch.cat(parts, dim=-1), surprise
+
     def features(self, scorer: NextItemScorer, item_idx: torch.Tensor,
                  timestamps: torch.Tensor) -> torch.Tensor:
         """FloatTensor[B, L, F]: :func:`shift_features` per space, then (``surprise``) the
         scorer's :data:`SURPRISE_FEATURES`."""
-        parts = [shift_features(item_idx, item_space(scorer, space).to(item_idx.device), gamma)
-                 for space, gamma in zip(self.spaces, self.gammas, strict=True)]
-        if self.surprise:
-            parts.append(drift_features(scorer, item_idx, timestamps)[..., SURPRISE_COLUMNS])
-        return torch.cat(parts, dim=-1)
+        return self._parts(scorer, item_idx, timestamps)[0]
 
     def traces(self, scorer: NextItemScorer, item_idx: torch.Tensor,
                timestamps: torch.Tensor) -> DriftTrace:
         """Per-event probabilities and the scorer's surprise (evidence)."""
-        probs = self.probabilities(self.features(scorer, item_idx, timestamps)).float()
-        return DriftTrace(probs, event_surprise(scorer, item_idx, timestamps).float())
+        features, surprise = self._parts(scorer, item_idx, timestamps)
+        return DriftTrace(self.probabilities(features).float(), surprise.float())
 
     def save_part(self, directory: Path) -> dict[str, Any]:
         torch.save(self.state_dict(), Path(directory) / WEIGHTS_FILE)
