@@ -3,7 +3,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 out_dir = Path(sys.argv[1]); dest = Path(sys.argv[2]); command = sys.argv[3]
-runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("drift_seed*.json"))]
+runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("**/drift_seed*.json"))]
 doc = {"command": command, "seeds": [r["seed"] for r in runs], "per_seed": {}, "mean": {}}
 for r in runs:
     doc["per_seed"][str(r["seed"])] = {"by_protocol": r["by_protocol"], "threshold": r["threshold"],
