@@ -25,6 +25,7 @@ from app.store.db import make_engine
 from training import quality, registry
 from training.config import TrainingConfig
 from training.data.store import InteractionSnapshot, read_snapshot
+from training.drift.heldout import heldout_scorer
 from training.drift.pipeline import DriftResult, train_and_evaluate_drift
 from training.recommender import RecommenderResult, prepare_split, train_recommender
 from training.registry import MlflowTarget, PromotionDecision
@@ -93,7 +94,8 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
         encoder=rec.encoder.to(device), sequence_model=rec.model.to(device),
         drift_detector=drift.detector.to(device), drift=settings, item_ids=list(rec.item_ids),
         topics=topics, dataset_fingerprint=fingerprint, training_config=config.to_dict(),
-        metrics={"recommender": rec.metrics, "drift": drift.metrics},
+        metrics={"recommender": rec.metrics, "drift": drift.metrics,
+                 "drift_unseen": drift.metrics_unseen},
     )
 
 
@@ -110,10 +112,17 @@ def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: 
                                 quality.RANKING_KEYS),
         "drift": quality.max_gap(drift_ours, drift.metrics["ours"], quality.DRIFT_KEYS),
     }
+    # The served detector on the generator-B cases too (the evaluated seen_b row).
+    drift_b_ours = quality.bundle_drift_metrics(bundle, drift.cases["evaluation_b"],
+                                                config.drift.margin)
+    if "seen_b" in drift.by_protocol:
+        gaps["drift_b"] = quality.max_gap(drift_b_ours, drift.by_protocol["seen_b"]["ours"],
+                                          quality.DRIFT_KEYS)
     for name, gap in gaps.items():
         status = "ok" if gap <= PATH_GAP_TOLERANCE else "MISMATCH"
         log(f"bundle vs trainer ({name}): largest gap {gap:.5f} [{status}]")
-    return {"ranking": ranking, "drift_ours": drift_ours, "gaps": gaps}
+    return {"ranking": ranking, "drift_ours": drift_ours, "gaps": gaps,
+            "drift_b_ours": drift_b_ours}
 
 
 def write_outputs(bundle: InterestModelBundle, report: dict[str, Any], drift: DriftResult,
@@ -149,7 +158,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
                          **registry.snapshot_tags(report.snapshot)})
         registry.log_history(rec.history)
         registry.log_metrics_tree({"trainer": rec.metrics, "bundle": report.bundle_metrics})
-        registry.log_metrics_tree({"drift": drift.metrics, "timing": rec.timings})
+        registry.log_metrics_tree({"drift": drift.metrics, "drift_unseen": drift.metrics_unseen,
+                                   "timing": {**rec.timings, **drift.timings}})
         for key in ("quality", "tables", "drift_cases"):
             mlflow.log_artifact(str(report.outputs[key]))
         model_uri = registry.log_bundle_model(report.outputs["bundle"])
@@ -159,6 +169,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
     headline = {"val_ndcg@10": report.bundle_metrics["ranking"]["val"]["ndcg@10"],
                 "test_ndcg@10": test["ndcg@10"], "test_hr@10": test["hr@10"],
                 "drift_f1": float(report.quality["drift"]["ours"]["f1"] or 0.0)}
+    if report.quality.get("drift_unseen"):
+        headline["drift_unseen_f1"] = float(report.quality["drift_unseen"]["ours"]["f1"] or 0.0)
     version = registry.register(target, model_uri, report.fingerprint, headline,
                                 {"config": config.run.name, "run_id": run.info.run_id,
                                  **registry.snapshot_tags(report.snapshot)})
@@ -194,8 +206,12 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     rec = train_recommender(config.recommender, dataset, torch_device, seed, progress)
     done("recommender trained")
     _, split = prepare_split(dataset, config.recommender.max_users)
+    heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
+                              rec.item_text_embeddings, config.recommender.train_config(),
+                              config.drift, torch_device, seed, progress)
+               if config.drift.unseen_view else None)
     drift = train_and_evaluate_drift(rec.model, rec.item_text_embeddings, split.train,
-                                     config.drift, seed, torch_device, progress)
+                                     config.drift, seed, torch_device, progress, heldout)
     done("drift head trained and compared")
     topics = item_topics(dataset, rec.item_text_embeddings, config)
     bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device)
@@ -203,10 +219,11 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     checked = evaluate_bundle(bundle, rec, drift, dataset, config, log)
     done("bundle built and evaluated")
     drift_rows = {**drift.metrics, "ours": checked["drift_ours"]}
+    unseen_rows = dict(drift.metrics_unseen)
     report_doc = quality.quality_table(checked["ranking"]["test"], rec.metrics, drift_rows,
                                        time.perf_counter() - start, device_name(torch_device),
-                                       dataset=quality.describe_snapshot(summary))
-    tables = quality.format_tables(report_doc, drift_rows)
+                                       unseen_rows, dataset=quality.describe_snapshot(summary))
+    tables = quality.format_tables(report_doc, drift_rows, unseen_rows)
     log(tables)
     report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint, summary)
     report.outputs = write_outputs(bundle, report_doc, drift, tables, config)

@@ -82,8 +82,10 @@ def describe_snapshot(summary: Mapping[str, Any]) -> str:
 
 def quality_table(ours: Mapping[str, float], trainer_metrics: Mapping[str, Any],
                   drift: Mapping[str, Mapping[str, Any]], train_seconds: float, device: str,
+                  drift_unseen: Mapping[str, Mapping[str, Any]] | None = None,
                   dataset: str = "store snapshot") -> dict[str, Any]:
-    """The bench/results/quality.json document (test split figures)."""
+    """The bench/results/quality.json document (test split figures). ``drift``: seen users,
+    generator A; ``drift_unseen``: unseen users, generator B (the headline), same rows."""
     models = {"ours": _pick(ours, RANKING_KEYS)}
     for name in ("sasrec_id", "pop"):
         if name in trainer_metrics:
@@ -91,6 +93,8 @@ def quality_table(ours: Mapping[str, float], trainer_metrics: Mapping[str, Any],
     return {
         "dataset": dataset, "protocol": PROTOCOL, "models": models,
         "drift": {name: _pick(drift[name], DRIFT_KEYS) for name in DRIFT_ROWS if name in drift},
+        **({"drift_unseen": {name: _pick(drift_unseen[name], DRIFT_KEYS) for name in DRIFT_ROWS
+                             if name in drift_unseen}} if drift_unseen else {}),
         "train_seconds": round(train_seconds, 1), "device": device,
     }
 
@@ -99,8 +103,8 @@ def _pick(values: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float | N
     return {k: None if values.get(k) is None else round(float(values[k]), 6) for k in keys}
 
 
-def format_tables(quality: Mapping[str, Any], drift_all: Mapping[str, Mapping[str, Any]]
-                  ) -> str:
+def format_tables(quality: Mapping[str, Any], drift_all: Mapping[str, Mapping[str, Any]],
+                  drift_unseen: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """Human-readable comparison: ranking rows next to the anchor, then every drift row."""
     lines = [f"next-item, test split ({quality['dataset']}, full ranking)",
              f"{'model':<34}" + "".join(f"{k:>16}" for k in RANKING_KEYS)]
@@ -112,6 +116,11 @@ def format_tables(quality: Mapping[str, Any], drift_all: Mapping[str, Mapping[st
               f"{'detector':<34}" + "".join(f"{k:>16}" for k in DRIFT_KEYS)]
     for name, values in drift_all.items():
         lines.append(f"{name:<34}" + "".join(_cell(values.get(k)) for k in DRIFT_KEYS))
+    if drift_unseen:
+        lines += ["", "interest drift, UNSEEN evaluation users, splice generator B (headline)",
+                  f"{'detector':<34}" + "".join(f"{k:>16}" for k in DRIFT_KEYS)]
+        for name, values in drift_unseen.items():
+            lines.append(f"{name:<34}" + "".join(_cell(values.get(k)) for k in DRIFT_KEYS))
     return "\n".join(lines)
 
 
