@@ -118,7 +118,7 @@ def _ingest(factory: sessionmaker[Session], events: list[dict[str, Any]]) -> Non
                                 Settings())
 
 
-def _wait_for_lock_wait(factory: sessionmaker[Session], timeout: float = 10.0) -> None:
+def _wait_for_lock_wait(factory: sessionmaker[Session], timeout: float = 30.0) -> None:
     """Until some session of this database waits on a lock (PostgreSQL)."""
     deadline = time.monotonic() + timeout
     with factory() as session:
