@@ -133,12 +133,19 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def _resumable(setting: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: everything but ``max_epochs`` (a run
+    may be resumed with a larger epoch budget)."""
+    train = {k: v for k, v in setting.get("train", {}).items() if k != "max_epochs"}
+    return {**setting, "train": train}
+
+
 def _load_checkpoint(path: Path | None, setting: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint at ``path`` when it was written by a run of the same ``setting``."""
     if path is None or not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
-    return state if state.get("setting") == setting else None
+    return state if _resumable(state.get("setting", {})) == _resumable(setting) else None
 
 
 def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
@@ -175,10 +182,11 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         generator.set_state(resumed["generator"])
         rng.bit_generator.state = resumed["numpy_rng"]
         torch.set_rng_state(resumed["torch_rng"])
-        first_epoch, finished = resumed["epoch"] + 1, resumed["finished"]
+        first_epoch = resumed["epoch"] + 1
+        finished = bad_epochs >= config.patience  # stopped early; else up to max_epochs
         if log is not None:
             log(f"{name}: resumed from {checkpoint} after epoch {resumed['epoch']}"
-                f"{' (finished)' if finished else ''}")
+                f"{' (stopped early)' if finished else ''}")
     epochs = tqdm(range(first_epoch, config.max_epochs + 1), desc=name,
                   disable=not progress or finished)
     for epoch in [] if finished else epochs:
