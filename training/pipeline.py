@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from training.registry import MlflowTarget, PromotionDecision
 
 Log = Callable[[str], None]
 PATH_GAP_TOLERANCE = 2e-3  # bundle vs trainer metrics: float/bf16 noise only
+CHECKPOINT_DIR = "var/checkpoints"  # <this>/<run name>/<fingerprint>: resumable stages
 
 
 @dataclass
@@ -71,6 +73,27 @@ def item_topics(dataset: InteractionSnapshot, embeddings: torch.Tensor, config: 
     categories = [item.categories for item in dataset.items]
     return build_topics(embeddings[1:].numpy(), categories, [i.title for i in dataset.items],
                         config.run.topic_clusters, config.run.seed)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def checkpoint_dir(config: TrainingConfig, fingerprint: str) -> Path:
+    """Where a run of ``config`` on the data ``fingerprint`` keeps its checkpoints."""
+    return PROJECT_ROOT / CHECKPOINT_DIR / config.run.name / fingerprint[:16]
+
+
+def import_seconds(config: TrainingConfig) -> float | None:
+    """``total_seconds`` of the import benchmark named by ``run.import_results``, if any."""
+    if not config.run.import_results:
+        return None
+    path = PROJECT_ROOT / config.run.import_results
+    try:
+        return float(json.loads(path.read_text())["total_seconds"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_snapshot(database_url: str | None = None, until: datetime | None = None
@@ -181,10 +204,14 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                  promote: bool = False, force: bool = False, progress: bool = True,
                  target: MlflowTarget | None = None, log: Log = print,
                  snapshot: InteractionSnapshot | None = None, database_url: str | None = None,
-                 until: datetime | None = None) -> TrainingReport:
+                 until: datetime | None = None, resume: bool = True) -> TrainingReport:
     """Train on a snapshot of the store (read here unless given), evaluate through the bundle,
     write outputs, log to MLflow, register, and promote through the fair gate
-    (``training.gate``: new version and champion scored on this snapshot's holdout)."""
+    (``training.gate``: new version and champion scored on this snapshot's holdout).
+
+    The encoder and the sequence models checkpoint under ``var/checkpoints/<run>/<data>/``; a
+    run of the same config on the same data resumes from there (``resume=False``: start over).
+    The checkpoints are removed once the run's outputs are written."""
     start = time.perf_counter()
 
     def done(stage: str) -> None:
@@ -203,7 +230,12 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         f"fingerprint {fingerprint[:12]}")
     done("store snapshot read")
     log(f"training '{config.run.name}' on {torch_device} (seed {seed})")
-    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress)
+    checkpoints = checkpoint_dir(config, fingerprint)
+    if not resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    log(f"checkpoints: {checkpoints}")
+    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress,
+                            checkpoint_dir=checkpoints, log=log)
     done("recommender trained")
     _, split = prepare_split(dataset, config.recommender.max_users)
     heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
@@ -212,7 +244,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                if config.drift.unseen_view else None)
     drift = train_and_evaluate_drift(rec.model, rec.item_text_embeddings, split.train,
                                      config.drift, seed, torch_device, progress, heldout)
-    done("drift head trained and compared")
+    done("drift head trained and compared "
+         f"({', '.join(f'{k} {v:.0f} s' for k, v in drift.timings.items())})")
     topics = item_topics(dataset, rec.item_text_embeddings, config)
     bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device)
     bundle.smoke_test()
@@ -222,14 +255,27 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     unseen_rows = dict(drift.metrics_unseen)
     report_doc = quality.quality_table(checked["ranking"]["test"], rec.metrics, drift_rows,
                                        time.perf_counter() - start, device_name(torch_device),
-                                       unseen_rows, dataset=quality.describe_snapshot(summary))
+                                       unseen_rows, dataset=quality.describe_snapshot(summary),
+                                       anchors=config.run.anchors)
+    report_doc["stage_seconds"] = {
+        **{k: round(v, 1) for k, v in rec.timings.items() if k.endswith("_s")},
+        "drift_s": round(drift.seconds, 1),
+        **{f"drift_{k}_s": round(v, 1) for k, v in drift.timings.items()}}
+    report_doc["epochs"] = {name: {"run": int(rec.timings.get(f"{name}_epochs", 0)),
+                                   "best": int(epoch)} for name, epoch in rec.best_epochs.items()}
+    report_doc["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    seconds = import_seconds(config)
+    if seconds is not None:
+        report_doc["import_seconds"] = seconds
     tables = quality.format_tables(report_doc, drift_rows, unseen_rows)
     log(tables)
     report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint, summary)
     report.outputs = write_outputs(bundle, report_doc, drift, tables, config)
     report.bundle_dir = report.outputs["bundle"]
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the outputs are written: nothing to resume
     report.version = log_to_mlflow(report, rec, drift, config, target, register)
-    done(f"logged to MLflow ({target.tracking_uri}), run {report.run_id}")
+    done(f"logged to MLflow ({target.tracking_uri}), run {report.run_id}; "
+         f"peak RSS {peak_rss_mib():.0f} MiB")
     if report.version is not None:
         log(f"registered {target.model_name} v{report.version}")
         if promote:
