@@ -169,7 +169,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                  promote: bool = False, force: bool = False, progress: bool = True,
                  target: MlflowTarget | None = None, log: Log = print,
                  snapshot: InteractionSnapshot | None = None, database_url: str | None = None,
-                 until: datetime | None = None) -> TrainingReport:
+                 until: datetime | None = None, ray_workers: int = 0,
+                 ray_address: str | None = None) -> TrainingReport:
     """Train on a snapshot of the store (read here unless given), evaluate through the bundle,
     write outputs, log to MLflow, register, and promote through the fair gate
     (``training.gate``: new version and champion scored on this snapshot's holdout)."""
@@ -191,7 +192,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         f"fingerprint {fingerprint[:12]}")
     done("store snapshot read")
     log(f"training '{config.run.name}' on {torch_device} (seed {seed})")
-    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress)
+    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress,
+                            ray_workers=ray_workers, ray_address=ray_address)
     done("recommender trained")
     _, split = prepare_split(dataset, config.recommender.max_users)
     drift = train_and_evaluate_drift(rec.model, rec.item_text_embeddings, split.train,

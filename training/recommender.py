@@ -153,9 +153,13 @@ def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: 
 
 
 def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, device: torch.device,
-                      seed: int, progress: bool = True) -> RecommenderResult:
+                      seed: int, progress: bool = True, ray_workers: int = 0,
+                      ray_address: str | None = None) -> RecommenderResult:
     """Run the whole recommendation pipeline; metrics hold "ours", "sasrec_id" (unless
-    ``train_baseline`` is off) and "pop", each with "val" and "test" dicts."""
+    ``train_baseline`` is off) and "pop", each with "val" and "test" dicts.
+
+    `ray_workers` > 0: the sequence models train data-parallel on Ray Train
+    (training/distributed.py; the `ray` extra), the rest as in one process."""
     start = time.perf_counter()
     vocab, split = prepare_split(dataset, config.max_users)
     encoder, item_text, history = embed_items(config, dataset, split, device, seed, progress)
@@ -168,8 +172,15 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         content = name == "ours"  # sasrec_id: the same model with text and time features off
         model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim)
         model.set_item_text_embeddings(item_text)
-        runs[name] = train_sequence_model(model, split, config.train_config(), device, seed,
-                                          progress, name)
+        if ray_workers > 0:
+            from training.distributed import train_sequence_model_ray
+
+            runs[name] = train_sequence_model_ray(model, split, config.train_config(), device,
+                                                  seed, progress, name, workers=ray_workers,
+                                                  address=ray_address)
+        else:
+            runs[name] = train_sequence_model(model, split, config.train_config(), device,
+                                              seed, progress, name)
         metrics[name] = evaluate_model(runs[name].model, split, device)
         history.extend(runs[name].history)
         timings[f"{name}_s"] = time.perf_counter() - stage
