@@ -108,11 +108,13 @@ def scan_with_ray(settings: Settings, version: str, *, unchecked_only: bool = Fa
         sql = scan_source.users_to_scan_sql(engine, unchecked_only)
     finally:
         engine.dispose()
+    hash_fn = scan_source.shard_hash_function(settings.database_url)
+    sharding: dict[str, Any] = {"override_num_blocks": 1} if hash_fn is None else {
+        "shard_keys": [scan_source.SHARD_KEY], "shard_hash_fn": hash_fn,
+        "override_num_blocks": shards or max(2, 2 * int(cpus))}
     dataset = ray.data.read_sql(
         sql, functools.partial(scan_source.dbapi_connection, settings.database_url),
-        shard_keys=[scan_source.SHARD_KEY],
-        shard_hash_fn=scan_source.shard_hash_function(settings.database_url),
-        override_num_blocks=shards or max(2, 2 * int(cpus)), num_cpus=0.25)
+        num_cpus=0.25, **sharding)
     if gpus:  # GPU actors: one per GPU (batch_size is required with GPUs, ray #42340)
         pool, compute = {"num_gpus": 1}, gpus if actors is None else min(actors, gpus)
     else:  # leave a quarter CPU for the read tasks

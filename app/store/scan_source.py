@@ -29,9 +29,9 @@ def users_to_scan_sql(engine: Engine, unchecked_only: bool = False) -> str:
     return str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
 
 
-def shard_hash_function(database_url: str) -> str:
-    """The SQL hash Ray Data shards by (SQLite: any name; its read is one task)."""
-    return "hashtext" if make_url(database_url).get_backend_name() == "postgresql" else "MD5"
+def shard_hash_function(database_url: str) -> str | None:
+    """The SQL hash Ray Data shards by; None: the backend cannot shard (SQLite: one task)."""
+    return "hashtext" if make_url(database_url).get_backend_name() == "postgresql" else None
 
 
 def dbapi_connection(database_url: str) -> Any:
