@@ -90,3 +90,18 @@ def test_the_ray_scan_leaves_what_the_single_process_scan_leaves_and_resumes(
         finally:
             for engine in engines:
                 engine.dispose()
+
+
+def test_the_service_and_the_default_scan_never_import_ray() -> None:
+    import subprocess
+    import sys
+
+    from app.core.config import PROJECT_ROOT
+
+    code = ("import sys, app.main, app.__main__, app.services.drift_scan, training.pipeline; "
+            "app.main.create_app; "
+            "loaded = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; "
+            "assert not loaded, loaded")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
