@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="train on events up to this time (ISO-8601 or epoch seconds)")
         sub.add_argument("--force", action="store_true", help="promote even if it is worse")
     train.add_argument("--register", action="store_true", help="register a model version")
+    train.add_argument("--ray", action="store_true",
+                       help="train the sequence models on Ray Train (DDP; the `ray` extra)")
+    train.add_argument("--workers", type=int, default=2, help="with --ray: DDP workers")
+    train.add_argument("--address", default=None,
+                       help="with --ray: the cluster to join (default: start a local one)")
     train.add_argument("--promote", action="store_true",
                        help="move the champion alias to the new version if it is not worse")
     retrain.add_argument("--if-changed", action="store_true",
@@ -123,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         promote=args.command in ("ensure-champion", "retrain") or args.promote,
         force=getattr(args, "force", False), target=target, snapshot=snapshot,
         resume=not args.fresh,
+        ray_workers=args.workers if getattr(args, "ray", False) else 0,
+        ray_address=getattr(args, "address", None),
     )
     print(f"bundle: {report.bundle_dir}")
     if args.command == "ensure-champion" and not (report.promotion and report.promotion.promoted):

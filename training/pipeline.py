@@ -204,7 +204,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                  promote: bool = False, force: bool = False, progress: bool = True,
                  target: MlflowTarget | None = None, log: Log = print,
                  snapshot: InteractionSnapshot | None = None, database_url: str | None = None,
-                 until: datetime | None = None, resume: bool = True) -> TrainingReport:
+                 until: datetime | None = None, resume: bool = True, ray_workers: int = 0,
+                 ray_address: str | None = None) -> TrainingReport:
     """Train on a snapshot of the store (read here unless given), evaluate through the bundle,
     write outputs, log to MLflow, register, and promote through the fair gate
     (``training.gate``: new version and champion scored on this snapshot's holdout).
@@ -235,7 +236,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         shutil.rmtree(checkpoints)
     log(f"checkpoints: {checkpoints}")
     rec = train_recommender(config.recommender, dataset, torch_device, seed, progress,
-                            checkpoint_dir=checkpoints, log=log)
+                            checkpoint_dir=checkpoints, log=log, ray_workers=ray_workers,
+                            ray_address=ray_address)
     done("recommender trained")
     _, split = prepare_split(dataset, config.recommender.max_users)
     heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,

@@ -187,12 +187,15 @@ def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: 
 
 def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, device: torch.device,
                       seed: int, progress: bool = True, checkpoint_dir: Path | None = None,
-                      log: Callable[[str], None] | None = None) -> RecommenderResult:
+                      log: Callable[[str], None] | None = None, ray_workers: int = 0,
+                      ray_address: str | None = None) -> RecommenderResult:
     """Run the whole recommendation pipeline; metrics hold "ours", "sasrec_id" (unless
     ``train_baseline`` is off) and "pop", each with "val" and "test" dicts.
 
     checkpoint_dir: where the encoder and each sequence model keep their checkpoints (a run
-    interrupted there resumes from them; see ``training.sequence_trainer``)."""
+    interrupted there resumes from them; see ``training.sequence_trainer``).
+    `ray_workers` > 0: the sequence models train data-parallel on Ray Train
+    (training/distributed.py; the `ray` extra), the rest as in one process."""
     start = time.perf_counter()
     vocab, split = prepare_split(dataset, config.max_users)
 
@@ -214,8 +217,15 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim)
         model.set_item_text_embeddings(item_text)
         train_config = config.train_config() if content else config.baseline_train_config()
-        runs[name] = train_sequence_model(model, split, train_config, device, seed,
-                                          progress, name, checkpoint(name), log)
+        if ray_workers > 0:
+            from training.distributed import train_sequence_model_ray
+
+            runs[name] = train_sequence_model_ray(model, split, train_config, device,
+                                                  seed, progress, name, workers=ray_workers,
+                                                  address=ray_address)
+        else:
+            runs[name] = train_sequence_model(model, split, train_config, device, seed,
+                                              progress, name, checkpoint(name), log)
         metrics[name] = evaluate_model(runs[name].model, split, device)
         history.extend(runs[name].history)
         timings[f"{name}_s"] = time.perf_counter() - stage

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,26 @@ def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.
                                                 device=hidden.device))
 
 
+# A forward pass returning the loss of (items, times, targets): a DDP-wrapped module in the
+# distributed trainer (training/distributed.py); window_loss on the model by default.
+LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
                 optimizer: torch.optim.Optimizer, config: SequenceTrainConfig,
-                device: torch.device, generator: torch.Generator, progress: bool) -> float:
-    """One pass over shuffled windows; returns the mean training loss."""
+                device: torch.device, generator: torch.Generator, progress: bool,
+                forward: LossForward | None = None, shard: tuple[int, int] = (0, 1)) -> float:
+    """One pass over shuffled windows; returns the mean training loss.
+
+    `shard` = (rank, world size): every rank draws the same order and takes its share of each
+    batch, so a step of N data-parallel ranks sees the batch one process would (batches
+    smaller than N, at most the last one, are left out there)."""
     model.train()
+    rank, world = shard
     order = torch.randperm(len(windows), generator=generator)
     batches = order.split(config.batch_size)
+    if world > 1:
+        batches = tuple(b.tensor_split(world)[rank] for b in batches if len(b) >= world)
     total = 0.0
     for batch in tqdm(batches, desc="batches", leave=False, disable=not progress):
         items = windows.items[batch]
@@ -104,7 +118,9 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
         times = windows.times[batch].to(device)
         targets = windows.targets[batch].to(device)
         with autocast_context(device):
-            loss = window_loss(model, items, times, targets, config.loss_negatives, generator)
+            loss = (forward(items, times, targets) if forward is not None
+                    else window_loss(model, items, times, targets, config.loss_negatives,
+                                     generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -152,12 +168,15 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                          config: SequenceTrainConfig,
                          device: torch.device, seed: int, progress: bool = True,
                          name: str = "ours", checkpoint: Path | None = None,
-                         log: Any = None) -> SequenceTrainResult:
+                         log: Any = None, forward: LossForward | None = None,
+                         shard: tuple[int, int] = (0, 1)) -> SequenceTrainResult:
     """Train until validation NDCG@10 has not improved for ``patience`` epochs; return the
     best-validation model and the per-epoch history (loss, validation metrics, seconds).
 
     checkpoint: file for the training state after each epoch; resumed when it holds a run of
-    the same model, config and seed (``log``, if given, is told per epoch and on resume)."""
+    the same model, config and seed (``log``, if given, is told per epoch and on resume).
+    `forward`, `shard`: one rank of data-parallel training (training/distributed.py); every
+    rank validates the same synchronised weights, so all stop at the same epoch."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -193,7 +212,8 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         epoch_start = time.perf_counter()
         windows = (fixed_windows if fixed_windows is not None
                    else training_windows(shuffle_ties(split.train, rng), max_len))
-        loss = train_epoch(model, windows, optimizer, config, device, generator, progress)
+        loss = train_epoch(model, windows, optimizer, config, device, generator, progress,
+                           forward, shard)
         val = evaluate_model(model, split, device, parts=("val",))["val"]
         score = val[SELECT_METRIC]
         history.append({"model": name, "epoch": epoch, "train_loss": loss,

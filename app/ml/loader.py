@@ -103,8 +103,9 @@ def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path,
     source_key = hashlib.sha256(str(version.source).encode()).hexdigest()[:12]
     target = Path(cache_dir) / version.name / f"v{version.version}-{source_key}"
     if _model_dir(target) is None:
-        # A folder of this process's own: workers starting together download side by side
-        # instead of deleting each other's half-written files.
+        # A folder of this process's own: workers starting together (serve --workers N,
+        # replicas on one volume) each download beside the others, never into (or out from
+        # under) another's copy; the first to finish moves its copy in place.
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         partial.mkdir(parents=True)
         try:
@@ -114,11 +115,12 @@ def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path,
             location = client.get_model_version_download_uri(version.name, str(version.version))
             mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(partial),
                                                 tracking_uri=tracking_uri)
-            if _model_dir(target) is None:  # another process may have finished first
+            if _model_dir(target) is None:
+                shutil.rmtree(target, ignore_errors=True)  # a half copy of an older release
                 try:
                     partial.rename(target)  # a crash mid-download never leaves a half bundle
-                except OSError:
-                    if _model_dir(target) is None:  # not a concurrent finish: a real error
+                except OSError:  # another worker's copy got there first
+                    if _model_dir(target) is None:
                         raise
         finally:
             shutil.rmtree(partial, ignore_errors=True)
