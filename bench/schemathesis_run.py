@@ -57,16 +57,22 @@ CHECKS: list[Callable[..., Any]] = [not_a_server_error, status_code_conformance,
 
 
 def tiny_registry(root: Path) -> tuple[str, str]:
-    """Train configs/tiny.yaml and register + promote it: (registry URI, artifact root)."""
+    """Train configs/tiny.yaml from a store holding the tiny users (as the tests' fixture
+    does) and register + promote it: (registry URI, artifact root)."""
+    from app.store.migrate import upgrade_head
+    from tests.conftest import tiny_store
     from training.config import load_config
     from training.pipeline import run_training
     from training.registry import MlflowTarget
 
+    store_url = f"sqlite:///{root / 'store.db'}"
+    upgrade_head(store_url)
+    tiny_store(store_url)
     config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml")
     config.run.output_dir = str(root / "runs")
     target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
     run_training(config, device="cpu", register=True, promote=True, progress=False,
-                 target=target, log=lambda _: None)
+                 target=target, log=lambda _: None, database_url=store_url)
     return target.tracking_uri, str(root / "artifacts")
 
 
