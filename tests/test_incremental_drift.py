@@ -9,6 +9,7 @@ state gives must be the replay's over the same window, to float tolerance.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,16 @@ def _model_and_head(seed: int = 0, max_len: int = 8) -> tuple[SequenceInterestMo
         head.feature_mean.normal_()
         head.feature_std.uniform_(0.3, 2.0)
     return model.eval(), head.eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread, as a serving worker runs (tiny ops on a busy machine otherwise
+    spend their time in thread hand-offs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,12 @@ class IncrementalDrift:
         self.width = scorer.max_len
         self.stride = self.width // 2
 
+    def _eval(self) -> None:
+        # eval() walks every submodule: only when something left eval mode (training does)
+        if self.scorer.training or self.head.training:  # type: ignore[attr-defined]
+            self.scorer.eval()
+            self.head.eval()
+
     def _hidden_size(self) -> int:
         return int(self.scorer.item_table().shape[1])
 
@@ -110,8 +116,7 @@ class IncrementalDrift:
     def start(self, windows: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[DriftState]:
         """States after whole windows (model indices int64[n], epoch seconds float64[n]), as a
         replay computes them: one padded batch."""
-        self.scorer.eval()
-        self.head.eval()
+        self._eval()
         result: list[DriftState | None] = [None] * len(windows)
         full = [b for b, (idx, _) in enumerate(windows) if len(idx)]
         for b, (idx, _) in enumerate(windows):
@@ -148,8 +153,7 @@ class IncrementalDrift:
                ) -> list[DriftState]:
         """Each state with its new events (model indices, epoch seconds; oldest first, none
         earlier than the state's last) added: one batched step per new event position."""
-        self.scorer.eval()
-        self.head.eval()
+        self._eval()
         states = list(requests[b][0] for b in range(len(requests)))
         steps = max((len(new) for _, new, _ in requests), default=0)
         for j in range(steps):
