@@ -143,8 +143,11 @@ def find_drift(model: ServedModel, history: History, user_id: str | None = None
     window is replayed. The window is the last events up to `max_events`, its start moving in
     steps of half of that (app.ml.incremental.drift_window_start)."""
     bundle = model.bundle
-    trace = model.interest_states.trace(user_id, history.event_ids, history.item_ids,
-                                        history.timestamps, history.total)
+    states = getattr(model, "interest_states", None)
+    if states is None:  # a model object without incremental states (test doubles)
+        return _replayed_drift(model, history)
+    trace = states.trace(user_id, history.event_ids, history.item_ids, history.timestamps,
+                         history.total)
     probs = trace.probabilities
     change = bundle.change_point(probs, trace.surprise)
     n_topics = len(bundle.topics.names)
@@ -156,6 +159,22 @@ def find_drift(model: ServedModel, history: History, user_id: str | None = None
         event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, window)]
         before, after = drift_domain.interests_around(event_topics, position - trace.start,
                                                       n_topics)
+    return DriftFinding(history, probs, change, position, before, after)
+
+
+def _replayed_drift(model: ServedModel, history: History) -> DriftFinding:
+    """find_drift through the model's own `detect_drift` (the last `max_events` known events)."""
+    bundle = model.bundle
+    probs, change = model.detect_drift(history.item_ids, history.timestamps)
+    n_topics = len(bundle.topics.names)
+    before = after = np.zeros(n_topics)
+    position = None
+    if change is not None:
+        known = [i for i, item_id in enumerate(history.item_ids)
+                 if bundle.index_of(item_id) is not None]
+        position = known[-bundle.drift.max_events:][change.index]
+        event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, history.item_ids)]
+        before, after = drift_domain.interests_around(event_topics, position, n_topics)
     return DriftFinding(history, probs, change, position, before, after)
 
 
