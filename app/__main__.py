@@ -32,6 +32,14 @@ def main() -> None:
     scan.add_argument("--no-progress", action="store_true")
     scan.add_argument("--unchecked-only", action="store_true",
                       help="only users without any drift check yet (what bootstrap runs)")
+    scan.add_argument("--ray", action="store_true",
+                      help="run on Ray (the `ray` extra): shards of users, an actor pool")
+    scan.add_argument("--address", default=None,
+                      help="with --ray: the cluster to join (default: start a local one)")
+    scan.add_argument("--num-cpus", type=int, default=2,
+                      help="with --ray and no --address: CPUs of the local cluster")
+    scan.add_argument("--batch-size", type=int, default=64,
+                      help="with --ray: users per actor call (and per transaction)")
     args = parser.parse_args()
     settings = get_settings()
     configure_logging(settings)
@@ -39,7 +47,9 @@ def main() -> None:
         upgrade_head(settings.database_url)
         return
     if args.command == "drift-scan":
-        drift_scan(settings, progress=not args.no_progress, unchecked_only=args.unchecked_only)
+        drift_scan(settings, progress=not args.no_progress, unchecked_only=args.unchecked_only,
+                   ray_options={"address": args.address, "num_cpus": args.num_cpus,
+                                "batch_size": args.batch_size} if args.ray else None)
         return
     host = args.host or settings.host
     if not parse_api_keys(settings.api_keys) and host != LOOPBACK:
@@ -71,7 +81,9 @@ def connection_limits(settings: Settings) -> dict[str, Any]:
             "timeout_graceful_shutdown": settings.graceful_shutdown_seconds}
 
 
-def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False) -> None:
+def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False,
+               ray_options: dict[str, Any] | None = None) -> None:
+    """The batch scan; on Ray (app.services.drift_scan_ray) when `ray_options` are given."""
     from tqdm import tqdm
 
     from app.services.drift_scan import all_user_ids, scan_users
@@ -90,8 +102,16 @@ def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False)
     if manager.loaded is None:
         raise SystemExit(f"no model to scan with: {outcome.error}")
     with tqdm(total=len(users), unit="user", desc="drift scan", disable=not progress) as bar:
-        report = scan_users(factory, manager.current, users, on_user=lambda: bar.update(1),
-                            backfill=True)
+        if ray_options is None:
+            report = scan_users(factory, manager.current, users, on_user=lambda: bar.update(1),
+                                backfill=True)
+        else:
+            from app.services import drift_scan_ray
+
+            drift_scan_ray.init_ray(ray_options["address"], ray_options["num_cpus"])
+            report = drift_scan_ray.scan_with_ray(
+                settings, manager.current.version, unchecked_only=unchecked_only,
+                batch_size=ray_options["batch_size"], on_users=bar.update)
     engine.dispose()
     print(f"drift scan with {settings.model_name} v{manager.current.version}: "
           f"{report.drifts} of {report.users} users drifted"

@@ -36,7 +36,8 @@ WRONG = "not-a-k3y-at-all"
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
           "/dashboard/static/{name}"}
 # Explicit scopes where the method alone does not say it.
-SCOPES = {("POST", "/recommend"): "read", ("POST", "/models/reload"): "admin"}
+SCOPES = {("POST", "/recommend"): "read", ("POST", "/models/reload"): "admin",
+          ("DELETE", "/users/{user_id}"): "admin", ("DELETE", "/items/{item_id}"): "admin"}
 # A key holding everything but the scope.
 LACKING = {"read": WRITER, "write": READER, "admin": READ_WRITE}
 PATH_VALUES = {"user_id": "u1", "item_id": "m1", "name": "common.js"}

@@ -379,6 +379,9 @@ def _assert_user_view(tab: Tab, live: LiveService, user: str) -> None:
     assert rows.count() == 10
     served = live.get(f"/recommend/{user}", k=10)["items"]
     assert rows.first.locator("td").nth(2).inner_text() == served[0]["topic"]
+    # why: the recent history items most like it (issue 18, explanations)
+    reasons = [r["title"] or r["item_id"] for r in served[0]["because"]]
+    assert rows.first.locator("td").nth(3).inner_text() == ("; ".join(reasons) or "\u2014")
     tab.act(lambda: tab.page.select_option("#axis", "time"))
     assert parse_qs(urlparse(tab.page.url).query)["x"] == ["time"]
     dated = next(t for t in tab.chart("chart-timeline") if t.get("stackgroup"))["x"]

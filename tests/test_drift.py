@@ -245,3 +245,74 @@ def test_pipeline_runs_end_to_end_on_tiny_data() -> None:
         assert not set(result.groups[group]) & set(result.groups["evaluation"])
     assert result.metrics["never"]["recall"] == 0.0
     assert result.metrics["every_7"]["recall"] == 1.0
+
+
+def test_generator_b_pauses_at_the_join_keeps_some_of_a_and_stays_reproducible() -> None:
+    users = _users(30)
+    config = SpliceConfig(min_prefix=12, max_prefix=20, min_suffix=8, max_suffix=15, ramp=4,
+                          far_quantile=0.67, partner_rule="per_user", join="gap",
+                          keep_a=0.3, min_gap_s=86400.0, max_gap_s=2 * 86400.0)
+    cases = make_cases(users, _item_vectors(), config, {"abrupt": 3}, seed=5)
+    assert cases and cases == make_cases(users, _item_vectors(), config, {"abrupt": 3}, seed=5)
+    kept_a = 0
+    for case in cases:
+        c = case.change_point
+        assert case.from_b[c] == 1 and 86400.0 <= case.times[c] - case.times[c - 1] <= 172800.0
+        kept_a += sum(1 for b in case.from_b[c:] if b == 0)
+        assert len(case.items) <= config.max_unspliced
+    assert kept_a > 0  # a partial change: some of A's events come after the change
+
+
+def test_shift_features_are_causal_and_the_shift_head_is_a_drift_kind(tmp_path) -> None:
+    from app.ml.drift_shift import N_SHIFT_FEATURES, EmbeddingShiftHead, shift_features
+    from app.ml.parts import get_kind, load_part, save_part
+
+    model = _model(max_len=16)
+    items = torch.as_tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 25, 26, 27, 28, 29, 30]])
+    full = shift_features(items, model.item_text)
+    assert full.shape == (1, 16, N_SHIFT_FEATURES)
+    cut = shift_features(items[:, :11], model.item_text)
+    assert torch.allclose(full[:, :11], cut, atol=1e-5)
+    shift_1_30, shift_3_30 = full[0, :, 0], full[0, :, 1]
+    assert shift_1_30[10] > 0.9 and shift_1_30[9] < 0.01  # the jump to the other half
+    assert shift_3_30[12] > shift_3_30[11] > shift_3_30[10] > shift_3_30[9]
+    head = EmbeddingShiftHead(2 * N_SHIFT_FEATURES, gammas=[3.0, 2.0], spaces=["items", "text"])
+    assert get_kind("drift", "embedding-shift").cls is EmbeddingShiftHead
+    entry = save_part("drift", head, tmp_path)
+    loaded = load_part("drift", entry, tmp_path, torch.device("cpu"))
+    times = torch.arange(16, dtype=torch.float64).unsqueeze(0) * 60
+    assert torch.equal(loaded.traces(model, items, times).probabilities,
+                       head.traces(model, items, times).probabilities)
+    assert loaded.gammas == [3.0, 2.0] and loaded.spaces == ["items", "text"]
+
+
+def test_unseen_view_scores_generator_b_through_a_held_out_scorer() -> None:
+    config = DriftConfig.tiny()
+    config.splice = SPLICE
+    config.kind = "embedding-shift"
+    config.options = {"spaces": ["items", "text"], "surprise": True}
+    config.max_users = None
+    fitted: list[list[str]] = []
+
+    def heldout(user_ids: list[str]) -> SequenceInterestModel:
+        fitted.append(user_ids)
+        torch.manual_seed(1)
+        return _model(max_len=16)
+
+    result = train_and_evaluate_drift(_model(max_len=16), torch.as_tensor(_item_vectors()),
+                                      _users(48), config, seed=0, device=torch.device("cpu"),
+                                      progress=False, heldout=heldout)
+    # the held-out model fits on half the head-training users; the unseen head on the rest
+    assert fitted == [result.groups["heldout_scorer"]]
+    assert set(result.groups["heldout_scorer"]) | set(result.groups["train_oof"]) == \
+        set(result.groups["train"])
+    assert not set(result.groups["heldout_scorer"]) & set(result.groups["train_oof"])
+    assert all(c.user_a in result.groups["train_oof"] for c in result.cases["train_oof"])
+    assert set(result.by_protocol) == {"seen_a", "seen_b", "unseen_a", "unseen_b"}
+    assert result.metrics_unseen is result.by_protocol["unseen_b"]
+    assert {"ours", "adwin", "page_hinkley", "kernel_cpd"} <= set(result.metrics_unseen)
+    assert "threshold" in result.knobs_unseen  # the unseen pass calibrates its own threshold
+    assert result.unseen_calibration_alarms_per_1k is not None
+    assert result.unseen_calibration_alarms_per_1k <= config.target_alarms_per_1k
+    assert all(c.user_a in result.groups["evaluation"] for c in result.cases["evaluation_b"])
+    assert result.detector.spaces == ["items", "text"] and result.detector.surprise

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from app.domain.drift import ChangePoint
 from app.main import create_app
-from app.schemas.serving import RecommendationsOut, RecommendedItem
+from app.schemas.serving import Reason, RecommendationsOut, RecommendedItem
 from app.services.caches import UserStateCache
 from app.services.change_feed import ChangeFeed
 from app.services.interests import (
@@ -114,12 +114,17 @@ def _id(prefix: str, n: int) -> str:
 
 def _ranking(n: int, k: int = 100) -> RememberedRanking:
     chosen = [(_id("i", n * k + j), float(j), f"Topic {j % 18}") for j in range(k)]
+    # why each is recommended: two history items (issue 18), as long as ids and titles go
+    because = [[(_id("h", (n * k + j) * 2 + r), 0.5 / (r + 1)) for r in range(2)]
+               for j in range(k)]
     response = RecommendationsOut(
         user_id=_id("u", n), model_version="1", drift_aware=True,
-        items=[RecommendedItem(item_id=item_id, title=f"T{n * k + j:06d}".ljust(500, "t"),
-                               score=score, topic=topic)
-               for j, (item_id, score, topic) in enumerate(chosen)])
-    return RememberedRanking(("feed", 1, n), chosen, True, response)
+        items=[RecommendedItem(
+            item_id=item_id, title=f"T{n * k + j:06d}".ljust(500, "t"), score=score, topic=topic,
+            because=[Reason(item_id=h, title=f"H{h}".ljust(500, "h")[:500], similarity=sim)
+                     for h, sim in because[j]])
+            for j, (item_id, score, topic) in enumerate(chosen)])
+    return RememberedRanking(("feed", 1, n), chosen, True, response, because)
 
 
 def _drift(n: int) -> _RememberedDrift:

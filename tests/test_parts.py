@@ -279,6 +279,35 @@ def test_training_finds_a_trainer_by_kind_and_reads_probabilities_like_the_bundl
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_an_embedding_shift_detector_trained_here_serves_the_probabilities_it_was_scored_on(
+        format1: InterestModelBundle, tmp_path: Path) -> None:
+    from app.ml.drift_shift import EmbeddingShiftHead
+    from training.drift.pipeline import DriftConfig
+    from training.drift.splicing import DriftCase
+    from training.drift.trainer import case_features, drift_trainer
+
+    scorer = format1.sequence_model
+    index = [format1.index_of(i) for i in HISTORY]
+    lengths = (16, 9, 12)
+    cases = [DriftCase("abrupt", "u", "v", 6, index[:n], TIMES[:n]) for n in lengths]
+    features = case_features(scorer, cases, scorer.item_text, torch.device("cpu"))
+    config = DriftConfig.from_dict({"kind": "embedding-shift", "head": {"epochs": 1},
+                                    "options": {"spaces": ["items", "text"], "surprise": True},
+                                    "min_events": 2})
+    trainer = drift_trainer(config.kind)
+    detector = trainer.fit(scorer, features, cases, config, 0, torch.device("cpu"), False)
+    assert isinstance(detector, EmbeddingShiftHead)
+    evaluated = trainer.probabilities(detector, scorer, features, cases, torch.device("cpu"))
+    bundle = InterestModelBundle.load(
+        dataclasses.replace(format1, drift_detector=detector).save(tmp_path / "b"))
+    assert _manifest(tmp_path / "b")["parts"]["drift"]["kind"] == "embedding-shift"
+    served = bundle.drift_traces_batch([HISTORY[:n] for n in lengths],
+                                       [TIMES[:n] for n in lengths])
+    for (probs, surprise), e, f in zip(served, evaluated, features, strict=True):
+        np.testing.assert_allclose(probs, e, atol=1e-5)
+        np.testing.assert_allclose(surprise, f[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ layering
 def _outside_model_code(module: str) -> bool:
     """app.* beyond app.ml / app.domain (core, services, store, api, main), or training."""

@@ -37,6 +37,8 @@ class RunConfig:
     output_dir: str = "var/runs"  # run outputs (bundle, tables) go to <output_dir>/<name>
     quality_json: str | None = None  # also publish the quality table here (full data only)
     topic_clusters: int = 20  # k-means topics when the catalogue has no categories
+    anchors: str = "ml-100k"  # published reference rows printed beside ours (training.quality)
+    import_results: str | None = None  # import benchmark JSON whose total_seconds is reported
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -25,12 +26,14 @@ from app.store.db import make_engine
 from training import quality, registry
 from training.config import TrainingConfig
 from training.data.store import InteractionSnapshot, read_snapshot
+from training.drift.heldout import heldout_scorer
 from training.drift.pipeline import DriftResult, train_and_evaluate_drift
 from training.recommender import RecommenderResult, prepare_split, train_recommender
 from training.registry import MlflowTarget, PromotionDecision
 
 Log = Callable[[str], None]
 PATH_GAP_TOLERANCE = 2e-3  # bundle vs trainer metrics: float/bf16 noise only
+CHECKPOINT_DIR = "var/checkpoints"  # <this>/<run name>/<fingerprint>: resumable stages
 
 
 @dataclass
@@ -72,6 +75,27 @@ def item_topics(dataset: InteractionSnapshot, embeddings: torch.Tensor, config: 
                         config.run.topic_clusters, config.run.seed)
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def checkpoint_dir(config: TrainingConfig, fingerprint: str) -> Path:
+    """Where a run of ``config`` on the data ``fingerprint`` keeps its checkpoints."""
+    return PROJECT_ROOT / CHECKPOINT_DIR / config.run.name / fingerprint[:16]
+
+
+def import_seconds(config: TrainingConfig) -> float | None:
+    """``total_seconds`` of the import benchmark named by ``run.import_results``, if any."""
+    if not config.run.import_results:
+        return None
+    path = PROJECT_ROOT / config.run.import_results
+    try:
+        return float(json.loads(path.read_text())["total_seconds"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def load_snapshot(database_url: str | None = None, until: datetime | None = None
                   ) -> InteractionSnapshot:
     """Read the store (``DRIFTREC_DATABASE_URL`` unless given), events up to ``until``."""
@@ -93,7 +117,8 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
         encoder=rec.encoder.to(device), sequence_model=rec.model.to(device),
         drift_detector=drift.detector.to(device), drift=settings, item_ids=list(rec.item_ids),
         topics=topics, dataset_fingerprint=fingerprint, training_config=config.to_dict(),
-        metrics={"recommender": rec.metrics, "drift": drift.metrics},
+        metrics={"recommender": rec.metrics, "drift": drift.metrics,
+                 "drift_unseen": drift.metrics_unseen},
     )
 
 
@@ -110,10 +135,17 @@ def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: 
                                 quality.RANKING_KEYS),
         "drift": quality.max_gap(drift_ours, drift.metrics["ours"], quality.DRIFT_KEYS),
     }
+    # The served detector on the generator-B cases too (the evaluated seen_b row).
+    drift_b_ours = quality.bundle_drift_metrics(bundle, drift.cases["evaluation_b"],
+                                                config.drift.margin)
+    if "seen_b" in drift.by_protocol:
+        gaps["drift_b"] = quality.max_gap(drift_b_ours, drift.by_protocol["seen_b"]["ours"],
+                                          quality.DRIFT_KEYS)
     for name, gap in gaps.items():
         status = "ok" if gap <= PATH_GAP_TOLERANCE else "MISMATCH"
         log(f"bundle vs trainer ({name}): largest gap {gap:.5f} [{status}]")
-    return {"ranking": ranking, "drift_ours": drift_ours, "gaps": gaps}
+    return {"ranking": ranking, "drift_ours": drift_ours, "gaps": gaps,
+            "drift_b_ours": drift_b_ours}
 
 
 def write_outputs(bundle: InterestModelBundle, report: dict[str, Any], drift: DriftResult,
@@ -149,7 +181,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
                          **registry.snapshot_tags(report.snapshot)})
         registry.log_history(rec.history)
         registry.log_metrics_tree({"trainer": rec.metrics, "bundle": report.bundle_metrics})
-        registry.log_metrics_tree({"drift": drift.metrics, "timing": rec.timings})
+        registry.log_metrics_tree({"drift": drift.metrics, "drift_unseen": drift.metrics_unseen,
+                                   "timing": {**rec.timings, **drift.timings}})
         for key in ("quality", "tables", "drift_cases"):
             mlflow.log_artifact(str(report.outputs[key]))
         model_uri = registry.log_bundle_model(report.outputs["bundle"])
@@ -159,6 +192,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
     headline = {"val_ndcg@10": report.bundle_metrics["ranking"]["val"]["ndcg@10"],
                 "test_ndcg@10": test["ndcg@10"], "test_hr@10": test["hr@10"],
                 "drift_f1": float(report.quality["drift"]["ours"]["f1"] or 0.0)}
+    if report.quality.get("drift_unseen"):
+        headline["drift_unseen_f1"] = float(report.quality["drift_unseen"]["ours"]["f1"] or 0.0)
     version = registry.register(target, model_uri, report.fingerprint, headline,
                                 {"config": config.run.name, "run_id": run.info.run_id,
                                  **registry.snapshot_tags(report.snapshot)})
@@ -169,10 +204,15 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                  promote: bool = False, force: bool = False, progress: bool = True,
                  target: MlflowTarget | None = None, log: Log = print,
                  snapshot: InteractionSnapshot | None = None, database_url: str | None = None,
-                 until: datetime | None = None) -> TrainingReport:
+                 until: datetime | None = None, resume: bool = True, ray_workers: int = 0,
+                 ray_address: str | None = None) -> TrainingReport:
     """Train on a snapshot of the store (read here unless given), evaluate through the bundle,
     write outputs, log to MLflow, register, and promote through the fair gate
-    (``training.gate``: new version and champion scored on this snapshot's holdout)."""
+    (``training.gate``: new version and champion scored on this snapshot's holdout).
+
+    The encoder and the sequence models checkpoint under ``var/checkpoints/<run>/<data>/``; a
+    run of the same config on the same data resumes from there (``resume=False``: start over).
+    The checkpoints are removed once the run's outputs are written."""
     start = time.perf_counter()
 
     def done(stage: str) -> None:
@@ -191,28 +231,53 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         f"fingerprint {fingerprint[:12]}")
     done("store snapshot read")
     log(f"training '{config.run.name}' on {torch_device} (seed {seed})")
-    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress)
+    checkpoints = checkpoint_dir(config, fingerprint)
+    if not resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    log(f"checkpoints: {checkpoints}")
+    rec = train_recommender(config.recommender, dataset, torch_device, seed, progress,
+                            checkpoint_dir=checkpoints, log=log, ray_workers=ray_workers,
+                            ray_address=ray_address)
     done("recommender trained")
     _, split = prepare_split(dataset, config.recommender.max_users)
+    heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
+                              rec.item_text_embeddings, config.recommender.train_config(),
+                              config.drift, torch_device, seed, progress)
+               if config.drift.unseen_view else None)
     drift = train_and_evaluate_drift(rec.model, rec.item_text_embeddings, split.train,
-                                     config.drift, seed, torch_device, progress)
-    done("drift head trained and compared")
+                                     config.drift, seed, torch_device, progress, heldout)
+    done("drift head trained and compared "
+         f"({', '.join(f'{k} {v:.0f} s' for k, v in drift.timings.items())})")
     topics = item_topics(dataset, rec.item_text_embeddings, config)
     bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device)
     bundle.smoke_test()
     checked = evaluate_bundle(bundle, rec, drift, dataset, config, log)
     done("bundle built and evaluated")
     drift_rows = {**drift.metrics, "ours": checked["drift_ours"]}
+    unseen_rows = dict(drift.metrics_unseen)
     report_doc = quality.quality_table(checked["ranking"]["test"], rec.metrics, drift_rows,
                                        time.perf_counter() - start, device_name(torch_device),
-                                       dataset=quality.describe_snapshot(summary))
-    tables = quality.format_tables(report_doc, drift_rows)
+                                       unseen_rows, dataset=quality.describe_snapshot(summary),
+                                       anchors=config.run.anchors)
+    report_doc["stage_seconds"] = {
+        **{k: round(v, 1) for k, v in rec.timings.items() if k.endswith("_s")},
+        "drift_s": round(drift.seconds, 1),
+        **{f"drift_{k}_s": round(v, 1) for k, v in drift.timings.items()}}
+    report_doc["epochs"] = {name: {"run": int(rec.timings.get(f"{name}_epochs", 0)),
+                                   "best": int(epoch)} for name, epoch in rec.best_epochs.items()}
+    report_doc["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    seconds = import_seconds(config)
+    if seconds is not None:
+        report_doc["import_seconds"] = seconds
+    tables = quality.format_tables(report_doc, drift_rows, unseen_rows)
     log(tables)
     report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint, summary)
     report.outputs = write_outputs(bundle, report_doc, drift, tables, config)
     report.bundle_dir = report.outputs["bundle"]
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the outputs are written: nothing to resume
     report.version = log_to_mlflow(report, rec, drift, config, target, register)
-    done(f"logged to MLflow ({target.tracking_uri}), run {report.run_id}")
+    done(f"logged to MLflow ({target.tracking_uri}), run {report.run_id}; "
+         f"peak RSS {peak_rss_mib():.0f} MiB")
     if report.version is not None:
         log(f"registered {target.model_name} v{report.version}")
         if promote:

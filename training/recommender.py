@@ -4,8 +4,11 @@ our sequence model and the ``sasrec_id`` baseline, evaluate them and the most-po
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,8 +71,11 @@ class RecommenderConfig:
     grad_clip: float = 5.0
     shuffle_ties: bool = True  # re-draw the order of same-second training events each epoch
     item_dropout: float = 0.0  # probability of hiding a training input item
+    loss_negatives: int = 0  # 0 = full softmax over the catalogue; K = sampled softmax over
+    # the target and K uniformly drawn items (a cheaper loss for large catalogues / long windows)
     # baselines
     train_baseline: bool = True  # also train sasrec_id (same code, text/time off)
+    baseline_max_epochs: int | None = None  # cap sasrec_id's epochs (None: max_epochs)
 
     @classmethod
     def tiny(cls) -> RecommenderConfig:
@@ -102,7 +108,15 @@ class RecommenderConfig:
             learning_rate=self.learning_rate, weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
             average_top_k=self.average_top_k, grad_clip=self.grad_clip,
-            shuffle_ties=self.shuffle_ties, item_dropout=self.item_dropout)
+            shuffle_ties=self.shuffle_ties, item_dropout=self.item_dropout,
+            loss_negatives=self.loss_negatives)
+
+    def baseline_train_config(self) -> SequenceTrainConfig:
+        """sasrec_id's optimisation: the same, with ``baseline_max_epochs`` when set."""
+        config = self.train_config()
+        if self.baseline_max_epochs is not None:
+            config.max_epochs = self.baseline_max_epochs
+        return config
 
     def encoder_config(self) -> EncoderTrainConfig:
         return EncoderTrainConfig(
@@ -136,30 +150,64 @@ def prepare_split(dataset: InteractionSnapshot, max_users: int | None
 
 
 def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: LeaveOneOutSplit,
-                device: torch.device, seed: int,
-                progress: bool) -> tuple[ItemTextEncoder, torch.Tensor, list[dict[str, Any]]]:
+                device: torch.device, seed: int, progress: bool,
+                checkpoint: Path | None = None, log: Callable[[str], None] | None = None
+                ) -> tuple[ItemTextEncoder, torch.Tensor, list[dict[str, Any]]]:
     """Fine-tune the encoder on the training parts, then embed every catalogue item.
 
     Returns (encoder, item text embeddings FloatTensor[N + 1, 384] with row 0 = zeros, the
-    encoder's per-step history).
+    encoder's per-step history). With ``checkpoint``, the fine-tuned weights and embeddings are
+    saved there, and read back instead of fine-tuning again when they are of the same setting.
     """
     texts = [item.text for item in dataset.items]  # vocabulary order: index i = texts[i - 1]
     encoder = ItemTextEncoder.pretrained(device, config.encoder_num_layers,
                                          config.encoder_max_length)
+    setting = {"seed": seed, "encoder": asdict(config.encoder_config()),
+               "num_layers": config.encoder_num_layers, "max_length": config.encoder_max_length,
+               "texts": len(texts), "users": len(split.train)}
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("setting") == setting:
+            encoder.load_state_dict(state["encoder"])
+            encoder.to(device).eval()
+            if log is not None:
+                log(f"encoder: resumed from {checkpoint}")
+            return encoder, state["item_text"], state["history"]
     run = finetune_encoder(encoder, texts, split.train, config.encoder_config(), device, seed,
                            progress)
     item_text = torch.cat([torch.zeros(1, encoder.dim), encoder.embed(texts)])
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        partial = checkpoint.with_name(checkpoint.name + ".partial")
+        torch.save({"setting": setting, "encoder": encoder.state_dict(), "item_text": item_text,
+                    "history": run.history}, partial)
+        os.replace(partial, checkpoint)
     return encoder, item_text, run.history
 
 
 def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, device: torch.device,
-                      seed: int, progress: bool = True) -> RecommenderResult:
+                      seed: int, progress: bool = True, checkpoint_dir: Path | None = None,
+                      log: Callable[[str], None] | None = None, ray_workers: int = 0,
+                      ray_address: str | None = None) -> RecommenderResult:
     """Run the whole recommendation pipeline; metrics hold "ours", "sasrec_id" (unless
-    ``train_baseline`` is off) and "pop", each with "val" and "test" dicts."""
+    ``train_baseline`` is off) and "pop", each with "val" and "test" dicts.
+
+    checkpoint_dir: where the encoder and each sequence model keep their checkpoints (a run
+    interrupted there resumes from them; see ``training.sequence_trainer``).
+    `ray_workers` > 0: the sequence models train data-parallel on Ray Train
+    (training/distributed.py; the `ray` extra), the rest as in one process."""
     start = time.perf_counter()
     vocab, split = prepare_split(dataset, config.max_users)
-    encoder, item_text, history = embed_items(config, dataset, split, device, seed, progress)
+
+    def checkpoint(name: str) -> Path | None:
+        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{name}.pt"
+
+    encoder, item_text, history = embed_items(config, dataset, split, device, seed, progress,
+                                              checkpoint("encoder"), log)
+    history = list(history)
     timings = {"encoder_s": time.perf_counter() - start}
+    if log is not None:
+        log(f"encoder fine-tuned and items embedded: {timings['encoder_s']:.0f} s")
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     runs: dict[str, SequenceTrainResult] = {}
     for name in ["ours", "sasrec_id"] if config.train_baseline else ["ours"]:
@@ -168,11 +216,25 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         content = name == "ours"  # sasrec_id: the same model with text and time features off
         model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim)
         model.set_item_text_embeddings(item_text)
-        runs[name] = train_sequence_model(model, split, config.train_config(), device, seed,
-                                          progress, name)
+        train_config = config.train_config() if content else config.baseline_train_config()
+        if ray_workers > 0:
+            from training.distributed import train_sequence_model_ray
+
+            runs[name] = train_sequence_model_ray(model, split, train_config, device,
+                                                  seed, progress, name, workers=ray_workers,
+                                                  address=ray_address)
+        else:
+            runs[name] = train_sequence_model(model, split, train_config, device, seed,
+                                              progress, name, checkpoint(name), log)
         metrics[name] = evaluate_model(runs[name].model, split, device)
         history.extend(runs[name].history)
         timings[f"{name}_s"] = time.perf_counter() - stage
+        timings[f"{name}_epochs"] = len(runs[name].history)
+        if log is not None:
+            log(f"{name}: {len(runs[name].history)} epochs, best {runs[name].best_epoch}, "
+                f"test ndcg@10 {metrics[name]['test']['ndcg@10']:.4f} "
+                f"(masked {metrics[name]['test']['ndcg@10_masked']:.4f}), "
+                f"{timings[f'{name}_s']:.0f} s")
     metrics["pop"] = evaluate_popularity(split, vocab.n_items)
     timings["total_s"] = time.perf_counter() - start
     return RecommenderResult(

@@ -1,11 +1,19 @@
-"""Trainer for SequenceInterestModel: every-position full-softmax cross-entropy, Adam(W),
+"""Trainer for SequenceInterestModel: every-position cross-entropy (full softmax over the
+catalogue, or over ``loss_negatives`` uniformly sampled items shared by a batch), Adam(W),
 early stopping on validation NDCG@10, best-validation checkpoint (optionally the average of
-the top-k validation checkpoints, kept only if it scores better on validation)."""
+the top-k validation checkpoints, kept only if it scores better on validation).
+
+With ``checkpoint`` set, the whole training state (weights, optimiser, top-k states, history,
+random generators) is written there after every epoch, and a run that finds a checkpoint of
+the same setting resumes after its last epoch (a finished run is not trained again)."""
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +48,8 @@ class SequenceTrainConfig:
     grad_clip: float = 5.0  # max gradient norm (0 = off)
     shuffle_ties: bool = True  # re-draw the order of same-second training events every epoch
     item_dropout: float = 0.0  # probability of hiding an input item (its time stays visible)
+    loss_negatives: int = 0  # 0 = softmax over the whole catalogue; K > 0 = over the target
+    # and K items drawn uniformly (shared by the batch; a draw equal to the target is masked)
 
 
 @dataclass
@@ -53,21 +63,50 @@ class SequenceTrainResult:
 
 
 def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over all non-pad positions: inputs [B, L] -> scalar."""
+                targets: torch.Tensor, negatives: int = 0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean cross-entropy over all non-pad positions: inputs [B, L] -> scalar.
+
+    negatives = 0: full softmax over the catalogue. negatives = K > 0: sampled softmax over
+    the target and K items drawn uniformly from 1..N (one draw per batch, shared by every
+    position; a draw that equals a position's target is masked out there)."""
     real = targets > 0
     hidden = model(items, times)[real]  # [P, H]: scoring pads would waste ~20% of the compute
-    logits = model.item_logits(hidden)  # [P, N+1]
-    return F.cross_entropy(logits.float(), targets[real])
+    wanted = targets[real]
+    if negatives <= 0:
+        logits = model.item_logits(hidden)  # [P, N+1]
+        return F.cross_entropy(logits.float(), wanted)
+    table = model.item_table()  # [N+1, H]
+    drawn = torch.randint(1, model.n_items + 1, (negatives,), generator=generator)
+    drawn = drawn.to(hidden.device)
+    positive = (hidden * table[wanted].to(hidden.dtype)).sum(dim=-1, keepdim=True)  # [P, 1]
+    negative = hidden @ table[drawn].t().to(hidden.dtype)  # [P, K]
+    negative = negative.masked_fill(drawn.unsqueeze(0) == wanted.unsqueeze(1), -torch.inf)
+    logits = torch.cat([positive, negative], dim=1).float()
+    return F.cross_entropy(logits, torch.zeros(len(wanted), dtype=torch.long,
+                                                device=hidden.device))
+
+
+# A forward pass returning the loss of (items, times, targets): a DDP-wrapped module in the
+# distributed trainer (training/distributed.py); window_loss on the model by default.
+LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
                 optimizer: torch.optim.Optimizer, config: SequenceTrainConfig,
-                device: torch.device, generator: torch.Generator, progress: bool) -> float:
-    """One pass over shuffled windows; returns the mean training loss."""
+                device: torch.device, generator: torch.Generator, progress: bool,
+                forward: LossForward | None = None, shard: tuple[int, int] = (0, 1)) -> float:
+    """One pass over shuffled windows; returns the mean training loss.
+
+    `shard` = (rank, world size): every rank draws the same order and takes its share of each
+    batch, so a step of N data-parallel ranks sees the batch one process would (batches
+    smaller than N, at most the last one, are left out there)."""
     model.train()
+    rank, world = shard
     order = torch.randperm(len(windows), generator=generator)
     batches = order.split(config.batch_size)
+    if world > 1:
+        batches = tuple(b.tensor_split(world)[rank] for b in batches if len(b) >= world)
     total = 0.0
     for batch in tqdm(batches, desc="batches", leave=False, disable=not progress):
         items = windows.items[batch]
@@ -79,7 +118,9 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
         times = windows.times[batch].to(device)
         targets = windows.targets[batch].to(device)
         with autocast_context(device):
-            loss = window_loss(model, items, times, targets)
+            loss = (forward(items, times, targets) if forward is not None
+                    else window_loss(model, items, times, targets, config.loss_negatives,
+                                     generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -100,12 +141,42 @@ def average_states(states: list[StateDict]) -> StateDict:
     return mean
 
 
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (a crash mid-write leaves the previous checkpoint)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _resumable(setting: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: everything but ``max_epochs`` (a run
+    may be resumed with a larger epoch budget)."""
+    train = {k: v for k, v in setting.get("train", {}).items() if k != "max_epochs"}
+    return {**setting, "train": train}
+
+
+def _load_checkpoint(path: Path | None, setting: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when it was written by a run of the same ``setting``."""
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state if _resumable(state.get("setting", {})) == _resumable(setting) else None
+
+
 def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                          config: SequenceTrainConfig,
                          device: torch.device, seed: int, progress: bool = True,
-                         name: str = "ours") -> SequenceTrainResult:
+                         name: str = "ours", checkpoint: Path | None = None,
+                         log: Any = None, forward: LossForward | None = None,
+                         shard: tuple[int, int] = (0, 1)) -> SequenceTrainResult:
     """Train until validation NDCG@10 has not improved for ``patience`` epochs; return the
-    best-validation model and the per-epoch history (loss, validation metrics, seconds)."""
+    best-validation model and the per-epoch history (loss, validation metrics, seconds).
+
+    checkpoint: file for the training state after each epoch; resumed when it holds a run of
+    the same model, config and seed (``log``, if given, is told per epoch and on resume).
+    `forward`, `shard`: one rank of data-parallel training (training/distributed.py); every
+    rank validates the same synchronised weights, so all stop at the same epoch."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -118,18 +189,40 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     top: list[tuple[float, int, StateDict]] = []  # (val, epoch, cpu state), best first
     history: list[dict[str, Any]] = []
     bad_epochs = 0
-    epochs = tqdm(range(1, config.max_epochs + 1), desc=name, disable=not progress)
-    for epoch in epochs:
+    first_epoch, finished = 1, False
+    setting = {"name": name, "seed": seed, "train": asdict(config),
+               "model": asdict(model.config), "n_items": model.n_items,
+               "users": len(split.train)}
+    resumed = _load_checkpoint(checkpoint, setting)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        top, history, bad_epochs = resumed["top"], resumed["history"], resumed["bad_epochs"]
+        generator.set_state(resumed["generator"])
+        rng.bit_generator.state = resumed["numpy_rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        first_epoch = resumed["epoch"] + 1
+        finished = bad_epochs >= config.patience  # stopped early; else up to max_epochs
+        if log is not None:
+            log(f"{name}: resumed from {checkpoint} after epoch {resumed['epoch']}"
+                f"{' (stopped early)' if finished else ''}")
+    epochs = tqdm(range(first_epoch, config.max_epochs + 1), desc=name,
+                  disable=not progress or finished)
+    for epoch in [] if finished else epochs:
         epoch_start = time.perf_counter()
         windows = (fixed_windows if fixed_windows is not None
                    else training_windows(shuffle_ties(split.train, rng), max_len))
-        loss = train_epoch(model, windows, optimizer, config, device, generator, progress)
+        loss = train_epoch(model, windows, optimizer, config, device, generator, progress,
+                           forward, shard)
         val = evaluate_model(model, split, device, parts=("val",))["val"]
         score = val[SELECT_METRIC]
         history.append({"model": name, "epoch": epoch, "train_loss": loss,
                         **{f"val_{key}": value for key, value in val.items()},
                         "seconds": time.perf_counter() - epoch_start})
         epochs.set_postfix(loss=f"{loss:.3f}", val_ndcg=f"{score:.4f}")
+        if log is not None:
+            log(f"{name} epoch {epoch}: loss {loss:.4f}, val ndcg@10 {score:.4f}, "
+                f"{history[-1]['seconds']:.0f} s")
         if not top or score > top[0][0]:
             bad_epochs = 0
         else:
@@ -137,6 +230,14 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
         top = sorted([*top, (score, epoch, state)], key=lambda entry: -entry[0])
         top = top[: max(config.average_top_k, 1)]
+        finished = bad_epochs >= config.patience or epoch == config.max_epochs
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "setting": setting, "epoch": epoch, "finished": finished,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "top": top,
+                "history": history, "bad_epochs": bad_epochs,
+                "generator": generator.get_state(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state()})
         if bad_epochs >= config.patience:
             break
     best_val, best_epoch, best_state = top[0]

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # Histories per batched forward pass (1: no batching).
     max_inference_batch: int = Field(default=64, ge=1)
 
+    # Salt of the digest an erasure's log line carries instead of the user id; empty: the
+    # deployment's random salt, created in the store by migration 0003.
+    erasure_salt: str = Field(default="", repr=False)
+
     log_level: str = "INFO"
     # json: one object per line for log shippers; text: for a terminal.
     log_format: Literal["json", "text"] = "json"

@@ -167,6 +167,21 @@ class InterestModelBundle:
                                                                   strict=True)
                 if torch.isfinite(s)]
 
+    @torch.no_grad()
+    def item_vectors(self) -> np.ndarray:
+        """float32[N, H]: what the scorer scores each catalogue item by (row i = item_ids[i];
+        trained items: learned ID + text rows, cold-start items: their text rows)."""
+        return self.sequence_model.item_table()[1 : len(self.item_ids) + 1].float().cpu().numpy()
+
+    def text_vectors(self) -> np.ndarray:
+        """float32[N, D]: each catalogue item's text embedding (row i = item_ids[i])."""
+        return self.item_text_embeddings[1 : len(self.item_ids) + 1].float().cpu().numpy()
+
+    def is_trained(self, item_id: str) -> bool:
+        """Whether the scorer learned a row of its own for the item (not text alone)."""
+        index = self._index.get(item_id)
+        return index is not None and index <= self.sequence_model.n_items
+
     # ------------------------------------------------------------------- drift
     @torch.no_grad()
     def drift_traces_batch(self, histories: Sequence[Sequence[str]],

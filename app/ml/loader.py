@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,17 +103,27 @@ def download_bundle(version: ModelVersion, tracking_uri: str, cache_dir: Path,
     source_key = hashlib.sha256(str(version.source).encode()).hexdigest()[:12]
     target = Path(cache_dir) / version.name / f"v{version.version}-{source_key}"
     if _model_dir(target) is None:
-        partial = target.with_name(f"{target.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        # A folder of this process's own: workers starting together (serve --workers N,
+        # replicas on one volume) each download beside the others, never into (or out from
+        # under) another's copy; the first to finish moves its copy in place.
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         partial.mkdir(parents=True)
-        # Resolve the storage location with an explicit client: a models:/ URI would be
-        # resolved against MLflow's process-wide registry URI, not this one.
-        client = client or registry_client(tracking_uri)
-        location = client.get_model_version_download_uri(version.name, str(version.version))
-        mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(partial),
-                                            tracking_uri=tracking_uri)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)  # a crash mid-download never leaves a half bundle in place
+        try:
+            # Resolve the storage location with an explicit client: a models:/ URI would be
+            # resolved against MLflow's process-wide registry URI, not this one.
+            client = client or registry_client(tracking_uri)
+            location = client.get_model_version_download_uri(version.name, str(version.version))
+            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(partial),
+                                                tracking_uri=tracking_uri)
+            if _model_dir(target) is None:
+                shutil.rmtree(target, ignore_errors=True)  # a half copy of an older release
+                try:
+                    partial.rename(target)  # a crash mid-download never leaves a half bundle
+                except OSError:  # another worker's copy got there first
+                    if _model_dir(target) is None:
+                        raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     model_dir = _model_dir(target)
     if model_dir is None:
         raise FileNotFoundError(f"version {version.version} of {version.name} has no MLmodel")

@@ -42,5 +42,8 @@ class ItemOut(BaseModel):
     text: str | None
     categories: list[str]
     attributes: dict[str, Any]
+    active: bool = Field(default=True, description="false: retired, never recommended")
+    available_from: datetime | None = None
+    available_until: datetime | None = None
     created_at: datetime
     updated_at: datetime

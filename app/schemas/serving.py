@@ -112,11 +112,24 @@ class DriftSummaryOut(BaseModel):
     transitions: list[TopicTransition]
 
 
+class Reason(BaseModel):
+    """An item of the user's recent history that the recommended item is most like."""
+
+    item_id: str
+    title: str | None
+    similarity: float = Field(description="cosine similarity of the two items in the "
+                              "served model's item table")
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     title: str | None
     score: float
-    topic: str
+    topic: str = Field(description="the interest (topic) the item serves")
+    because: list[Reason] = Field(
+        default_factory=list, description="the one or two items of the user's recent history "
+        "(the last DRIFTREC_SHORT_TERM_EVENTS events) most like this one: why it is "
+        "recommended")
 
 
 class RecommendationsOut(BaseModel):

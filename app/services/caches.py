@@ -90,6 +90,21 @@ class UserStateCache(Generic[Value]):
                 self._data.move_to_end(user_id)
             return value
 
+    def clear(self) -> None:
+        """Drop every entry (notifications of erasures may have been missed)."""
+        with self._lock:
+            self._data.clear()
+            self.nbytes = 0
+
+    def forget(self, user_id: str) -> bool:
+        """Drop everything remembered of the user (an erasure); True if there was any."""
+        with self._lock:
+            entry = self._data.pop(user_id, None)
+            if entry is None:
+                return False
+            self.nbytes -= entry.nbytes
+            return True
+
     def put(self, user_id: str, state: Hashable, variant: Hashable, value: Value) -> None:
         if self.max_users <= 0 or self.max_bytes <= 0:  # turned off
             return

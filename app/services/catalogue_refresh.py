@@ -11,6 +11,8 @@ refresher then, in one background thread (the encoder's fast tokenizer is not th
   (a trained item keeps its learned ID embedding; its text row and topic are replaced),
   batch by batch (`catalogue_embed_batch` items, taken from every waiting write in turn, so
   a small upsert is embedded in the next batch even behind a large one),
+- carries each item's lifecycle (retired, availability window) into the served model's
+  availability (a deleted item is retired: its row stays for the histories naming it),
 - and swaps in a copy of the served model with those rows, copy-on-write, as a reload does:
   requests in flight finish on the model they started with.
 
@@ -29,8 +31,9 @@ from collections.abc import Iterable
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.metrics import Metrics
+from app.domain.availability import Availability
 from app.ml.catalogue import CatalogueItem, item_text, with_new_items
-from app.services.model_manager import ModelManager
+from app.services.model_manager import ModelManager, lifecycle_states
 from app.store import repository
 from app.store.models import Item
 
@@ -161,8 +164,19 @@ class CatalogueRefresher:
             stored = (repository.all_items(session) if item_ids is None
                       else list(repository.items_by_id(session, item_ids).values()))
             items = [_catalogue_item(item) for item in stored]
+            states = lifecycle_states(stored)
+        # Retired and windowed items: from what was read; an item the store no longer holds
+        # (deleted) is retired, its row stays (other histories may name it).
+        wanted = set(served.catalogue) if item_ids is None else set(item_ids)
+        removed = [i for i in wanted - set(states) if served.bundle.index_of(i) is not None]
+        availability = (Availability() if item_ids is None
+                        else served.availability).updated(states, removed)
         changed = [i for i in items if served.catalogue.get(i.item_id) != i.digest]
         if not changed:
+            if availability != served.availability and not self._manager.swap_catalogue(
+                    served, served.bundle, served.catalogue, availability):
+                with self._cond:
+                    self._submit_locked(list(wanted))
             return 0
         bundle = served.bundle
         # A trained item the store did not hold when the model loaded: its trained row stays
@@ -179,7 +193,7 @@ class CatalogueRefresher:
             changed = adopted
         catalogue = {**served.catalogue, **{i.item_id: i.digest for i in changed}}
         extended = with_new_items(bundle, embed, replace=True) if embed else bundle
-        if not self._manager.swap_catalogue(served, extended, catalogue):
+        if not self._manager.swap_catalogue(served, extended, catalogue, availability):
             # another version was swapped in meanwhile: compare these again with that one
             with self._cond:
                 self._submit_locked([i.item_id for i in changed])

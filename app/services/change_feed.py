@@ -12,6 +12,9 @@ Consistency: the worker that stored an event forgets the user's rankings before 
 acknowledges the write, so a client reads its own writes. Other workers learn of it when the
 notification arrives, normally within a few milliseconds of the commit.
 
+An erasure sends the user's id after `ERASED_PREFIX`: every process drops the user's
+remembered rankings and drift findings (app.services.runtime.ServingRuntime.forget_users).
+
 Item upserts send the ids of the items (app.store.changes.ITEMS_PREFIX): every process then
 forgets its remembered answers (titles may have changed) and hands the ids to its catalogue
 refresher (app.services.catalogue_refresh), which embeds them in the background.
@@ -27,7 +30,14 @@ from collections.abc import Callable, Iterable
 import psycopg
 from sqlalchemy.engine import make_url
 
-from app.store.changes import CHANNEL, EVERYTHING, ITEMS_PREFIX, parse_item_payload
+from app.store.changes import (
+    CHANNEL,
+    ERASED_PREFIX,
+    EVERYTHING,
+    ITEMS_PREFIX,
+    parse_erased_payload,
+    parse_item_payload,
+)
 
 logger = logging.getLogger("driftrec.change_feed")
 
@@ -60,6 +70,9 @@ class ChangeFeed:
         # Called by `token` before it answers: a cheap check that may find that another
         # process wrote and call `everything_changed` (SQLite's data_version watcher).
         self.guard: Callable[[], None] | None = None
+        # Users whose data was erased: the runtime drops what serving remembers of them
+        # (None: any user may have been, as after notifications were lost).
+        self.on_users_erased: Callable[[list[str] | None], None] | None = None
 
     @property
     def live(self) -> bool:
@@ -99,9 +112,18 @@ class ChangeFeed:
         if self.on_items_changed is not None:
             self.on_items_changed(item_ids)
 
+    def users_erased(self, user_ids: list[str]) -> None:
+        """These users' data was erased: their tokens move (nothing remembered of them can
+        look current) and the runtime forgets their entries."""
+        self.users_changed(user_ids)
+        if self.on_users_erased is not None:
+            self.on_users_erased(user_ids)
+
     def apply(self, payload: str) -> None:
         if payload == EVERYTHING:
             self.everything_changed()
+        elif payload.startswith(ERASED_PREFIX):
+            self.users_erased(parse_erased_payload(payload))
         elif payload.startswith(ITEMS_PREFIX):
             self.items_changed(parse_item_payload(payload))
         else:
@@ -109,8 +131,11 @@ class ChangeFeed:
 
     def set_live(self, live: bool) -> None:
         if live and not self._live:
-            # notifications sent while we were not listening are lost: start afresh
+            # notifications sent while we were not listening are lost: start afresh (and an
+            # erasure among them must not leave the user's entries in memory)
             self.items_changed(None)
+            if self.on_users_erased is not None:
+                self.on_users_erased(None)
         self._live = live
 
 

@@ -12,7 +12,7 @@ Live checks (requests, the ingestion queue) keep the wall clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,3 +54,22 @@ def scan_users(factory: sessionmaker[Session], model: ServedModel, user_ids: lis
             skipped += 1
         on_user()
     return ScanReport(users=len(user_ids) - skipped, drifts=drifts, skipped=skipped)
+
+
+def scan_batch(factory: sessionmaker[Session], model: ServedModel, user_ids: Sequence[str],
+               backfill: bool = True) -> ScanReport:
+    """Check a batch of users in one transaction: their checks and records are written and
+    committed together (the Ray scan's unit of work, app.services.drift_scan_ray). The
+    checks are those of `scan_users`; an interruption loses at most the open batch, which
+    `--unchecked-only` then does again."""
+    drifts = skipped = 0
+    with transaction(factory) as session:
+        for user_id in user_ids:
+            try:
+                result = interests.check_drift(session, model, user_id=str(user_id),
+                                               backfill=backfill)
+                drifts += result.drift_detected
+            except UnknownUser:  # raised before anything of the user is written
+                skipped += 1
+    return ScanReport(users=len(user_ids) - skipped, drifts=drifts, skipped=skipped)
+

@@ -113,7 +113,8 @@ def ingest_events(session: Session, events: Sequence[EventIn], settings: Setting
     now = now or datetime.now(UTC)
     errors = [error for i, event in enumerate(events)
               for error in _event_row_errors(i, event, settings, now)]
-    known_items = repository.existing_item_ids(session, (event.item_id for event in events))
+    known_items = repository.existing_item_ids(session, (event.item_id for event in events),
+                                               lock=True)
     errors += [RowError("events", i, "item_id", f"unknown item '{event.item_id}': "
                         "POST it to /items first", "unknown_item")
                for i, event in enumerate(events) if event.item_id not in known_items]

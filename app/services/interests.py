@@ -3,6 +3,7 @@ and the domain functions. No HTTP here; routers call these and map errors to res
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,17 +15,19 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.exceptions import UnknownItems, UnknownUser
 from app.domain import drift as drift_domain
-from app.domain import profiles, ranking
+from app.domain import profiles, ranking, similarity
 from app.schemas.serving import (
     ChangePointOut,
     DriftOut,
     InterestProfileOut,
     ProfileItem,
+    Reason,
     RecommendationsOut,
     RecommendedItem,
     TopicTrendOut,
     TopicWeight,
 )
+from app.services import similar
 from app.services.caches import str_bytes
 from app.services.change_feed import ChangeFeed
 from app.services.model_manager import ServedModel
@@ -270,23 +273,47 @@ def _eligible_max(probs: np.ndarray, model: ServedModel) -> float:
 
 
 # ---------------------------------------------------------------------- recommendations
+Because = list[list[tuple[str, float]]]  # per ranked item: (history item, similarity)
+EXPLAINED_BY = 2  # history items named per recommended item
+
+
 def rank_items(model: ServedModel, *, item_ids: Sequence[str], timestamps: Sequence[float],
                k: int, exclude: set[str], strength: float,
-               finding: DriftFinding | None) -> tuple[list[tuple[str, float, str]], bool]:
-    """Top-k (item_id, score, topic) for a history, and whether drift changed the ranking.
+               finding: DriftFinding | None, explain_window: int = 20
+               ) -> tuple[list[tuple[str, float, str]], bool, Because]:
+    """Top-k (item_id, score, topic) for a history, whether drift changed the ranking, and
+    per ranked item the (at most two) items of the last `explain_window` events of the
+    history most like it in the served model's item table (why it is recommended).
 
     With a detected change in `finding`, scores tilt toward the post-change interests."""
     bundle = model.bundle
     scores = model.score_next(item_ids, timestamps)
     post_change = finding.after if finding is not None and finding.change is not None else None
     item_topics = bundle.topics.item_topics
-    excluded = [i - 1 for i in (bundle.index_of(item) for item in exclude) if i is not None]
+    # never recommended: retired items, items outside their availability window
+    unavailable = model.availability.unavailable(datetime.now(UTC).timestamp())
+    excluded = [i - 1 for i in (bundle.index_of(item) for item in exclude.union(unavailable))
+                if i is not None]
     result = ranking.rank(scores, item_topics, k, post_change, strength,
                           exclude=excluded, pad_index=None)
     names = ranking.explain_topics(result.indices, item_topics, bundle.topics.names)
     chosen = [(bundle.item_ids[int(i)], float(s), name)
               for i, s, name in zip(result.indices, result.scores, names, strict=True)]
-    return chosen, result.drift_aware
+    return chosen, result.drift_aware, _because(model, result.indices, item_ids,
+                                                explain_window)
+
+
+def _because(model: ServedModel, ranked: np.ndarray, history: Sequence[str], window: int
+             ) -> Because:
+    """The history items most like each ranked item (cosine over the item table)."""
+    bundle = model.bundle
+    positions = [i - 1 for i in (bundle.index_of(item) for item in history[-window:])
+                 if i is not None]
+    if not len(ranked) or not positions:
+        return [[] for _ in ranked]
+    table = similar.unit_table(model, "item_table")
+    found = similarity.explain(table, [int(i) for i in ranked], positions, EXPLAINED_BY)
+    return [[(bundle.item_ids[p], round(sim, 4)) for p, sim in entry] for entry in found]
 
 
 def _drift_of(model: ServedModel, history: History, enabled: bool,
@@ -306,6 +333,7 @@ class RememberedRanking:
     chosen: list[tuple[str, float, str]]
     drift_aware: bool
     response: RecommendationsOut | None
+    because: Because | None = None
 
 
 def ranking_size(entry: RememberedRanking) -> int:
@@ -315,18 +343,31 @@ def ranking_size(entry: RememberedRanking) -> int:
     size = 400 + 8 * len(entry.state)
     for item_id, _, topic in entry.chosen:
         size += 150 + str_bytes(item_id, topic)
+    for reasons in entry.because or ():
+        size += 120 + sum(150 + str_bytes(item_id) for item_id, _ in reasons)
     if entry.response is not None:
         size += 900
         for item in entry.response.items:
-            size += 420 + str_bytes(item.title)
+            size += 720 + str_bytes(item.title)  # a pydantic model: more than a dict
+            for reason in item.because:
+                size += 560 + str_bytes(reason.title)
     return size
 
 
 def _ranking_variant(model: ServedModel, k: int, exclude_seen: bool, drift_aware: bool,
                      settings: Settings) -> tuple[Any, ...]:
     drift = model.bundle.drift
+    # a window opening or closing changes what may be recommended
+    closed = _digest(model.availability.closed_windows(datetime.now(UTC).timestamp()))
     return (k, exclude_seen, drift_aware, settings.drift_strength, drift.threshold,
-            drift.kind_threshold)
+            drift.kind_threshold, closed)
+
+
+def _digest(ids: tuple[str, ...]) -> bytes:
+    """A short fixed-size key for a set of ids (cache keys stay small whatever it holds)."""
+    if not ids:
+        return b""
+    return hashlib.blake2b("\n".join(ids).encode(), digest_size=16).digest()
 
 
 def _feed_state(feed: ChangeFeed | None, user_id: str) -> tuple[Any, ...] | None:
@@ -374,18 +415,19 @@ def recommend_for_user(session: Session, model: ServedModel, *, user_id: str, k:
     if entry is not None:
         if entry.response is not None:
             return entry.response
-        return _recommendations(session, model, user_id, entry.chosen, entry.drift_aware)
-    chosen, changed = _rank_for_user(session, model, user_id, total, k, exclude_seen, settings,
-                                     drift_aware)
-    response = _recommendations(session, model, user_id, chosen, changed)
+        return _recommendations(session, model, user_id, entry.chosen, entry.drift_aware,
+                                entry.because)
+    chosen, changed, because = _rank_for_user(session, model, user_id, total, k, exclude_seen,
+                                              settings, drift_aware)
+    response = _recommendations(session, model, user_id, chosen, changed, because)
     model.ranking_cache.put(user_id, state, variant, RememberedRanking(
-        state, chosen, changed, response if from_feed else None))
+        state, chosen, changed, response if from_feed else None, because))
     return response
 
 
 def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: int | None,
                    k: int, exclude_seen: bool, settings: Settings, drift_aware: bool
-                   ) -> tuple[list[tuple[str, float, str]], bool]:
+                   ) -> tuple[list[tuple[str, float, str]], bool, Because]:
     bundle = model.bundle
     limit = max(bundle.drift.max_events, bundle.sequence_model.max_len)
     history = load_history(session, user_id, limit, total)
@@ -395,7 +437,8 @@ def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: in
                    else repository.user_item_ids(session, user_id))
     finding = _drift_of(model, history, drift_aware, user_id)
     return rank_items(model, item_ids=history.item_ids, timestamps=history.timestamps, k=k,
-                      exclude=exclude, strength=settings.drift_strength, finding=finding)
+                      exclude=exclude, strength=settings.drift_strength, finding=finding,
+                      explain_window=settings.short_term_events)
 
 
 def recommend_for_items(session: Session, model: ServedModel, *, item_ids: Sequence[str],
@@ -411,18 +454,29 @@ def recommend_for_items(session: Session, model: ServedModel, *, item_ids: Seque
     exclude = set(item_ids) if exclude_seen else set()
     window = History([""] * len(item_ids), list(item_ids), list(timestamps),
                      [None] * len(item_ids), len(item_ids))
-    chosen, changed = rank_items(model, item_ids=item_ids, timestamps=timestamps, k=k,
-                                 exclude=exclude, strength=settings.drift_strength,
-                                 finding=_drift_of(model, window, drift_aware))
-    return _recommendations(session, model, user_id, chosen, changed)
+    chosen, changed, because = rank_items(
+        model, item_ids=item_ids, timestamps=timestamps, k=k, exclude=exclude,
+        strength=settings.drift_strength, finding=_drift_of(model, window, drift_aware),
+        explain_window=settings.short_term_events)
+    return _recommendations(session, model, user_id, chosen, changed, because)
 
 
 def _recommendations(session: Session, model: ServedModel, user_id: str | None,
-                     chosen: list[tuple[str, float, str]], drift_aware: bool
-                     ) -> RecommendationsOut:
-    stored = repository.items_by_id(session, [item_id for item_id, _, _ in chosen])
+                     chosen: list[tuple[str, float, str]], drift_aware: bool,
+                     because: Because | None = None) -> RecommendationsOut:
+    because = because if because is not None else [[] for _ in chosen]
+    stored = repository.items_by_id(session, [
+        *(item_id for item_id, _, _ in chosen),
+        *(item_id for reasons in because for item_id, _ in reasons)])
     return RecommendationsOut(
         user_id=user_id, model_version=model.version, drift_aware=drift_aware,
-        items=[RecommendedItem(item_id=item_id, score=score, topic=topic,
-                               title=stored[item_id].title if item_id in stored else None)
-               for item_id, score, topic in chosen])
+        items=[RecommendedItem(
+            item_id=item_id, title=_title(stored, item_id), score=score, topic=topic,
+            because=[Reason(item_id=reason, title=_title(stored, reason), similarity=sim)
+                     for reason, sim in reasons])
+            for (item_id, score, topic), reasons in zip(chosen, because, strict=True)])
+
+
+def _title(stored: dict[str, Any], item_id: str) -> str | None:
+    item = stored.get(item_id)
+    return None if item is None else item.title

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
+from app.domain.availability import Availability, Window
 from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
 from app.ml.catalogue import CatalogueItem, item_text, with_new_items
@@ -34,6 +35,7 @@ from app.services.interest_state import DEFAULT_MAX_BYTES as DEFAULT_STATE_BYTES
 from app.services.interest_state import DEFAULT_MAX_USERS as DEFAULT_STATE_USERS
 from app.services.interest_state import InterestStates
 from app.store import repository
+from app.store.models import Item
 
 logger = logging.getLogger("driftrec.models")
 
@@ -69,6 +71,9 @@ class ServedModel:
     # What each catalogue row was embedded from (item id -> CatalogueItem.digest): the
     # catalogue refresher re-embeds an item whose stored text or categories differ.
     catalogue: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    # Retired items and availability windows (never recommended outside them), kept in step
+    # with the store by the catalogue refresher like the rows.
+    availability: Availability = field(default_factory=Availability)
     # Sizes of the batches run (kind "score" or "drift"): the metrics.
     observe_batch: Callable[[str, int], None] | None = field(default=None, repr=False)
     # Concurrent requests share forward passes (see app.services.batching).
@@ -78,9 +83,14 @@ class ServedModel:
     # (app.services.interest_state); None: a new, empty one (a new bundle needs one).
     interest_states: InterestStates | None = field(default=None, repr=False)
     interest_state_limits: tuple[int, int] = (DEFAULT_STATE_USERS, DEFAULT_STATE_BYTES)
+    # Tables derived from this bundle on first use (the similar-items index): new per copy.
+    derived: dict[str, Any] = field(init=False, repr=False, compare=False)
+    derived_lock: threading.Lock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         bundle = self.bundle
+        object.__setattr__(self, "derived", {})
+        object.__setattr__(self, "derived_lock", threading.Lock())
         observe = self.observe_batch
 
         def score(histories: Sequence[EventWindow]) -> list[np.ndarray]:
@@ -123,9 +133,27 @@ class ReloadOutcome:
 
 
 def catalogue_items(factory: sessionmaker[Session]) -> list[CatalogueItem]:
+    return read_catalogue(factory)[0]
+
+
+def read_catalogue(factory: sessionmaker[Session]) -> tuple[list[CatalogueItem], Availability]:
+    """The stored catalogue as the served model needs it: what each row is embedded from,
+    and which items are retired or windowed."""
     with factory() as session:
-        return [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories or ()))
-                for i in repository.all_items(session)]
+        stored = repository.all_items(session)
+        items = [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories or ()))
+                 for i in stored]
+        return items, Availability().updated(lifecycle_states(stored))
+
+
+def lifecycle_states(items: Sequence[Item]) -> dict[str, tuple[bool, Window]]:
+    """Each stored item's (active, window), for `Availability.updated`."""
+    return {i.item_id: (bool(i.active), (_epoch(i.available_from), _epoch(i.available_until)))
+            for i in items}
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
 
 
 def new_ranking_cache(settings: Settings | None) -> UserStateCache[Any]:
@@ -224,7 +252,7 @@ class ModelManager:
         loaded = load_registered(version, self.settings.mlflow_tracking_uri,
                                  self.settings.model_download_dir, self.settings.device,
                                  self.settings.model_alias, self._load_bundle)
-        items = catalogue_items(self.factory)
+        items, availability = read_catalogue(self.factory)
         bundle = with_new_items(loaded.bundle, items)
         bundle.smoke_test()
         return ServedModel(
@@ -237,22 +265,31 @@ class ModelManager:
             interest_state_limits=(self.settings.interest_state_users,
                                    self.settings.interest_state_mb * MIB),
             catalogue={item.item_id: item.digest for item in items},
+            availability=availability,
             observe_batch=self.observe_batch,
         )
 
     def swap_catalogue(self, expected: ServedModel, bundle: InterestModelBundle,
-                       catalogue: Mapping[str, bytes]) -> bool:
-        """Serve `bundle` (a copy of `expected`'s with catalogue rows added or replaced) if
-        `expected` is still the one served; False when another was swapped in meanwhile."""
+                       catalogue: Mapping[str, bytes],
+                       availability: Availability | None = None) -> bool:
+        """Serve `bundle` (a copy of `expected`'s with catalogue rows added or replaced) and
+        `availability` (None: unchanged) if `expected` is still the one served; False when
+        another was swapped in meanwhile."""
+        availability = expected.availability if availability is None else availability
         with self._reload_lock:
             if self._current is not expected:
                 return False
             if bundle is expected.bundle:  # same rows: only what they were embedded from
-                self._current = dataclasses.replace(expected, catalogue=catalogue)
+                if availability == expected.availability:
+                    self._current = dataclasses.replace(expected, catalogue=catalogue)
+                else:  # remembered rankings may hold items retired now
+                    self._current = dataclasses.replace(
+                        expected, catalogue=catalogue, availability=availability,
+                        ranking_cache=new_ranking_cache(self.settings))
                 return True
             # a fresh copy: new caches (the catalogue changed) and batchers
             self._current = dataclasses.replace(
-                expected, bundle=bundle, catalogue=catalogue,
+                expected, bundle=bundle, catalogue=catalogue, availability=availability,
                 drift_cache=new_drift_cache(self.settings),
                 ranking_cache=new_ranking_cache(self.settings), interest_states=None)
             return True

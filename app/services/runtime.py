@@ -18,15 +18,18 @@ but `app.api.deps` (and `create_app`, which stores the runtime there).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
+from app.core.exceptions import UnknownUser
 from app.core.metrics import Metrics
 from app.schemas.events import EventIn
 from app.schemas.items import ItemIn
@@ -40,8 +43,10 @@ from app.services.change_feed import (
 )
 from app.services.drift_queue import DriftQueue
 from app.services.model_manager import ModelManager, ReloadOutcome
-from app.store import drift_records
+from app.store import catalogue as catalogue_store
+from app.store import drift_records, erasure, repository
 from app.store.db import make_engine, make_session_factory, transaction
+from app.store.models import Item
 
 logger = logging.getLogger("driftrec")
 
@@ -65,6 +70,17 @@ class EventsOutcome:
     duplicates: int
     drift_checks_queued: int | None
     conflicts: list[ingestion.Conflict] = field(default_factory=list)
+
+
+class InvalidWindow(ValueError):
+    """available_until would not be after available_from."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureOutcome:
+    events: int
+    drift_records: int
+    drift_checks: int
 
 
 @dataclass(eq=False)
@@ -97,8 +113,11 @@ class ServingRuntime:
                                        metrics)
 
         def check_user(user_id: str) -> None:
-            with transaction(factory) as session:
-                interest_service.check_drift(session, manager.current, user_id=user_id)
+            try:
+                with transaction(factory) as session:
+                    interest_service.check_drift(session, manager.current, user_id=user_id)
+            except UnknownUser:
+                pass  # erased since it was queued: nothing to check, and nothing to log
 
         def advance_user(user_id: str) -> None:
             model = manager.current
@@ -121,6 +140,7 @@ class ServingRuntime:
         # compared again; the feed reports items written by any process
         manager.on_new_version = lambda: refresher.submit(None)
         feed.on_items_changed = refresher.submit
+        feed.on_users_erased = runtime.forget_users
         refresher.start()
         manager.start_polling()
         runtime.drift_queue.start()
@@ -184,6 +204,83 @@ class ServingRuntime:
     def after_items_upserted(self, item_ids: Sequence[str]) -> None:
         self.change_feed.everything_changed()  # titles in remembered answers
         self.catalogue.submit(item_ids)
+
+    def update_item_lifecycle(self, item_id: str, changes: dict[str, Any]) -> Item | None:
+        """Retire an item, bring it back or set its window (None: no such item). Every worker
+        stops (or starts) recommending it once its refresher has re-read it, normally well
+        within a second of the commit."""
+        with transaction(self.session_factory) as session:
+            item = catalogue_store.lock_item(session, item_id)
+            if item is None:
+                return None
+            start = changes.get("available_from", item.available_from)
+            end = changes.get("available_until", item.available_until)
+            if start is not None and end is not None and end <= start:
+                raise InvalidWindow("available_until must be after available_from")
+            catalogue_store.set_lifecycle(session, item, changes)
+            repository.announce_item_changes(session, [item_id])
+        self.after_items_upserted([item_id])
+        return item
+
+    def delete_item(self, item_id: str, retire: bool
+                    ) -> Literal["deleted", "retired", "in_use"] | None:
+        """Delete an item no event references; one that events reference is refused
+        ("in_use"), or retired with `retire` (its events stay in the histories). None: no
+        such item."""
+        with transaction(self.session_factory) as session:
+            item = catalogue_store.lock_item(session, item_id)
+            if item is None:
+                return None
+            outcome: Literal["deleted", "retired", "in_use"]
+            if catalogue_store.has_events(session, item_id):
+                if not retire:
+                    return "in_use"
+                catalogue_store.set_lifecycle(session, item, {"active": False})
+                outcome = "retired"
+            else:
+                catalogue_store.delete_item(session, item_id)
+                outcome = "deleted"
+            repository.announce_item_changes(session, [item_id])
+        self.after_items_upserted([item_id])
+        return outcome
+
+    def erase_user(self, user_id: str) -> ErasureOutcome | None:
+        """Delete the user's events, drift records and drift checks in one transaction (None:
+        no such user), then forget what this process remembers of the user before answering
+        (other processes: the NOTIFY sent with the commit). The log line names a salted
+        digest of the user, never the id."""
+        with transaction(self.session_factory) as session:
+            counts = erasure.erase_user(session, user_id)
+            salt = self.settings.erasure_salt or (
+                erasure.erasure_salt(session) if counts is not None else "")
+        if counts is None:
+            return None
+        self.change_feed.users_erased([user_id])
+        digest = hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+        logger.info("user data erased", extra={
+            "subject_digest": digest, "events_removed": counts.events,
+            "drift_records_removed": counts.drift_records,
+            "drift_checks_removed": counts.drift_checks})
+        return ErasureOutcome(counts.events, counts.drift_records, counts.drift_checks)
+
+    def forget_users(self, user_ids: Sequence[str] | None) -> None:
+        """Drop the remembered rankings, drift findings and incremental drift states of these
+        users (an erasure; None: of every user, when erasures may have been missed)."""
+        served = self.models.loaded
+        if served is None:
+            return
+        states = served.interest_states
+        if user_ids is None:
+            served.ranking_cache.clear()
+            served.drift_cache.clear()
+            if states is not None:
+                states.forget(None)
+            return
+        for user_id in user_ids:
+            served.ranking_cache.forget(user_id)
+            served.drift_cache.forget(user_id)
+            if states is not None:  # its events' traces (a rebuild would also notice)
+                states.forget(user_id)
 
     # ------------------------------------------------------------------ models
     def reload_model(self, force: bool = False) -> ReloadOutcome:

@@ -18,6 +18,9 @@ MAX_PAYLOADS = 20  # a batch touching more users than fits in these says EVERYTH
 # id can start with "+" (ids start with a letter or digit), so the payloads never mix up.
 ITEMS_PREFIX = "+items:"
 ALL_ITEMS = ITEMS_PREFIX + "*"
+# "+erased:" + newline-separated user ids: these users' data was erased; every worker drops
+# what it remembers of them (rankings, drift findings), not only marks it stale.
+ERASED_PREFIX = "+erased:"
 
 
 def change_payloads(user_ids: Iterable[str] | None) -> list[str]:
@@ -36,6 +39,17 @@ def item_change_payloads(item_ids: Iterable[str]) -> list[str]:
     if len(payloads) > MAX_PAYLOADS:
         return [ALL_ITEMS]
     return [ITEMS_PREFIX + payload for payload in payloads]
+
+
+def erasure_payloads(user_ids: Iterable[str]) -> list[str]:
+    """NOTIFY payloads announcing that these users' data was erased (never EVERYTHING: each
+    id must reach every worker, which forgets that user's entries)."""
+    return [ERASED_PREFIX + payload for payload in _pack(user_ids, PAYLOAD_LIMIT
+                                                          - len(ERASED_PREFIX))]
+
+
+def parse_erased_payload(payload: str) -> list[str]:
+    return [i for i in payload[len(ERASED_PREFIX):].split("\n") if i]
 
 
 def parse_item_payload(payload: str) -> list[str] | None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,6 +79,11 @@ class Item(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Lifecycle (migration 0003): a retired item (active false) or one outside its window
+    # [available_from, available_until) is never recommended; its events stay.
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    available_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    available_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class User(Base):
@@ -173,3 +179,12 @@ class DriftCheck(Base):
         BigInteger().with_variant(Integer, "sqlite"),
         ForeignKey("drift_records.id", ondelete="SET NULL"),
     )
+
+
+class ServiceSecret(Base):
+    """Per-deployment secrets created by the migrations (migration 0003): the erasure salt."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))

@@ -68,22 +68,59 @@ def get_item(session: Session, item_id: str) -> Item | None:
     return session.get(Item, item_id)
 
 
-def existing_item_ids(session: Session, item_ids: Iterable[str]) -> set[str]:
+def existing_item_ids(session: Session, item_ids: Iterable[str], lock: bool = False
+                      ) -> set[str]:
+    """The ids of these items the store holds. `lock`: on PostgreSQL hold them with a KEY
+    SHARE lock until the transaction ends (what the events' foreign key takes anyway, taken
+    before validation), on SQLite take the write lock first: an item deletion then waits for
+    the batch and sees its events, and a batch that waited for a deletion finds the item gone
+    (a 422, not a foreign-key error)."""
     wanted = sorted(set(item_ids))
     found: set[str] = set()
+    if lock and session.get_bind().dialect.name == "sqlite":
+        write_lock(session)  # SQLite: the database's write lock, before reading
+        lock = False
     for chunk in _chunks(wanted):
-        found.update(session.scalars(select(Item.item_id).where(Item.item_id.in_(chunk))))
+        query = select(Item.item_id).where(Item.item_id.in_(chunk))
+        if lock:
+            query = query.order_by(Item.item_id).with_for_update(key_share=True)
+        found.update(session.scalars(query))
     return found
 
 
+def write_lock(session: Session) -> None:
+    """SQLite: take the database's write lock now (a write that changes nothing), so what
+    this transaction reads next cannot change before it writes. Other backends: nothing."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE items SET item_id = item_id WHERE 1 = 0"))
+
+
 def ensure_users(session: Session, user_ids: Iterable[str]) -> set[str]:
-    """Create the users not stored yet; returns those this call created."""
+    """Create the users that do not exist yet; returns those this call created. On PostgreSQL
+    their rows are then held with a KEY SHARE lock until the transaction ends (concurrent
+    batches do not wait for each other): an erasure of one of them (app.store.erasure) waits
+    for this batch, and a batch that waited for an erasure re-creates the user, so its events
+    outlive the erasure."""
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
-    values = [{"user_id": user_id, "created_at": utcnow()} for user_id in sorted(set(user_ids))]
-    if not values:
-        return set()
-    statement = _insert(session, User).on_conflict_do_nothing().returning(User.user_id)
-    return set(session.scalars(statement, values))
+    wanted = sorted(set(user_ids))
+    postgres = session.get_bind().dialect.name == "postgresql"
+    created: set[str] = set()
+    for _ in range(5):
+        values = [{"user_id": user_id, "created_at": utcnow()} for user_id in wanted]
+        if not values:
+            return created
+        statement = _insert(session, User).on_conflict_do_nothing().returning(User.user_id)
+        created.update(session.scalars(statement, values))
+        if not postgres:
+            return created
+        held: set[str] = set()
+        for chunk in _chunks(wanted):
+            held.update(session.scalars(select(User.user_id).where(User.user_id.in_(chunk))
+                                        .order_by(User.user_id).with_for_update(key_share=True)))
+        wanted = [user_id for user_id in wanted if user_id not in held]  # erased meanwhile
+    if wanted:
+        raise RuntimeError(f"{len(wanted)} user(s) erased again and again during one batch")
+    return created
 
 
 def drop_users_without_events(session: Session, user_ids: Iterable[str]) -> None:

@@ -2,6 +2,11 @@
 
     python -m training.drift --bundle var/runs/<run>/bundle --seeds 0 1 2 --out var/drift
     python -m training.drift --sequence-state seq.pt --item-text text.pt --seeds 0
+    python -m training.drift --bundle ... --kind embedding-shift --seeds 0 1 2
+
+Each seed also fits the held-out sequence model of the "unseen" view (the recipe of
+``configs/ml100k.yaml``'s recommender section, on the head-training users; ``--no-unseen``
+skips it) and reports every view (seen/unseen users x splice generator A/B).
 
 ``--sequence-state`` is a SequenceInterestModel state dict (default SequenceModelConfig) and
 ``--item-text`` a FloatTensor[N+1, D] of item text embeddings (row 0 zeros). Writes
@@ -24,7 +29,9 @@ from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
 from app.store.db import make_engine
 from training.data.sequences import build_user_sequences, build_vocab, leave_one_out
 from training.data.store import read_snapshot
-from training.drift.pipeline import DriftConfig, train_and_evaluate_drift
+from training.drift.heldout import heldout_scorer
+from training.drift.pipeline import PROTOCOLS, DriftConfig, train_and_evaluate_drift
+from training.recommender import RecommenderConfig
 
 
 def _model(args: argparse.Namespace, n_items: int,
@@ -51,6 +58,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("var/drift"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--kind", help="drift detector kind (default: DriftConfig's)")
+    parser.add_argument("--no-unseen", action="store_true", help="skip the unseen view")
+    parser.add_argument("--config", type=Path, default=Path("configs/ml100k.yaml"),
+                        help="YAML whose drift/recommender sections set the run")
     args = parser.parse_args()
     if not args.bundle and not (args.sequence_state and args.item_text):
         parser.error("give --bundle, or --sequence-state and --item-text")
@@ -63,23 +74,39 @@ def main() -> None:
     vocab = build_vocab(snapshot)
     split = leave_one_out(build_user_sequences(snapshot, vocab))
     model, text = _model(args, vocab.n_items, device)
-    config = DriftConfig.tiny() if args.tiny else DriftConfig()
+    import yaml
+
+    sections = yaml.safe_load(args.config.read_text()) if args.config.exists() else {}
+    config = DriftConfig.tiny() if args.tiny else DriftConfig.from_dict(
+        sections.get("drift") or {})
+    if args.kind:
+        config.kind = args.kind
+    rec = RecommenderConfig.from_dict(sections.get("recommender") or {})
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:
+        log: dict[str, float] = {}
+        heldout = None if args.no_unseen else heldout_scorer(
+            split, model.config, vocab.n_items, text, rec.train_config(), config, device, seed,
+            progress=False, log=log)
         result = train_and_evaluate_drift(model, text, split.train, config, seed, device,
-                                          progress=False)
+                                          progress=False, heldout=heldout)
+        result.timings.update(log)
         (args.out / f"drift_seed{seed}.json").write_text(json.dumps(result.summary(), indent=1))
         result.save_cases(args.out / f"drift_cases_seed{seed}.json")
         runs.append(result)
         print(f"seed {seed}: threshold {result.threshold:.4f}, alarms/1k target "
               f"{result.target_alarms_per_1k} calibration {result.calibration_alarms_per_1k:.2f}"
               f" evaluation {result.measured_alarms_per_1k:.2f}, {result.seconds:.0f} s")
-    print(f"{'detector':<26}{'F1 mean':>9}{'F1 min':>8}{'F1 max':>8}{'alarms/1k':>11}")
-    for name in runs[0].metrics:
-        f1 = np.array([r.metrics[name]["f1"] or 0.0 for r in runs])
-        rate = np.mean([r.metrics[name]["alarms_per_1k"] or 0.0 for r in runs])
-        print(f"{name:<26}{f1.mean():9.3f}{f1.min():8.3f}{f1.max():8.3f}{rate:11.2f}")
+    for view in PROTOCOLS:
+        if view not in runs[0].by_protocol:
+            continue
+        print(f"\n{view}\n{'detector':<26}{'F1 mean':>9}{'F1 min':>8}{'F1 max':>8}"
+              f"{'alarms/1k':>11}")
+        for name in runs[0].by_protocol[view]:
+            f1 = np.array([r.by_protocol[view][name]["f1"] or 0.0 for r in runs])
+            rate = np.mean([r.by_protocol[view][name]["alarms_per_1k"] or 0.0 for r in runs])
+            print(f"{name:<26}{f1.mean():9.3f}{f1.min():8.3f}{f1.max():8.3f}{rate:11.2f}")
 
 
 if __name__ == "__main__":

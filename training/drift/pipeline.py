@@ -4,11 +4,18 @@ Protocol (docs/drift-protocol.md): users are split (seeded) into three disjoint 
 The head trains on the first group's cases; the alarm threshold is calibrated on the second
 group's unspliced sequences to ``target_alarms_per_1k``, and each baseline's knob is tuned there
 to the same rate; everything is scored on the third group.
+
+Two splice generators (``splice``, A, the one the head trains on; ``splice_b``, B, which it
+never sees) and two views of the evaluation users: "seen" (features from the sequence model of
+the run, which trained on every user) and "unseen" (features from a sequence model fitted on
+the head-training users only, so calibration and evaluation users are new to it, as every
+user is in serving). The headline is unseen users on generator B (``DriftResult.metrics_unseen``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,9 @@ from training.drift.trainer import HeadTrainConfig, case_features, drift_trainer
 
 Metrics = dict[str, float | None]
 GROUPS = ("train", "calibration", "evaluation")
+PROTOCOLS = ("seen_a", "seen_b", "unseen_a", "unseen_b")  # users x splice generator
+# Fits a sequence model on the given users' training portions only (the "unseen" view).
+HeldOutScorer = Callable[[list[str]], SequenceInterestModel]
 
 
 @dataclass
@@ -54,6 +64,8 @@ class DriftConfig:
 
     kind: str = DEFAULT_KINDS["drift"]  # the detector kind trained (app.ml.parts registry)
     splice: SpliceConfig = field(default_factory=SpliceConfig)  # calibration/evaluation cases
+    # Generator B: evaluation cases shaped unlike the head's training ones (never trained on)
+    splice_b: SpliceConfig = field(default_factory=SpliceConfig.generator_b)
     # Head-training cases put the change anywhere from ``min_events`` on, so the head cannot
     # learn the evaluation protocol's change-point range (30..80) as a prior on position.
     train_splice: SpliceConfig = field(
@@ -71,14 +83,25 @@ class DriftConfig:
     min_events: int = MIN_EVENTS  # no decision before a user has this many events
     cooldown: int = COOLDOWN  # events after an alarm without a new one
     max_users: int | None = None  # use only the first users (tiny runs)
+    # The "unseen" view in `python -m training train`: a second sequence model fitted on half
+    # the head-training users and a second drift pass through it (issue 14's protocol). It
+    # multiplies the drift stage's time, so a config opts in; `python -m training.drift`
+    # always runs it.
+    unseen_view: bool = False
+    # The held-out sequence model of the "unseen" view (fitted on the head-training users)
+    heldout_max_epochs: int = 30
+    heldout_patience: int = 4
 
     @classmethod
     def tiny(cls) -> DriftConfig:
         """Seconds-long run for tests: few users, short cases, a short head training."""
         splice = SpliceConfig(min_prefix=12, max_prefix=20, min_suffix=8, max_suffix=15,
                               ramp=4, max_unspliced=40)
+        splice_b = SpliceConfig(min_prefix=10, max_prefix=24, min_suffix=6, max_suffix=20,
+                                ramp=6, max_unspliced=40, far_quantile=0.67,
+                                partner_rule="per_user", join="gap", keep_a=0.2)
         return cls(
-            splice=splice, train_splice=splice,
+            splice=splice, train_splice=splice, splice_b=splice_b, heldout_max_epochs=2,
             head=HeadTrainConfig(hidden_size=8, epochs=2, batch_size=16),
             train_cases={"abrupt": 1, "gradual": 1, "none": 1}, max_users=60,
         )
@@ -93,7 +116,7 @@ class DriftConfig:
         values, defaults = dict(data), cls()
         # Sub-sections override the default sub-config field by field.
         for name, kind in (("splice", SpliceConfig), ("train_splice", SpliceConfig),
-                           ("head", HeadTrainConfig)):
+                           ("splice_b", SpliceConfig), ("head", HeadTrainConfig)):
             values[name] = kind(**{**asdict(getattr(defaults, name)), **values.get(name, {})})
         if "group_fractions" in values:
             values["group_fractions"] = tuple(values["group_fractions"])
@@ -108,7 +131,7 @@ class DriftResult:
     target_alarms_per_1k: float
     calibration_alarms_per_1k: float  # ours, on the calibration users (where it was set)
     measured_alarms_per_1k: float  # ours, on the evaluation users' unspliced sequences
-    metrics: dict[str, Metrics]  # detector -> f1, precision, recall, median_delay, alarms_per_1k
+    metrics: dict[str, Metrics]  # seen users, generator A: detector -> f1, precision, ...
     knobs: dict[str, float]  # baseline knobs tuned to our calibration rate
     cases: dict[str, list[DriftCase]]  # group -> cases (the run's exact test material)
     groups: dict[str, list[str]]  # group -> user ids
@@ -116,6 +139,13 @@ class DriftResult:
     config: DriftConfig
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    # unseen users, generator B (the headline): the same rows as ``metrics``; {} without the
+    # held-out view
+    metrics_unseen: dict[str, Metrics] = field(default_factory=dict)
+    # every view: PROTOCOLS entry -> detector -> metrics (baselines on seen_a and unseen_b)
+    by_protocol: dict[str, dict[str, Metrics]] = field(default_factory=dict)
+    knobs_unseen: dict[str, float] = field(default_factory=dict)
+    unseen_calibration_alarms_per_1k: float | None = None  # ours, held-out scorer
 
     def save_cases(self, path: Path) -> None:
         save_cases(self.cases, path)
@@ -127,25 +157,48 @@ class DriftResult:
                 "target_alarms_per_1k": self.target_alarms_per_1k,
                 "calibration_alarms_per_1k": self.calibration_alarms_per_1k,
                 "measured_alarms_per_1k": self.measured_alarms_per_1k,
-                "metrics": self.metrics, "knobs": self.knobs, "seconds": self.seconds,
+                "metrics": self.metrics, "metrics_unseen": self.metrics_unseen,
+                "by_protocol": self.by_protocol, "knobs_unseen": self.knobs_unseen,
+                "unseen_calibration_alarms_per_1k": self.unseen_calibration_alarms_per_1k,
+                "knobs": self.knobs, "seconds": self.seconds,
                 "timings": self.timings,
                 "n_cases": {g: len(c) for g, c in self.cases.items()},
                 "config": asdict(self.config)}
 
 
 def _build_cases(sequences: list[UserSequence], vectors: np.ndarray, config: DriftConfig,
-                 seed: int) -> tuple[dict[str, list[str]], dict[str, list[DriftCase]]]:
+                 seed: int, spliced_calibration: bool = False
+                 ) -> tuple[dict[str, list[str]], dict[str, list[DriftCase]]]:
+    """Cases per group, plus ``evaluation_b`` (the evaluation users, generator B).
+
+    ``spliced_calibration``: the calibration group also gets generator-A spliced cases (the
+    unseen view fits the abrupt/gradual cut on them); calibration only reads its unspliced."""
     users = sequences[: config.max_users] if config.max_users else sequences
     by_id = {u.user_id: u for u in users}
     ids = split_users(sorted(by_id), config.group_fractions, seed)
-    per_group = (config.train_cases, {"none": 1}, config.eval_cases)
+    calib_cases = ({"abrupt": 1, "gradual": 1, "none": 1} if spliced_calibration
+                   else {"none": 1})
+    per_group = (config.train_cases, calib_cases, config.eval_cases)
     splices = (config.train_splice, config.splice, config.splice)
     cases = {
         name: make_cases([by_id[u] for u in group], vectors, splice, per_user, seed * 1000 + k)
         for k, (name, group, per_user, splice) in enumerate(
             zip(GROUPS, ids, per_group, splices, strict=True))
     }
-    return dict(zip(GROUPS, ids, strict=True)), cases
+    cases["evaluation_b"] = make_cases([by_id[u] for u in ids[2]], vectors, config.splice_b,
+                                       config.eval_cases, seed * 1000 + 3)
+    groups = dict(zip(GROUPS, ids, strict=True))
+    if spliced_calibration:
+        # Out-of-fold halves of the head-training users: the held-out scorer fits on the first,
+        # the unseen pass's head trains on cases made of the second only.
+        order = np.random.default_rng(seed * 1000 + 5).permutation(len(ids[0]))
+        half = len(order) // 2
+        groups["heldout_scorer"] = sorted(ids[0][i] for i in order[:half])
+        groups["train_oof"] = sorted(ids[0][i] for i in order[half:])
+        cases["train_oof"] = make_cases([by_id[u] for u in groups["train_oof"]], vectors,
+                                        config.train_splice, config.train_cases,
+                                        seed * 1000 + 4)
+    return groups, cases
 
 
 def _unspliced(values: list[Any], cases: list[DriftCase]) -> list[Any]:
@@ -239,14 +292,50 @@ def _baselines(feats: dict[str, list[torch.Tensor]], cases: dict[str, list[Drift
     return {name: _score(a, cases_e, margin) for name, a in rows.items()}, knobs
 
 
+def _ours(probs: list[np.ndarray], surprise: list[np.ndarray], cases: list[DriftCase],
+          thresholds: tuple[float, float], config: DriftConfig) -> Metrics:
+    """Our metrics on ``cases`` at the served threshold, with the abrupt/gradual accuracy."""
+    alarms = [alarm_indices(p, thresholds[0], config.min_events, config.cooldown)
+              for p in probs]
+    metrics = _score(alarms, cases, config.margin)
+    metrics["kind_accuracy"] = _kind_accuracy(probs, surprise, alarms, cases, thresholds,
+                                              config.margin)
+    metrics.update(_alarm_rate_by_position(alarms, cases))
+    return metrics
+
+
+POSITION_BUCKETS = ((0, 50), (50, 100), (100, 200))  # event positions of a history
+
+
+def _alarm_rate_by_position(alarms: list[np.ndarray], cases: list[DriftCase]) -> Metrics:
+    """False alarms per 1,000 unspliced events by the events' position in the history (does
+    the calibration hold for short and long histories?): ``alarms_per_1k_<lo>_<hi>``."""
+    out: Metrics = {}
+    for lo, hi in POSITION_BUCKETS:
+        events = sum(max(0, min(len(c.items), hi) - lo) for c in cases if c.kind == "none")
+        fired = sum(int(((a >= lo) & (a < hi)).sum())
+                    for a, c in zip(alarms, cases, strict=True) if c.kind == "none")
+        out[f"alarms_per_1k_{lo}_{hi}"] = 1000.0 * fired / events if events else None
+    return out
+
+
 def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torch.Tensor,
                              sequences: list[UserSequence], config: DriftConfig, seed: int,
-                             device: torch.device, progress: bool = True) -> DriftResult:
+                             device: torch.device, progress: bool = True,
+                             heldout: HeldOutScorer | None = None) -> DriftResult:
     """Train the drift detector (kind ``config.kind``) on spliced cases and compare it with
     the baselines.
 
     model: the trained, frozen sequence model; item_embeddings: FloatTensor[N+1, D] item text
     embeddings (row 0 zeros); sequences: the users' training-portion sequences.
+    heldout: fits a sequence model on the given users only; with it the run adds the "unseen"
+    view: that model, fitted on one half of the head-training users, is the scorer of a second
+    pass (the detector re-fitted on cases of the other half, out-of-fold, and its threshold
+    re-calibrated on the calibration users, both through it), so no user is scored by a model
+    that trained on them; ``metrics_unseen`` (unseen users, generator B) and every view in
+    ``by_protocol``. The abrupt/gradual cut is then fitted on the calibration users' spliced
+    cases through that model (surprise on users a model never saw, as in serving). The served
+    detector and threshold stay the seen pass's (the ones the bundle's check reproduces).
     """
     start = clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -257,35 +346,80 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
         clock = time.perf_counter()
 
     vectors = item_embeddings.detach().float().cpu().numpy()
-    groups, cases = _build_cases(sequences, vectors, config, seed)
+    groups, cases = _build_cases(sequences, vectors, config, seed, heldout is not None)
     lap("splicing")
+    views = ("train", "calibration", "evaluation", "evaluation_b")
     feats = {g: case_features(model, cases[g], item_embeddings, device, progress=progress)
-             for g in GROUPS}
+             for g in views}
     lap("features")
     trainer = drift_trainer(config.kind)
     detector = trainer.fit(model, feats["train"], cases["train"], config, seed, device, progress)
     lap("head")
     probs = {g: trainer.probabilities(detector, model, feats[g], cases[g], device)
-             for g in GROUPS[1:]}
+             for g in views[1:]}
     calib_probs = _unspliced(probs["calibration"], cases["calibration"])
     threshold = calibrate_threshold(calib_probs, config.target_alarms_per_1k,
                                     config.min_events, config.cooldown)
     calib_alarms = [alarm_indices(p, threshold, config.min_events, config.cooldown)
                     for p in calib_probs]
     calib_rate = alarms_per_1k(calib_alarms, [len(p) for p in calib_probs])
-    ours = [alarm_indices(p, threshold, config.min_events, config.cooldown)
-            for p in probs["evaluation"]]
-    metrics = {"ours": _score(ours, cases["evaluation"], config.margin)}
-    kind_threshold = _fit_kind(feats["train"], cases["train"])
-    metrics["ours"]["kind_accuracy"] = _kind_accuracy(
-        probs["evaluation"], _surprise(feats["evaluation"]), ours, cases["evaluation"],
-        (threshold, kind_threshold), config.margin)
     lap("calibration")
+
+    unseen_model: SequenceInterestModel | None = None
+    if heldout is not None:
+        # The whole pipeline again on a scorer that never saw the users it scores: fitted on
+        # one half of the head-training users, it gives out-of-fold features of the other
+        # half (the head re-fitted on them) and of the calibration users (the threshold
+        # re-calibrated there) and evaluation users.
+        unseen_model = heldout(groups["heldout_scorer"])
+        lap("heldout_scorer")
+        views_u = ("train_oof", *views[1:])
+        feats_u = {g: case_features(unseen_model, cases[g], item_embeddings, device,
+                                    progress=progress) for g in views_u}
+        detector_u = trainer.fit(unseen_model, feats_u["train_oof"], cases["train_oof"],
+                                 config, seed, device, progress)
+        probs_u = {g: trainer.probabilities(detector_u, unseen_model, feats_u[g], cases[g],
+                                            device) for g in views[1:]}
+        calib_u = _unspliced(probs_u["calibration"], cases["calibration"])
+        threshold_u = calibrate_threshold(calib_u, config.target_alarms_per_1k,
+                                          config.min_events, config.cooldown)
+        spliced = [i for i, c in enumerate(cases["calibration"]) if c.change_point >= 0]
+        kind_threshold = _fit_kind([feats_u["calibration"][i] for i in spliced],
+                                   [cases["calibration"][i] for i in spliced])
+        lap("unseen_view")
+    else:
+        kind_threshold = _fit_kind(feats["train"], cases["train"])
+    thresholds = (threshold, kind_threshold)
+    by_protocol: dict[str, dict[str, Metrics]] = {
+        "seen_a": {"ours": _ours(probs["evaluation"], _surprise(feats["evaluation"]),
+                                 cases["evaluation"], thresholds, config)},
+        "seen_b": {"ours": _ours(probs["evaluation_b"], _surprise(feats["evaluation_b"]),
+                                 cases["evaluation_b"], thresholds, config)},
+    }
     with torch.no_grad():
         table = model.item_table().detach().float().cpu().numpy()
     rows, knobs = _baselines(feats, cases, {"text": vectors, "items": table}, calib_rate, config)
-    metrics.update(rows)
+    by_protocol["seen_a"].update(rows)
+    knobs_u: dict[str, float] = {}
+    calib_rate_u: float | None = None
+    if unseen_model is not None:
+        for view, group in (("unseen_a", "evaluation"), ("unseen_b", "evaluation_b")):
+            by_protocol[view] = {"ours": _ours(probs_u[group], _surprise(feats_u[group]),
+                                               cases[group], (threshold_u, kind_threshold),
+                                               config)}
+        calib_rate_u = alarms_per_1k(
+            [alarm_indices(p, threshold_u, config.min_events, config.cooldown)
+             for p in calib_u], [len(p) for p in calib_u])
+        with torch.no_grad():
+            table_u = unseen_model.item_table().detach().float().cpu().numpy()
+        rows_u, knobs_u = _baselines(
+            {"calibration": feats_u["calibration"], "evaluation": feats_u["evaluation_b"]},
+            {"calibration": cases["calibration"], "evaluation": cases["evaluation_b"]},
+            {"text": vectors, "items": table_u}, calib_rate_u, config)
+        by_protocol["unseen_b"].update(rows_u)
+        knobs_u["threshold"] = threshold_u
     lap("baselines")
+    metrics = by_protocol["seen_a"]
     return DriftResult(
         detector=detector.to(torch.device("cpu")), threshold=threshold,
         kind_threshold=kind_threshold,
@@ -294,4 +428,6 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
         measured_alarms_per_1k=float(metrics["ours"]["alarms_per_1k"] or 0.0),
         metrics=metrics, knobs=knobs, cases=cases, groups=groups, seed=seed, config=config,
         seconds=time.perf_counter() - start, timings=timings,
+        metrics_unseen=by_protocol.get("unseen_b", {}), by_protocol=by_protocol,
+        knobs_unseen=knobs_u, unseen_calibration_alarms_per_1k=calib_rate_u,
     )

@@ -37,7 +37,26 @@ class SpliceConfig:
     max_suffix: int = 60
     ramp: int = 8  # gradual: events over which B's share climbs to 1
     far_quantile: float = 0.5  # B is drawn among users farther from A than this quantile
-    max_unspliced: int = 200  # real sequences are cut to their first events (speed)
+    max_unspliced: int = 200  # real sequences (and spliced ones) are cut to their first events
+    # How "far" is read: "group" = above the quantile of all pairwise distances in the group;
+    # "per_user" = above the quantile of A's own distances to the others (A's farthest ones).
+    partner_rule: Literal["group", "per_user"] = "group"
+    # How B's segment is joined on in time: "continue" keeps the clock running (B's first
+    # event comes its own gap after A's last); "gap" puts a pause of min_gap_s..max_gap_s
+    # (log-uniform) before it, like a user coming back after a while.
+    join: Literal["continue", "gap"] = "continue"
+    min_gap_s: float = 3600.0
+    max_gap_s: float = 30 * 86400.0
+    # Partial change: after the change (and the gradual ramp) each event is still A's next one
+    # with this probability (some of A's interests are kept).
+    keep_a: float = 0.0
+
+    @classmethod
+    def generator_b(cls) -> SpliceConfig:
+        """The second generator of the protocol (docs/drift-protocol.md): other segment
+        lengths, a pause at the join, B among A's own farthest third, partial changes."""
+        return cls(min_prefix=20, max_prefix=140, min_suffix=12, max_suffix=100, ramp=5,
+                   far_quantile=0.67, partner_rule="per_user", join="gap", keep_a=0.15)
 
 
 @dataclass(slots=True)
@@ -64,13 +83,17 @@ def user_profiles(users: list[UserSequence], item_vectors: np.ndarray) -> np.nda
     return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
-def far_partners(profiles: np.ndarray, quantile: float) -> list[np.ndarray]:
-    """For each user, the indices of users whose cosine distance is above the group quantile."""
+def far_partners(profiles: np.ndarray, quantile: float,
+                 rule: str = "group") -> list[np.ndarray]:
+    """For each user, the indices of users whose cosine distance is above the quantile: of the
+    group's pairwise distances (``rule="group"``) or of the user's own (``"per_user"``)."""
     distance = 1.0 - profiles @ profiles.T
     off_diagonal = distance[~np.eye(len(profiles), dtype=bool)]
     cut = float(np.quantile(off_diagonal, quantile))
     partners = []
     for row, dist in enumerate(distance):
+        if rule == "per_user" and len(dist) > 1:
+            cut = float(np.quantile(np.delete(dist, row), quantile))
         far = np.flatnonzero(dist > cut)
         partners.append(far[far != row] if len(far) else np.array([int(np.argmax(dist))]))
     return partners
@@ -82,25 +105,38 @@ def _gaps(times: np.ndarray) -> np.ndarray:
 
 
 def _assemble(a: UserSequence, b: UserSequence, cut: int, b_range: tuple[int, int],
-              ramp: int, ramp_draw: np.ndarray | None) -> DriftCase:
-    """Build one spliced case; ``ramp_draw`` (uniforms) makes it gradual, None abrupt."""
+              ramp: int, ramp_draw: np.ndarray | None, keep_draw: np.ndarray | None = None,
+              keep_a: float = 0.0, join_gap: float | None = None,
+              max_len: int | None = None) -> DriftCase:
+    """Build one spliced case; ``ramp_draw`` (uniforms) makes it gradual, None abrupt.
+
+    ``keep_draw`` (uniforms, with ``keep_a`` > 0): after the change each event is A's next one
+    with probability ``keep_a`` (a partial change). ``join_gap``: seconds before B's first
+    event (None: B's own gap). ``max_len``: the case is cut to its first events."""
     b_start, b_stop = b_range
     seen = set(a.items[:cut].tolist())
     a_gaps, b_gaps = _gaps(a.times), _gaps(b.times)
     b_rest = [i for i in range(b_start, b_stop) if int(b.items[i]) not in seen]
-    a_rest = list(range(cut, len(a.items))) if ramp_draw is not None else []
+    keeps = keep_draw is not None and keep_a > 0
+    a_rest = list(range(cut, len(a.items))) if ramp_draw is not None or keeps else []
     b_set = {int(b.items[i]) for i in b_rest}
     a_rest = [i for i in a_rest if int(a.items[i]) not in b_set]
     items, gaps, from_b = list(a.items[:cut]), list(a_gaps[:cut]), [0] * cut
     j = 0
     while b_rest:
-        take_b = (ramp_draw is None or j == 0 or not a_rest
-                  or ramp_draw[j % len(ramp_draw)] < min(1.0, (j + 1) / (ramp + 1)))
+        share = 1.0 if ramp_draw is None else min(1.0, (j + 1) / (ramp + 1))
+        take_b = (j == 0 or not a_rest
+                  or ((ramp_draw is None or ramp_draw[j % len(ramp_draw)] < share)
+                      and not (keeps and keep_draw is not None
+                               and keep_draw[j % len(keep_draw)] < keep_a)))
         source, pos = (b, b_rest.pop(0)) if take_b else (a, a_rest.pop(0))
         items.append(int(source.items[pos]))
-        gaps.append(float((b_gaps if take_b else a_gaps)[pos]))
+        gap = float((b_gaps if take_b else a_gaps)[pos])
+        gaps.append(join_gap if j == 0 and join_gap is not None else gap)
         from_b.append(int(take_b))
         j += 1
+    if max_len is not None:
+        items, gaps, from_b = items[:max_len], gaps[:max_len], from_b[:max_len]
     times = (a.times[0] + np.cumsum(gaps)).tolist()
     kind: CaseKind = "abrupt" if ramp_draw is None else "gradual"
     return DriftCase(kind, a.user_id, b.user_id, cut, [int(i) for i in items], times, from_b)
@@ -115,7 +151,12 @@ def splice_case(a: UserSequence, b: UserSequence, kind: CaseKind, config: Splice
     b_stop = min(len(b.items), b_start + int(rng.integers(config.min_suffix,
                                                           config.max_suffix + 1)))
     draw = rng.random(4 * config.max_suffix) if kind == "gradual" else None
-    return _assemble(a, b, cut, (b_start, b_stop), config.ramp, draw)
+    # Extra draws only for generators that use them, so the default one's cases stay the same.
+    keep = rng.random(4 * config.max_suffix) if config.keep_a > 0 else None
+    join_gap = (float(np.exp(rng.uniform(np.log(config.min_gap_s), np.log(config.max_gap_s))))
+                if config.join == "gap" else None)
+    return _assemble(a, b, cut, (b_start, b_stop), config.ramp, draw, keep, config.keep_a,
+                     join_gap, config.max_unspliced)
 
 
 def unspliced_case(user: UserSequence, config: SpliceConfig) -> DriftCase:
@@ -134,7 +175,8 @@ def make_cases(users: list[UserSequence], item_vectors: np.ndarray, config: Spli
     partners that have at least ``min_suffix`` events. Reproducible for a given seed.
     """
     rng = np.random.default_rng(seed)
-    partners = far_partners(user_profiles(users, item_vectors), config.far_quantile)
+    partners = far_partners(user_profiles(users, item_vectors), config.far_quantile,
+                            config.partner_rule)
     cases: list[DriftCase] = []
     for row, a in enumerate(users):
         if per_user.get("none", 0):

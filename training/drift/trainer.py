@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from app.ml.drift_head import DriftHead, drift_features
+from app.ml.drift_shift import (
+    SURPRISE_COLUMNS,
+    EmbeddingShiftHead,
+    item_space,
+    median_gamma,
+    shift_features,
+)
 from app.ml.parts import DriftDetector, NextItemScorer, get_kind
 from app.ml.sequence import SequenceInterestModel
 from training.drift.splicing import DriftCase
@@ -165,20 +172,31 @@ def _single_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+H = TypeVar("H", bound=DriftHead)
+
+
 def train_head(features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
                config: HeadTrainConfig, min_events: int, seed: int, device: torch.device,
                progress: bool = False) -> DriftHead:
     """Fit a DriftHead with class-weighted BCE on per-event window labels; returns eval mode."""
+    torch.manual_seed(seed)
+    head = DriftHead(features[0].shape[-1], config.hidden_size)
+    return fit_head(head, features, cases, config, min_events, seed, device, progress)
+
+
+def fit_head(head: H, features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+             config: HeadTrainConfig, min_events: int, seed: int, device: torch.device,
+             progress: bool = False) -> H:
+    """Train ``head`` (a DriftHead or subclass, fresh) on ``features``; returns eval mode."""
     with _single_thread_on_cpu(device):
-        return _fit_head(features, cases, config, min_events, seed, device, progress)
+        return _fit_head(head, features, cases, config, min_events, seed, device, progress)
 
 
-def _fit_head(features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+def _fit_head(head: H, features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
               config: HeadTrainConfig, min_events: int, seed: int, device: torch.device,
-              progress: bool) -> DriftHead:
+              progress: bool) -> H:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    head = DriftHead(features[0].shape[-1], config.hidden_size)
     _standardise(head, features)
     head.to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
@@ -245,3 +263,47 @@ class FeatureGruTrainer:
                       device: torch.device) -> list[np.ndarray]:
         assert isinstance(detector, DriftHead)
         return head_probabilities(detector, features, device)
+
+
+@torch.no_grad()
+def shift_case_features(cases: Sequence[DriftCase], item_text: torch.Tensor, gamma: float,
+                        batch_size: int = 32) -> list[torch.Tensor]:
+    """:func:`app.ml.drift_shift.shift_features` of each case: FloatTensor[L_i, F] (CPU)."""
+    order = sorted(range(len(cases)), key=lambda i: len(cases[i].items))
+    out: list[torch.Tensor | None] = [None] * len(cases)
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        items = pad_batch([cases[i].items for i in picked], torch.int64)
+        features = shift_features(items, item_text, gamma).float()
+        for row, i in enumerate(picked):
+            out[i] = features[row, : len(cases[i].items)].clone()
+    return [f for f in out if f is not None]
+
+
+@register_drift_trainer("embedding-shift")
+class EmbeddingShiftTrainer:
+    """The ``embedding-shift`` head (app.ml.drift_shift): the GRU of ``DriftConfig.head`` over
+    two-sample evidence on item vectors (``DriftConfig.options["spaces"]``, default
+    ``["items"]``) and, with ``options["surprise"]``, the shared features but the gap."""
+
+    def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
+            cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
+            progress: bool) -> DriftDetector:
+        spaces = list(config.options.get("spaces", ["items"]))
+        surprise = bool(config.options.get("surprise", False))
+        tables = [item_space(scorer, space).detach().cpu() for space in spaces]
+        gammas = [median_gamma([c.items for c in cases[:500]], t) for t in tables]
+        groups = [shift_case_features(cases, t, g) for t, g in zip(tables, gammas, strict=True)]
+        if surprise:  # the shared features, read the same way traces reads them
+            groups.append([f[:, SURPRISE_COLUMNS] for f in features])
+        shift = [torch.cat(parts, dim=-1) for parts in zip(*groups, strict=True)]
+        torch.manual_seed(seed)
+        head = EmbeddingShiftHead(shift[0].shape[-1], config.head.hidden_size, gammas, spaces,
+                                  surprise)
+        return fit_head(head, shift, cases, config.head, config.min_events, seed, device,
+                        progress)
+
+    def probabilities(self, detector: DriftDetector, scorer: NextItemScorer,
+                      features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
+                      device: torch.device) -> list[np.ndarray]:
+        return trace_probabilities(detector, scorer, cases, device)

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from app.api.deps import ReadScope, RuntimeDep, SessionDep, WriteScope
+from fastapi import APIRouter, Path, Query
+
+from app.api.deps import (
+    AdminScope,
+    ModelDep,
+    ReadScope,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    WriteScope,
+)
 from app.core.errors import ApiError
-from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
+from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, ErrorOut, storable_text
 from app.schemas.items import ItemBatch, ItemOut, UpsertResult
-from app.services import history
+from app.schemas.lifecycle import (
+    CatalogueItemOut,
+    CataloguePage,
+    ItemDeleteOut,
+    ItemLifecyclePatch,
+    SimilarItemsOut,
+)
+from app.services import catalogue_listing, history
+from app.services import similar as similar_service
+from app.services.runtime import InvalidWindow
 
 router = APIRouter(prefix="/items", tags=["items"])
+ItemIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 
 @router.post("", dependencies=[WriteScope], response_model=UpsertResult)
@@ -33,3 +54,96 @@ def get_item(session: SessionDep,
     if item is None:
         raise ApiError(404, "not_found", f"item '{item_id}' does not exist")
     return ItemOut.model_validate(item)
+
+
+# ------------------------------------------------------------------ lifecycle (issue 18)
+@router.get("", dependencies=[ReadScope], response_model=CataloguePage)
+def list_items(
+    session: SessionDep,
+    active: Annotated[bool | None, Query(description="true: only items that may be "
+                                         "recommended now; false: only those that may not")
+                      ] = None,
+    category: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> CataloguePage:
+    """The catalogue by item_id; follow `next_cursor` for the next page."""
+    if category is not None:
+        try:
+            storable_text(category)
+        except ValueError as error:
+            raise ApiError(422, "validation_error", f"category: {error}",
+                           detail=[{"loc": ["query", "category"], "msg": str(error),
+                                    "type": "value_error", "row": None, "field": "category"}]
+                           ) from error
+    now = datetime.now(UTC)
+    try:
+        page, next_cursor = catalogue_listing.list_catalogue(session, limit, now, active,
+                                                             category, cursor)
+    except catalogue_listing.InvalidItemCursor as error:
+        raise ApiError(422, "validation_error", "cursor is not one this API returned",
+                       detail=[{"loc": ["query", "cursor"], "msg": str(error),
+                                "type": "invalid_cursor", "row": None, "field": "cursor"}]
+                       ) from error
+    return CataloguePage(items=[CatalogueItemOut.model_validate(i) for i in page],
+                         next_cursor=next_cursor)
+
+
+@router.patch("/{item_id}", dependencies=[WriteScope], response_model=CatalogueItemOut,
+              responses={404: {"description": "Unknown item."}})
+def patch_item(body: ItemLifecyclePatch, runtime: RuntimeDep, item_id: ItemIdPath
+               ) -> CatalogueItemOut:
+    """Retire an item (`{"active": false}`), bring it back (`true`), or set the window it may
+    be recommended in (`available_from` / `available_until`; null clears a bound).
+
+    Every worker stops recommending a retired item (or one outside its window) within about
+    a second; its past events stay in histories and still count for profiles and drift."""
+    try:
+        item = runtime.update_item_lifecycle(item_id, body.changes())
+    except InvalidWindow as error:
+        raise ApiError(422, "validation_error", str(error),
+                       detail=[{"loc": ["body", "available_until"], "msg": str(error),
+                                "type": "invalid_window", "row": None,
+                                "field": "available_until"}]) from error
+    if item is None:
+        raise ApiError(404, "not_found", f"item '{item_id}' does not exist")
+    return CatalogueItemOut.model_validate(
+        catalogue_listing.catalogue_entry(item, datetime.now(UTC)))
+
+
+@router.delete("/{item_id}", dependencies=[AdminScope], response_model=ItemDeleteOut,
+               responses={404: {"description": "Unknown item."},
+                          409: {"model": ErrorOut,
+                                "description": "Events reference the item: retire it "
+                                               "(`?retire=true`) instead."}})
+def delete_item(runtime: RuntimeDep, item_id: ItemIdPath, retire: bool = False
+                ) -> ItemDeleteOut:
+    """Delete an item no event references. While events reference it the answer is 409
+    (deleting it would rewrite users' histories, and training reads them); with
+    `retire=true` it is retired instead (as `PATCH {"active": false}`)."""
+    outcome = runtime.delete_item(item_id, retire)
+    if outcome is None:
+        raise ApiError(404, "not_found", f"item '{item_id}' does not exist")
+    if outcome == "in_use":
+        raise ApiError(409, "item_in_use", f"events reference item '{item_id}'; retire it "
+                       "with ?retire=true (its events stay in the histories)")
+    return ItemDeleteOut(item_id=item_id, deleted=outcome == "deleted",
+                         retired=outcome == "retired")
+
+
+@router.get("/{item_id}/similar", dependencies=[ReadScope], response_model=SimilarItemsOut,
+            responses={404: {"description": "Unknown item, or not in the served catalogue."},
+                       503: {"description": "No model is loaded."}})
+def similar(item_id: ItemIdPath, session: SessionDep, model: ModelDep, settings: SettingsDep,
+            k: Annotated[int, Query(ge=1)] = 10) -> dict[str, Any]:
+    """The `k` items most like this one in the served model (its learned item table; for an
+    item it has not trained on, the text encoder's embeddings), retired items left out, each
+    with its topic. Answered from memory but for the titles."""
+    if k > settings.max_k:
+        raise ApiError(422, "validation_error", f"k: at most {settings.max_k} items per request",
+                       detail=[{"loc": ["query", "k"], "msg": f"k must be <= {settings.max_k}",
+                                "type": "less_than_equal", "row": None, "field": "k"}])
+    try:
+        return similar_service.similar_items(session, model, item_id, k)
+    except similar_service.NotServed as error:
+        raise ApiError(404, "not_found", str(error)) from error

@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import ReadScope, SessionDep, SettingsDep, UserIdPath
+from app.api.deps import AdminScope, ReadScope, RuntimeDep, SessionDep, SettingsDep, UserIdPath
+from app.core.errors import ApiError
 from app.domain.limits import CURSOR_MAX_LENGTH
 from app.schemas.common import Timestamp
 from app.schemas.events import EventOut, EventPage
+from app.schemas.lifecycle import ErasureOut
 from app.services import history
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -31,3 +33,21 @@ def user_events(
                                     cursor=cursor)
     return EventPage(user_id=user_id, events=[EventOut.model_validate(e) for e in page.events],
                      next_cursor=page.next_cursor)
+
+
+@router.delete("/{user_id}", dependencies=[AdminScope], response_model=ErasureOut,
+               responses={404: {"description": "Unknown user (or already erased)."}})
+def erase_user(user_id: UserIdPath, runtime: RuntimeDep) -> ErasureOut:
+    """Erase the user's data: events, drift records and drift checks, in one transaction.
+
+    Every worker forgets the user's remembered rankings and drift findings at once. An event
+    acknowledged before this answer is gone; one acknowledged after it stays (the user exists
+    again). A repeated call answers 404. The log records the erasure under a salted digest of
+    the user, never the id. Models trained before it still carry the user's influence until
+    the next retrain (README, Privacy)."""
+    outcome = runtime.erase_user(user_id)
+    if outcome is None:
+        raise ApiError(404, "not_found", f"user '{user_id}' has no data")
+    return ErasureOut(user_id=user_id, events_removed=outcome.events,
+                      drift_records_removed=outcome.drift_records,
+                      drift_checks_removed=outcome.drift_checks)

@@ -135,6 +135,8 @@
       DR.el("td", {}, String(i + 1)),
       DR.el("td", {title: `item ${item.item_id}`}, item.title || item.item_id),
       DR.el("td", {}, DR.chip(item.topic)),
+      DR.el("td", {class: "because"}, (item.because || [])
+        .map((reason) => reason.title || reason.item_id).join("; ") || "\u2014"),
       DR.el("td", {class: "num"}, item.score.toFixed(3)),
     )));
   }

@@ -38,7 +38,8 @@ ROLE_METHODS: dict[str, tuple[str, ...]] = {
     "drift": ("traces",),
 }
 # Modules holding the kinds this project ships (imported when a kind is first looked up).
-BUILTIN_MODULES = ("app.ml.encoder", "app.ml.sequence", "app.ml.drift_head")
+BUILTIN_MODULES = ("app.ml.encoder", "app.ml.sequence", "app.ml.drift_head",
+                   "app.ml.drift_shift")
 # The kinds a format-1 bundle (written before parts had kinds) is made of.
 DEFAULT_KINDS: dict[Role, str] = {"encoder": "minilm", "scorer": "sasrec-text-time",
                                   "drift": "feature-gru"}
