@@ -57,6 +57,9 @@ def main() -> None:
             "no API keys configured: binding to %s instead of %s", LOOPBACK, host)
         host = LOOPBACK
     empty_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR: no counts left from the last run
+    if args.workers > 1 and settings.sqlite_change_check == "auto":
+        # several processes write one SQLite file: each must notice the others' commits
+        os.environ["DRIFTREC_SQLITE_CHANGE_CHECK"] = "data_version"
     # uvicorn's own lines go through our formatter; its access log is replaced by ours.
     uvicorn.run("app.main:create_app", factory=True, host=host,
                 port=args.port or settings.port, workers=args.workers,

@@ -83,13 +83,15 @@ def worker_pids(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_service_process(env: dict[str, str], workers: int = 1, timeout: float = 180.0
+def running_service_process(env: dict[str, str], workers: int = 1, timeout: float = 180.0,
+                            root: Path | None = None
                             ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`running_service`, also yielding the process (to read its workers' memory)."""
+    """`running_service`, also yielding the process (to read its workers' memory); `root`:
+    serve that checkout's code (default: this one)."""
     port = free_port()
     command = [sys.executable, "-m", "app", "serve", "--port", str(port),
                "--workers", str(workers)]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env},
+    process = subprocess.Popen(command, cwd=root or ROOT, env={**os.environ, **env},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

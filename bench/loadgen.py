@@ -1,9 +1,11 @@
-"""A lean HTTP/1.1 load generator: keep-alive GETs over raw asyncio streams on uvloop.
+"""A lean HTTP/1.1 load generator: keep-alive requests over raw asyncio streams on uvloop.
 
 The benchmark's load generator shares the machine's 2 cores with the service. httpx's async
 client spends a few milliseconds of CPU per request at 32 connections (at c32 it capped even
 `/healthz` near 200 requests/s), so it measured itself more than the service. This client does
-only what the benchmark needs: GET, keep-alive, `Content-Length` bodies, status codes.
+only what the benchmark needs: GET and POST, keep-alive, `Content-Length` bodies, status codes.
+`run_mixed` drives sequences of requests per unit of work (a POST then a GET, for the mixed
+event-then-recommend workload), each connection running one unit at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    # per request kind (run_mixed): latencies and counts
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
+
+
+# One request of a unit of work: (kind, method, path, JSON body or None).
+Step = tuple[str, str, str, bytes | None]
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -69,3 +77,45 @@ def run_load(base: str, path_of: Callable[[int], str], concurrency: int,
              requests: int) -> LoadResult:
     """`requests` GETs of `path_of(n)` over `concurrency` keep-alive connections."""
     return uvloop.run(_run(base, path_of, concurrency, requests))
+
+
+def _encode(method: str, path: str, body: bytes | None, host: str, port: int) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + (body or b"")
+
+
+async def _run_mixed(base: str, unit_of: Callable[[int], list[Step]], concurrency: int,
+                     units: int) -> LoadResult:
+    url = urlsplit(base)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    result = LoadResult()
+    counter = iter(range(units))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for n in counter:
+                for kind, method, path, body in unit_of(n):
+                    started = time.perf_counter()
+                    writer.write(_encode(method, path, body, host, port))
+                    status, _ = await _read_response(reader)
+                    latency = (time.perf_counter() - started) * 1000
+                    result.latencies_ms.append(latency)
+                    result.by_kind.setdefault(kind, []).append(latency)
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+def run_mixed(base: str, unit_of: Callable[[int], list[Step]], concurrency: int,
+              units: int) -> LoadResult:
+    """`units` units of work (`unit_of(n)`: requests sent one after the other on one
+    connection) over `concurrency` keep-alive connections."""
+    return uvloop.run(_run_mixed(base, unit_of, concurrency, units))

@@ -281,7 +281,8 @@ def test_drift_is_computed_once_per_new_event(served: Served,
     calls: list[str] = []
     real = interests.find_drift
     monkeypatch.setattr(interests, "find_drift",
-                        lambda model, history: calls.append("run") or real(model, history))
+                        lambda model, history, user_id=None: calls.append("run")
+                        or real(model, history, user_id))
     user = _user(served, 6)
     first = served.client.get(f"/drift/{user}").json()
     served.client.get(f"/recommend/{user}")

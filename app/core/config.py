@@ -84,6 +84,20 @@ class Settings(BaseSettings):
     change_feed_users: int = Field(default=100_000, ge=1)
     # Items the catalogue refresher embeds per batch (in the background, after a commit).
     catalogue_embed_batch: int = Field(default=64, ge=1)
+    # Incremental drift state per user (README "Serving performance"): users kept per worker
+    # and the MiB they may take (~7 KiB per user at 200 events); 0 turns it off (every drift
+    # finding replays the user's window).
+    interest_state_users: int = Field(default=20_000, ge=0)
+    interest_state_mb: int = Field(default=64, ge=0)
+    # Bring a user's state forward in the background after their new events are stored (else
+    # the next read does it).
+    interest_state_on_ingest: bool = False
+    # SQLite has no notifications. "process": this process is the only writer, and its own
+    # ingestion path tells its change feed (what one worker needs); "data_version": any commit
+    # by another connection (another process) makes everything remembered stale (PRAGMA
+    # data_version, read per request); "auto": "process", or "data_version" when
+    # `serve --workers` starts several.
+    sqlite_change_check: Literal["auto", "process", "data_version"] = "auto"
     # Histories per batched forward pass (1: no batching).
     max_inference_batch: int = Field(default=64, ge=1)
 

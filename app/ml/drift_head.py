@@ -105,6 +105,16 @@ def drift_features(model: NextItemScorer, item_idx: torch.Tensor, timestamps: to
     item_embeddings: FloatTensor[N+1, D] item text embeddings (default: the model's own).
     Values at padded positions are meaningless. The model is put in eval mode.
     """
+    return drift_features_and_hidden(model, item_idx, timestamps, item_embeddings)[0]
+
+
+@torch.no_grad()
+def drift_features_and_hidden(model: NextItemScorer, item_idx: torch.Tensor,
+                              timestamps: torch.Tensor,
+                              item_embeddings: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`drift_features` and the scorer's causal hidden states it read ([B, L, H]): what
+    the incremental state (app.ml.incremental) carries forward from a replay."""
     model.eval()
     text = model.item_text if item_embeddings is None else item_embeddings.to(item_idx.device)
     hidden = windowed_hidden(model, item_idx, timestamps).float()
@@ -132,7 +142,7 @@ def drift_features(model: NextItemScorer, item_idx: torch.Tensor, timestamps: to
         _cos_distance(emb, before_t), _cos_distance(hidden, back),
         torch.log1p(position).expand_as(surprise), torch.log1p(gaps.clamp(min=0)).float(),
     ]
-    return torch.stack(columns, dim=-1)
+    return torch.stack(columns, dim=-1), hidden
 
 
 @torch.no_grad()
@@ -162,10 +172,17 @@ class DriftHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features: [B, L, F] -> logits [B, L] ("interest changed at this event")."""
+        return self.run(features)[0]
+
+    def run(self, features: torch.Tensor, state: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features: [B, L, F], the GRU state before them ([B, H]; None: zeros) -> (logits
+        [B, L], the GRU state after each event [B, L, H]). One event at a time with the state
+        carried gives what one pass over the whole sequence gives."""
         x = (features - self.feature_mean) / self.feature_std
         x = torch.relu(self.inp(x))
-        state, _ = self.gru(x)
-        return self.out(torch.cat([state, x], dim=-1)).squeeze(-1)
+        states, _ = self.gru(x, None if state is None else state.unsqueeze(0).contiguous())
+        return self.out(torch.cat([states, x], dim=-1)).squeeze(-1), states
 
     @torch.no_grad()
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,9 @@ class ChangeFeed:
         self._live = False
         self.max_users = max(1, max_users)
         self.on_items_changed: Callable[[list[str] | None], None] | None = None
+        # Called by `token` before it answers: a cheap check that may find that another
+        # process wrote and call `everything_changed` (SQLite's data_version watcher).
+        self.guard: Callable[[], None] | None = None
         # Users whose data was erased: the runtime drops what serving remembers of them
         # (None: any user may have been, as after notifications were lost).
         self.on_users_erased: Callable[[list[str] | None], None] | None = None
@@ -81,6 +84,8 @@ class ChangeFeed:
     def token(self, user_id: str) -> tuple[int, int] | None:
         if not self._live:
             return None
+        if self.guard is not None:
+            self.guard()
         with self._lock:
             return self._epoch, self._generation.get(user_id, self._floor)
 
@@ -132,6 +137,37 @@ class ChangeFeed:
             if self.on_users_erased is not None:
                 self.on_users_erased(None)
         self._live = live
+
+
+class SqliteDataVersionWatcher:
+    """SQLite's cross-process change check: `PRAGMA data_version` on a connection of its own
+    changes whenever any other connection (another process, or this one's pool) commits. Any
+    change makes everything the feed vouches for stale (`everything_changed`), so a write by
+    any process is seen by the next request of every process. About a microsecond when
+    nothing changed (the pragma reads shared memory in WAL mode, no query is planned)."""
+
+    def __init__(self, path: str, feed: ChangeFeed) -> None:
+        import sqlite3
+
+        self._connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self._lock = threading.Lock()
+        self._feed = feed
+        self._version = self._read()
+
+    def _read(self) -> int:
+        return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def check(self) -> None:
+        with self._lock:
+            version = self._read()
+            changed = version != self._version
+            self._version = version
+        if changed:
+            self._feed.everything_changed()
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
 
 
 class PostgresChangeListener:

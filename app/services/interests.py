@@ -137,24 +137,45 @@ class DriftFinding:
     after: np.ndarray
 
 
-def encoded_positions(model: ServedModel, item_ids: Sequence[str]) -> list[int]:
-    """Positions in `item_ids` of the events the model encodes, in order: entry j is where
-    encoded event j sits in the full history. The bundle skips items it does not know and
-    reads the last `max_events` of the rest, so its indices are not history positions."""
+def find_drift(model: ServedModel, history: History, user_id: str | None = None
+               ) -> DriftFinding:
+    """The drift head's trace over the history's window and the calibrated decision rule.
+
+    A user's trace is carried forward from their incremental state (app.services.
+    interest_state: only events it has not seen go through the model); without a user id the
+    window is replayed. The window is the last events up to `max_events`, its start moving in
+    steps of half of that (app.ml.incremental.drift_window_start)."""
     bundle = model.bundle
-    known = [i for i, item_id in enumerate(item_ids) if bundle.index_of(item_id) is not None]
-    return known[-bundle.drift.max_events:]
+    states = getattr(model, "interest_states", None)
+    if states is None:  # a model object without incremental states (test doubles)
+        return _replayed_drift(model, history)
+    trace = states.trace(user_id, history.event_ids, history.item_ids, history.timestamps,
+                         history.total)
+    probs = trace.probabilities
+    change = bundle.change_point(probs, trace.surprise)
+    n_topics = len(bundle.topics.names)
+    before = after = np.zeros(n_topics)
+    position = None
+    if change is not None:
+        position = int(trace.positions[change.index])
+        window = history.item_ids[trace.start:]
+        event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, window)]
+        before, after = drift_domain.interests_around(event_topics, position - trace.start,
+                                                      n_topics)
+    return DriftFinding(history, probs, change, position, before, after)
 
 
-def find_drift(model: ServedModel, history: History) -> DriftFinding:
-    """Run the drift head over the history and apply the calibrated decision rule."""
+def _replayed_drift(model: ServedModel, history: History) -> DriftFinding:
+    """find_drift through the model's own `detect_drift` (the last `max_events` known events)."""
     bundle = model.bundle
     probs, change = model.detect_drift(history.item_ids, history.timestamps)
     n_topics = len(bundle.topics.names)
     before = after = np.zeros(n_topics)
     position = None
     if change is not None:
-        position = encoded_positions(model, history.item_ids)[change.index]
+        known = [i for i, item_id in enumerate(history.item_ids)
+                 if bundle.index_of(item_id) is not None]
+        position = known[-bundle.drift.max_events:][change.index]
         event_topics = [[t] if t >= 0 else [] for t in _topics_of(model, history.item_ids)]
         before, after = drift_domain.interests_around(event_topics, position, n_topics)
     return DriftFinding(history, probs, change, position, before, after)
@@ -188,7 +209,7 @@ def cached_drift(model: ServedModel, user_id: str, history: History) -> DriftFin
     entry = model.drift_cache.get(user_id, state, None)
     n = len(history.item_ids)
     if entry is None or (entry.from_end is not None and entry.from_end > n):
-        finding = find_drift(model, history)
+        finding = find_drift(model, history, user_id)
         from_end = None if finding.position is None else n - finding.position
         model.drift_cache.put(user_id, state, None, _RememberedDrift(
             finding.probabilities, finding.change, from_end, finding.before, finding.after))

@@ -31,6 +31,9 @@ from app.ml.loader import load_registered, registry_client, resolve_version
 from app.services.batching import MicroBatcher
 from app.services.caches import LruCache as LruCache  # re-exported
 from app.services.caches import UserStateCache
+from app.services.interest_state import DEFAULT_MAX_BYTES as DEFAULT_STATE_BYTES
+from app.services.interest_state import DEFAULT_MAX_USERS as DEFAULT_STATE_USERS
+from app.services.interest_state import InterestStates
 from app.store import repository
 from app.store.models import Item
 
@@ -76,6 +79,10 @@ class ServedModel:
     # Concurrent requests share forward passes (see app.services.batching).
     scorer: MicroBatcher[EventWindow, np.ndarray] = field(init=False, repr=False)
     drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
+    # The drift detector's state per user, carried forward event by event
+    # (app.services.interest_state); None: a new, empty one (a new bundle needs one).
+    interest_states: InterestStates | None = field(default=None, repr=False)
+    interest_state_limits: tuple[int, int] = (DEFAULT_STATE_USERS, DEFAULT_STATE_BYTES)
     # Tables derived from this bundle on first use (the similar-items index): new per copy.
     derived: dict[str, Any] = field(init=False, repr=False, compare=False)
     derived_lock: threading.Lock = field(init=False, repr=False, compare=False)
@@ -101,6 +108,11 @@ class ServedModel:
 
         object.__setattr__(self, "scorer", MicroBatcher(score, self.max_batch))
         object.__setattr__(self, "drift_tracer", MicroBatcher(trace, self.max_batch))
+        if self.interest_states is None or self.interest_states.bundle is not bundle:
+            tracer = self.drift_tracer
+            object.__setattr__(self, "interest_states", InterestStates(
+                bundle, *self.interest_state_limits, max_batch=self.max_batch,
+                replay=lambda items, times: tracer.submit((items, times))))
 
     def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float]) -> np.ndarray:
         """Next-item scores of one history (float32[N]), batched with concurrent requests."""
@@ -250,6 +262,8 @@ class ModelManager:
             drift_cache=new_drift_cache(self.settings),
             ranking_cache=new_ranking_cache(self.settings),
             max_batch=self.settings.max_inference_batch,
+            interest_state_limits=(self.settings.interest_state_users,
+                                   self.settings.interest_state_mb * MIB),
             catalogue={item.item_id: item.digest for item in items},
             availability=availability,
             observe_batch=self.observe_batch,
@@ -277,7 +291,7 @@ class ModelManager:
             self._current = dataclasses.replace(
                 expected, bundle=bundle, catalogue=catalogue, availability=availability,
                 drift_cache=new_drift_cache(self.settings),
-                ranking_cache=new_ranking_cache(self.settings))
+                ranking_cache=new_ranking_cache(self.settings), interest_states=None)
             return True
 
     def start_polling(self) -> None:

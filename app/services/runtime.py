@@ -36,7 +36,11 @@ from app.schemas.items import ItemIn
 from app.services import ingestion
 from app.services import interests as interest_service
 from app.services.catalogue_refresh import CatalogueRefresher
-from app.services.change_feed import ChangeFeed, PostgresChangeListener
+from app.services.change_feed import (
+    ChangeFeed,
+    PostgresChangeListener,
+    SqliteDataVersionWatcher,
+)
 from app.services.drift_queue import DriftQueue
 from app.services.model_manager import ModelManager, ReloadOutcome
 from app.store import catalogue as catalogue_store
@@ -90,6 +94,8 @@ class ServingRuntime:
     drift_queue: DriftQueue
     catalogue: CatalogueRefresher
     listener: PostgresChangeListener | None = None
+    sqlite_watcher: SqliteDataVersionWatcher | None = None
+    state_queue: DriftQueue | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -113,9 +119,22 @@ class ServingRuntime:
             except UnknownUser:
                 pass  # erased since it was queued: nothing to check, and nothing to log
 
+        def advance_user(user_id: str) -> None:
+            model = manager.current
+            bundle = model.bundle
+            with factory() as session:
+                history = interest_service.load_history(
+                    session, user_id, max(bundle.drift.max_events, bundle.sequence_model.max_len))
+            model.interest_states.trace(user_id, history.event_ids, history.item_ids,
+                                        history.timestamps, history.total)
+
         runtime = cls(settings, metrics, engine, factory, manager, feed,
                       DriftQueue(check_user, settings.drift_queue_size, _QueueMetrics(metrics)),
                       refresher)
+        if settings.interest_state_on_ingest and settings.interest_state_users > 0:
+            # new events bring their users' drift states forward in the background, so the
+            # next read finds them current (a read that comes first does it itself)
+            runtime.state_queue = DriftQueue(advance_user, settings.drift_queue_size)
         manager.reload()
         # another version read the catalogue when it loaded: items written since then are
         # compared again; the feed reports items written by any process
@@ -125,19 +144,35 @@ class ServingRuntime:
         refresher.start()
         manager.start_polling()
         runtime.drift_queue.start()
+        if runtime.state_queue is not None:
+            runtime.state_queue.start()
         # PostgreSQL announces new events and items (NOTIFY): while this listens, repeated
         # reads of an unchanged user are answered from memory and every process follows the
         # catalogue. SQLite: the feed stays off (one process: the local effects suffice).
         if engine.dialect.name == "postgresql":
             runtime.listener = PostgresChangeListener(settings.database_url, feed)
             runtime.listener.start()
+        elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "",
+                                                                           ":memory:"):
+            # No notifications: this process's ingestion path tells the feed of its own
+            # writes before it acknowledges them (after_events_ingested); with several
+            # processes, data_version tells every process that some other one wrote.
+            if settings.sqlite_change_check == "data_version":
+                runtime.sqlite_watcher = SqliteDataVersionWatcher(str(engine.url.database),
+                                                                  feed)
+                feed.guard = runtime.sqlite_watcher.check
+            feed.set_live(True)
         return runtime
 
     def stop(self) -> None:
         if self.listener is not None:
             self.listener.stop()
+        if self.sqlite_watcher is not None:
+            self.sqlite_watcher.close()
         self.catalogue.stop()
         self.drift_queue.stop()
+        if self.state_queue is not None:
+            self.state_queue.stop()
         self.models.stop()
         self.engine.dispose()
 
@@ -155,6 +190,8 @@ class ServingRuntime:
         # stale (other processes: the NOTIFY sent with the commit)
         self.change_feed.users_changed(result.user_ids)
         queued = self.drift_queue.submit(result.user_ids) if detect_drift else None
+        if self.state_queue is not None and not detect_drift and result.accepted:
+            self.state_queue.submit(result.user_ids)  # a drift check brings it forward too
         return EventsOutcome(result.accepted, result.duplicates, queued, result.conflicts)
 
     def upsert_items(self, items: Sequence[ItemIn]) -> int:
@@ -227,18 +264,23 @@ class ServingRuntime:
         return ErasureOutcome(counts.events, counts.drift_records, counts.drift_checks)
 
     def forget_users(self, user_ids: Sequence[str] | None) -> None:
-        """Drop the remembered rankings and drift findings of these users (an erasure; None:
-        of every user, when erasures may have been missed)."""
+        """Drop the remembered rankings, drift findings and incremental drift states of these
+        users (an erasure; None: of every user, when erasures may have been missed)."""
         served = self.models.loaded
         if served is None:
             return
+        states = served.interest_states
         if user_ids is None:
             served.ranking_cache.clear()
             served.drift_cache.clear()
+            if states is not None:
+                states.forget(None)
             return
         for user_id in user_ids:
             served.ranking_cache.forget(user_id)
             served.drift_cache.forget(user_id)
+            if states is not None:  # its events' traces (a rebuild would also notice)
+                states.forget(user_id)
 
     # ------------------------------------------------------------------ models
     def reload_model(self, force: bool = False) -> ReloadOutcome:
