@@ -44,9 +44,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.core.config import PROJECT_ROOT, Settings
+from app.core.config import Settings
 from app.main import create_app
 from bench.common import fresh_database, machine, write_result
+from tests.test_fuzzing import seed_fuzz_data
 
 ITEMS = [str(i) for i in range(1, 21)]  # MovieLens ids: in the tiny model's catalogue
 USERS = ["st1", "st2"]
@@ -59,31 +60,10 @@ CHECKS: list[Callable[..., Any]] = [not_a_server_error, status_code_conformance,
 def tiny_registry(root: Path) -> tuple[str, str]:
     """Train configs/tiny.yaml from a store holding the tiny users (as the tests' fixture
     does) and register + promote it: (registry URI, artifact root)."""
-    from app.store.migrate import upgrade_head
-    from tests.conftest import tiny_store
-    from training.config import load_config
-    from training.pipeline import run_training
-    from training.registry import MlflowTarget
+    from tests.conftest import train_tiny
 
-    store_url = f"sqlite:///{root / 'store.db'}"
-    upgrade_head(store_url)
-    tiny_store(store_url)
-    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml")
-    config.run.output_dir = str(root / "runs")
-    target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
-    run_training(config, device="cpu", register=True, promote=True, progress=False,
-                 target=target, log=lambda _: None, database_url=store_url)
-    return target.tracking_uri, str(root / "artifacts")
-
-
-def seed_data(client: TestClient) -> None:
-    items = [{"item_id": item, "title": f"Movie {item}", "categories": ["Drama"]}
-             for item in ITEMS]
-    assert client.post("/items", json={"items": items}).status_code == 200
-    events = [{"event_id": f"{user}-{n}", "user_id": user, "item_id": ITEMS[(n * 7) % 20],
-               "type": "view", "timestamp": 1_700_000_000 + 3600 * n}
-              for user in USERS for n in range(25)]
-    assert client.post("/events", json={"events": events}).status_code == 200
+    _, target, _ = train_tiny(root)
+    return target.tracking_uri, target.artifact_root
 
 
 def fuzz(operation: Any, mode: GenerationMode, examples: int, seed: int,
@@ -129,7 +109,7 @@ def served_schema(workdir: Path) -> Iterator[Any]:
                             mlflow_artifact_root=artifacts, model_poll_seconds=0,
                             data_cache_dir=workdir / "cache", log_level="WARNING")
         with TestClient(create_app(settings)) as seeder:
-            seed_data(seeder)
+            seed_fuzz_data(seeder, USERS)
         schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings))
         # Auth is off (tests/test_auth.py covers keys): no generated Authorization headers,
         # whose invalid forms an open server rightly accepts.

@@ -157,15 +157,14 @@ def tiny_store(url: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """Trained as a user would: ml-100k's tiny users imported into a (SQLite) store through
-    the importer, then the tiny config trained from the store."""
+def train_tiny(root: Path) -> tuple[Any, Any, str]:
+    """Trained as a user would: ml-100k's tiny users imported into a (SQLite) store under
+    `root` through the importer, then the tiny config trained from the store, registered and
+    promoted: (report, MLflow target, store URL). The bench's schemathesis run uses it too."""
     from training.config import load_config
     from training.pipeline import run_training
     from training.registry import MlflowTarget
 
-    root = tmp_path_factory.mktemp("tiny")
     store_url = f"sqlite:///{root / 'store.db'}"
     upgrade_head(store_url)
     tiny_store(store_url)
@@ -174,6 +173,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     target = MlflowTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
     report = run_training(config, device="cpu", register=True, promote=True, progress=False,
                           target=target, log=lambda _: None, database_url=store_url)
+    return report, target, store_url
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """The tiny model (`train_tiny`), trained once per test run."""
+    root = tmp_path_factory.mktemp("tiny")
+    report, target, store_url = train_tiny(root)
     return TinyModel(report, target, root, store_url)
 
 

@@ -70,7 +70,7 @@ def fuzzed(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("fuzzing")
     with tiny_model_database(tiny_model, root, "fuzzing") as (settings, _):
         with TestClient(create_app(settings)) as seeder:
-            _seed(seeder)
+            seed_fuzz_data(seeder)
         # Schemathesis runs the app's lifespan itself (once per app); it is stopped below.
         app = create_app(settings)
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -83,13 +83,14 @@ def fuzzed(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
             asgi.shutdown_lifespans()
 
 
-def _seed(client: TestClient) -> None:
+def seed_fuzz_data(client: TestClient, users: list[str] = USERS) -> None:
+    """The catalogue's first items and 25 events of each of `users` (the bench's run too)."""
     items = [{"item_id": item, "title": f"Movie {item}", "categories": ["Drama"]}
              for item in ITEMS]
     assert client.post("/items", json={"items": items}).status_code == 200
     events = [{"event_id": f"{user}-{n}", "user_id": user, "item_id": ITEMS[(n * 7) % 20],
                "type": "view", "timestamp": 1_700_000_000 + 3600 * n}
-              for user in USERS for n in range(25)]
+              for user in users for n in range(25)]
     assert client.post("/events", json={"events": events}).status_code == 200
 
 

@@ -34,7 +34,9 @@ class UpsertResult(BaseModel):
     upserted: int
 
 
-class ItemOut(BaseModel):
+class StoredItemFields(BaseModel):
+    """What every answer about a stored item carries (read from the row)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     item_id: str
@@ -42,6 +44,9 @@ class ItemOut(BaseModel):
     text: str | None
     categories: list[str]
     attributes: dict[str, Any]
+
+
+class ItemOut(StoredItemFields):
     active: bool = Field(default=True, description="false: retired, never recommended")
     available_from: datetime | None = None
     available_until: datetime | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import Timestamp
+from app.schemas.items import StoredItemFields
 
 
 class ErasureOut(BaseModel):
@@ -51,14 +52,7 @@ class ItemDeleteOut(BaseModel):
                           "reference it)")
 
 
-class CatalogueItemOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    item_id: str
-    title: str
-    text: str | None
-    categories: list[str]
-    attributes: dict[str, Any]
+class CatalogueItemOut(StoredItemFields):
     active: bool
     available_from: datetime | None
     available_until: datetime | None
