@@ -26,7 +26,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train clean
+.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -111,6 +111,18 @@ bench-schemathesis: venv postgres
 
 bench-train: venv
 	$(PY) -m training train --config $(CONFIG)
+
+# Cost growth with the store (issue 17): ML-1M users replicated SIZES times each into a fresh
+# PostgreSQL database; import, drift scan (one process and Ray), a training epoch, serving.
+# Needs an ML-1M champion in the registry (REGISTRY: a folder with mlflow.db and artifacts/).
+# Long (about an hour here for 1,2,4); `python -m bench.scale --drop` removes what it made.
+SIZES ?= 1,2,4
+bench-scale: venv postgres
+	OMP_NUM_THREADS=1 $(PY) -m bench.scale --sizes $(SIZES) $(if $(REGISTRY),--registry $(REGISTRY))
+
+# 5M events from one file through the generic importer, in bounded memory (issue 13).
+bench-import-5m: venv postgres
+	OMP_NUM_THREADS=1 $(PY) -m bench.import_5m
 
 clean:
 	rm -rf $(VENV) var

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,14 @@ class DriftScanActor:
 
 def scan_with_ray(settings: Settings, version: str, *, unchecked_only: bool = False,
                   actors: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  shards: int | None = None,
+                  shards: int | None = None, user_ids: Sequence[str] | None = None,
                   on_users: Callable[[int], None] = lambda _: None,
                   load_bundle: Callable[[Path, str], InterestModelBundle] | None = None
                   ) -> ScanReport:
     """Check every stored user (`unchecked_only`: those without a check) with model
     `version` (the champion, which each actor loads) on the initialised Ray cluster
-    (`init_ray`). `on_users(n)`: n more users were checked (progress). `load_bundle`:
+    (`init_ray`); `user_ids`: only these stored users. `on_users(n)`: n more users were
+    checked (progress). `load_bundle`:
     ModelManager's, picklable (a module-level function), for what-if scans and tests."""
     import ray
 
@@ -105,7 +106,7 @@ def scan_with_ray(settings: Settings, version: str, *, unchecked_only: bool = Fa
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     engine = make_engine(settings.database_url)
     try:
-        sql = scan_source.users_to_scan_sql(engine, unchecked_only)
+        sql = scan_source.users_to_scan_sql(engine, unchecked_only, user_ids)
     finally:
         engine.dispose()
     hash_fn = scan_source.shard_hash_function(settings.database_url)

@@ -9,6 +9,7 @@ Ray Data reads in shards by running the query once per shard with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -19,10 +20,14 @@ from app.store.models import DriftCheck, User
 SHARD_KEY = "user_id"
 
 
-def users_to_scan_sql(engine: Engine, unchecked_only: bool = False) -> str:
+def users_to_scan_sql(engine: Engine, unchecked_only: bool = False,
+                      user_ids: Sequence[str] | None = None) -> str:
     """`drift_records.user_ids_to_scan` as one SQL string (no parameters) of `engine`'s
-    dialect, one column `user_id`."""
+    dialect, one column `user_id`; `user_ids`: only these of the stored users (a sample,
+    e.g. bench/scale.py's)."""
     query = select(User.user_id.label(SHARD_KEY))
+    if user_ids is not None:
+        query = query.where(User.user_id.in_(sorted(set(user_ids))))
     if unchecked_only:
         query = query.where(~select(DriftCheck.id).where(DriftCheck.user_id == User.user_id)
                             .exists())
