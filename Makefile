@@ -115,7 +115,8 @@ bench-train: venv
 # Cost growth with the store (issue 17): ML-1M users replicated SIZES times each into a fresh
 # PostgreSQL database; import, drift scan (one process and Ray), a training epoch, serving.
 # Needs an ML-1M champion in the registry (REGISTRY: a folder with mlflow.db and artifacts/).
-# Long (about an hour here for 1,2,4); `python -m bench.scale --drop` removes what it made.
+# Long: about 2.5 hours for 1,2,4 on the loaded 2-core machine (CPU: about 40 minutes);
+# `python -m bench.scale --drop` removes the databases and files it made (not the results).
 SIZES ?= 1,2,4
 bench-scale: venv postgres
 	OMP_NUM_THREADS=1 $(PY) -m bench.scale --sizes $(SIZES) $(if $(REGISTRY),--registry $(REGISTRY))

@@ -27,9 +27,10 @@ class PowerLaw:
     def at(self, size: float) -> float:
         return self.coefficient * size ** self.exponent
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self, per_unit: bool = False) -> dict[str, float | int | str]:
         return {"exponent": round(self.exponent, 3), "coefficient": self.coefficient,
-                "r2": round(self.r2, 4), "points": self.points, "growth": growth(self)}
+                "r2": round(self.r2, 4), "points": self.points,
+                "growth": growth(self, per_unit)}
 
 
 def fit_power_law(sizes: Sequence[float], costs: Sequence[float]) -> PowerLaw:
@@ -55,8 +56,14 @@ def fit_power_law(sizes: Sequence[float], costs: Sequence[float]) -> PowerLaw:
     return PowerLaw(math.exp(intercept), slope, r2, n)
 
 
-def growth(law: PowerLaw) -> str:
-    """"faster than linear", "linear", "slower than linear" or "flat"."""
+def growth(law: PowerLaw, per_unit: bool = False) -> str:
+    """A total cost: "faster than linear", "linear", "slower than linear" or "flat". A cost
+    per unit (per event, per request, a latency, a memory figure), whose linear total is a
+    flat line: "flat", "rising" or "falling" (|b| under LINEAR_TOLERANCE is flat)."""
+    if per_unit:
+        if law.exponent > LINEAR_TOLERANCE:
+            return "rising"
+        return "falling" if law.exponent < -LINEAR_TOLERANCE else "flat"
     if law.exponent > 1 + LINEAR_TOLERANCE:
         return "faster than linear"
     if law.exponent >= 1 - LINEAR_TOLERANCE:
@@ -66,33 +73,38 @@ def growth(law: PowerLaw) -> str:
     return "flat"
 
 
-def plot(series: dict[str, tuple[Sequence[float], Sequence[float]]],
-         laws: dict[str, PowerLaw], path: Path, title: str, ylabel: str,
-         extrapolate_to: float | None = None) -> Path:
-    """Log-log plot of each series (measured points) with its fitted line, dashed past the
-    last measured size up to ``extrapolate_to`` (extrapolated, not measured)."""
+Series = tuple[Sequence[float], Sequence[float]]  # sizes, costs
+# One panel: (title, y label, {series name: (points, fitted law)}).
+Panel = tuple[str, str, dict[str, tuple[Series, PowerLaw]]]
+
+
+def plot(panels: Sequence[Panel], path: Path, extrapolate_to: float | None = None) -> Path:
+    """Log-log panels side by side: each series' measured points with its fitted line, dashed
+    past the last measured size up to ``extrapolate_to`` (extrapolated, not measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for name, (sizes, costs) in series.items():
-        (line,) = axes.plot(sizes, costs, "o", label=f"{name} (b = {laws[name].exponent:.2f})")
-        low, high = min(sizes), max(sizes)
-        xs = [low * (high / low) ** (i / 20) for i in range(21)]
-        axes.plot(xs, [laws[name].at(x) for x in xs], "-", color=line.get_color(), alpha=0.6)
-        if extrapolate_to and extrapolate_to > high:
-            xs = [high * (extrapolate_to / high) ** (i / 10) for i in range(11)]
-            axes.plot(xs, [laws[name].at(x) for x in xs], "--", color=line.get_color(),
-                      alpha=0.6)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("events in the store")
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    figure, grid = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), dpi=110,
+                                squeeze=False)
+    for axes, (title, ylabel, series) in zip(grid[0], panels, strict=True):
+        for name, ((sizes, costs), law) in series.items():
+            (line,) = axes.plot(sizes, costs, "o", label=f"{name} (b = {law.exponent:.2f})")
+            low, high = min(sizes), max(sizes)
+            xs = [low * (high / low) ** (i / 20) for i in range(21)]
+            axes.plot(xs, [law.at(x) for x in xs], "-", color=line.get_color(), alpha=0.6)
+            if extrapolate_to and extrapolate_to > high:
+                xs = [high * (extrapolate_to / high) ** (i / 10) for i in range(11)]
+                axes.plot(xs, [law.at(x) for x in xs], "--", color=line.get_color(),
+                          alpha=0.6)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("events in the store (dashed: extrapolated)")
+        axes.set_ylabel(ylabel)
+        axes.set_title(title, fontsize=10)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -9,8 +9,9 @@ database, items in the same run::
 
 Reported: wall time, events/s, client CPU, the importer's peak RSS (``/usr/bin/time -v``),
 the rows stored (counted in the database) and the load average. Writes
-``bench/results/import_5m.json``; the database and the files are dropped afterwards unless
-``--keep``.
+``bench/results/import_5m.json`` and adds the import to ``bench/results/scale.json`` as size
+x5 (import figures only: a fourth point of the import curve); the database and the files
+are dropped afterwards unless ``--keep``.
 
     python -m bench.import_5m [--copies 5] [--keep]
 """
@@ -22,11 +23,25 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
 from bench.common import PG_ADMIN_URL, RESULTS, machine
-from bench.scale import WORK, stage_generate, timed_import
+from bench.scale import WORK, rebuild, stage_generate, timed_import
+
+
+def merge_into_scale(copies: int, result: dict[str, Any], output: str = "scale") -> None:
+    """Add this import as size x<copies> of bench/results/scale.json (import figures only),
+    so the import curve has the point; the other stages of that size stay unmeasured."""
+    path = RESULTS / f"{output}.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"sizes": []}
+    sizes = [e for e in payload["sizes"] if e.get("copies") != copies or e.get("extrapolated")]
+    sizes.append({"copies": copies, "events": result["events"], "users": copies * 6040,
+                  "note": "import only: the run of bench/import_5m.py (bench/results/"
+                          "import_5m.json)", "import": result})
+    payload["sizes"] = sorted(sizes, key=lambda e: e["copies"])
+    path.write_text(json.dumps(rebuild(payload, []), indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -65,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     path = RESULTS / f"{args.output}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    merge_into_scale(copies, {**result, "command": payload["command"]})
     print(json.dumps(payload, indent=1))
     if not args.keep:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:

@@ -10,7 +10,9 @@ For each size (``--sizes 1,2,4``: copies of ML-1M's 6,040 users, ``bench/replica
   (``bench/scale_stages.py``: a few timed steps, extrapolated to the epoch; labelled);
 - ``scan``: the drift scan with the champion, single-process and on Ray (2 CPUs), each over
   a fixed random sample of the size's users (disjoint samples: a second scan of the same
-  users would not be a first check), extrapolated to every user (labelled);
+  users would not be a first check; 400 and 2,000), extrapolated to every user (labelled).
+  Ray's workers get ``RAY_worker_niceness=0`` (``--ray-worker-niceness``): Ray's default
+  of 15 put them at nice 19 under this benchmark's 10, where the other jobs starved them;
 - ``serve``: ``python -m app serve`` (1 worker) on that store with the champion: start-up
   time, worker RSS, and ``/recommend`` p50/p99 for users never asked before, with the
   ranking cache off (every request reads the history and runs the model).
@@ -53,17 +55,30 @@ NICE = ["nice", "-n", "10"]
 FITTED = {
     "import_s": "import wall time, s",
     "import_cpu_s": "import CPU, client + database server, s",
+    "import_cpu_us_per_event": "import CPU per event, client + server, µs",
+    "import_events_per_s": "import events per second (wall)",
     "import_peak_rss_mib": "importer peak RSS, MiB",
     "scan_single_s": "drift scan, one process, s (from a sample)",
     "scan_ray_s": "drift scan, Ray 2 CPUs, s (from a sample)",
+    "scan_cpu_ms_per_user": "drift scan, one process, CPU per user, ms",
+    "scan_single_cpu_s": "drift scan, one process, CPU for every user, s (from a sample)",
     "train_epoch_s": "one training epoch, s (from timed steps)",
+    "train_epoch_cpu_s": "one training epoch, CPU s (one thread, from timed steps)",
+    "train_step_cpu_s": "one training step (64 windows of 200), CPU s",
     "snapshot_read_s": "training snapshot read, s",
     "train_peak_rss_mib": "training process peak RSS, MiB",
     "serve_p99_c32_ms": "/recommend p99 at c=32, ms",
     "serve_p99_c1_ms": "/recommend p99 at c=1, ms",
+    "serve_cpu_ms_per_request": "serving worker CPU per /recommend (c=32), ms",
     "serve_worker_rss_mib": "serving worker RSS after the load, MiB",
     "serve_startup_s": "service start-up to /readyz, s",
 }
+
+
+# The costs that are totals over the store (a linear one has slope 1); the others are per
+# unit (per event, user, request; latencies; memory), whose flat line is slope 0.
+TOTALS = {"import_s", "import_cpu_s", "scan_single_s", "scan_ray_s", "scan_single_cpu_s",
+          "train_epoch_s", "train_epoch_cpu_s", "snapshot_read_s"}
 
 
 def database_url(copies: int) -> str:
@@ -121,20 +136,26 @@ def parse_time_v(text: str) -> dict[str, float]:
     return found
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc; None once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def backend_cpu_s(database: str) -> dict[int, float]:
-    """CPU seconds so far of each PostgreSQL backend connected to ``database`` (from /proc:
-    the server runs on this machine)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU seconds so far of each PostgreSQL backend connected to ``database`` (the server
+    runs on this machine)."""
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         pids = [row[0] for row in admin.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,))]
     found = {}
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        cpu = process_cpu_s(pid)
+        if cpu is not None:
+            found[pid] = cpu
     return found
 
 
@@ -191,13 +212,14 @@ def stage_import(copies: int) -> dict[str, Any]:
     return {"import": timed_import(copies, folder / "items.csv", folder / "events.csv")}
 
 
-def run_child(args: list[str], copies: int, registry: Path | None) -> dict[str, Any]:
+def run_child(args: list[str], copies: int, registry: Path | None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
     """`python -m bench.scale_stages ...` (niced) against this size's store; its JSON."""
     before = load_average()
     started = time.perf_counter()
     done = subprocess.run([*NICE, sys.executable, "-m", "bench.scale_stages", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=child_env(copies, registry),
-                          check=False)
+                          capture_output=True, text=True,
+                          env={**child_env(copies, registry), **(env or {})}, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -236,22 +258,45 @@ def scan_extrapolation(result: dict[str, Any]) -> float:
     return round(result["process_wall_s"] + rest / result["steady_users_per_s"], 1)
 
 
-def stage_scan(copies: int, args: argparse.Namespace, registry: Path) -> dict[str, Any]:
-    single_users, ray_users = user_samples(copies, [args.scan_sample, args.scan_sample], 1)
+RAY_DEFAULT_NICENESS = 15  # what Ray adds to its workers' niceness unless told otherwise
+
+
+def stage_scan(copies: int, args: argparse.Namespace, registry: Path,
+               previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampled scans (``--scan-modes``; the other mode's result of an earlier run is
+    kept). Ray's workers get ``--ray-worker-niceness`` on top of this process's niceness
+    (``RAY_worker_niceness``; Ray's default, 15, left them at 19 here, starved by the other
+    jobs, while the single-process scan ran at 10)."""
+    ray_sample = args.ray_scan_sample or args.scan_sample
+    single_users, ray_users = user_samples(copies, [args.scan_sample, ray_sample], 1)
     with psycopg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/scale_x{copies}") as conn:
         conn.execute("TRUNCATE drift_checks, drift_records")  # every check a first one
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(previous or {})
+    modes = [m for m in args.scan_modes.split(",") if m]
     for mode, users in (("single", single_users), ("ray", ray_users)):
+        if mode not in modes:
+            continue
         path = WORK / f"x{copies}" / f"scan_{mode}_users.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(users) + "\n")
-        result = run_child(["scan", "--mode", mode, "--users", str(path)], copies, registry)
+        env = {"RAY_worker_niceness": str(args.ray_worker_niceness)} if mode == "ray" else {}
+        result = run_child(["scan", "--mode", mode, "--users", str(path)], copies, registry,
+                           env)
         result["full_scan_s_extrapolated"] = scan_extrapolation(result)
         result["command"] = (f"python -m bench.scale_stages scan --mode {mode} --users "
                              f"<{len(users)} sampled user ids>")
+        if mode == "ray":
+            result["ray_worker_niceness"] = args.ray_worker_niceness
+            earlier = out.get("ray", {})
+            niceness = earlier.get("ray_worker_niceness", RAY_DEFAULT_NICENESS)
+            if earlier and niceness != args.ray_worker_niceness:
+                out[f"ray_worker_niceness_{niceness}"] = {**earlier,
+                                                          "ray_worker_niceness": niceness}
         out[mode] = result
-    out["extrapolated"] = (f"each scan checked a fixed random sample of {args.scan_sample} "
-                           "users (disjoint for the two modes); full_scan_s_extrapolated = the "
+    out["extrapolated"] = ("each scan checked a fixed random sample of the size's users "
+                           "(users_sampled; disjoint for the two modes, Ray's larger since its "
+                           "actors work on several batches before the first one is counted); "
+                           "full_scan_s_extrapolated = the "
                            "command's measured wall time + the users not in the sample at the "
                            "steady rate (users/s between the first and the last completion)")
     return {"scan": out}
@@ -280,15 +325,20 @@ def stage_serve(copies: int, args: argparse.Namespace, registry: Path) -> dict[s
         pid = worker_pids(process.pid)[0]
         out["worker_rss_ready_mib"] = rss_mib(pid)
         for name, users, concurrency in (("warm", warm, 8), ("c32", c32, 32), ("c1", c1, 1)):
+            cpu = process_cpu_s(pid) or 0.0
             result = run_load(base, lambda n, u=users: f"/recommend/{u[n]}?k=10", concurrency,
                               len(users))
+            cpu = (process_cpu_s(pid) or 0.0) - cpu
             if result.statuses.get(200, 0) != len(users):
                 raise RuntimeError(f"failed requests at {name}: {result.statuses}")
             if name != "warm":
                 out[name] = {"requests": len(users), "distinct_users": len(set(users)),
                              "p50_ms": round(statistics.median(result.latencies_ms), 1),
                              "p99_ms": round(percentile(result.latencies_ms, 99), 1),
-                             "rps": round(len(users) / result.elapsed_s, 1)}
+                             "rps": round(len(users) / result.elapsed_s, 1),
+                             # the worker's CPU per request: what load does not stretch
+                             "worker_cpu_ms_per_request": round(1000 * cpu / len(users), 1),
+                             "load_average": load_average()[0]}
         out["worker_rss_after_mib"] = rss_mib(pid)
     out["load_average_after"] = load_average()
     out["command"] = ("python -m app serve --workers 1 (DRIFTREC_RANKING_CACHE_SIZE=0), "
@@ -306,16 +356,25 @@ def flat_costs(entry: dict[str, Any]) -> dict[str, float]:
         costs["import_peak_rss_mib"] = entry["import"]["import_peak_rss_mib"]
         costs["import_cpu_s"] = round(entry["import"]["client_cpu_s"]
                                       + entry["import"]["server_cpu_s"], 1)
+        costs["import_cpu_us_per_event"] = entry["import"]["cpu_us_per_event"]
+        costs["import_events_per_s"] = entry["import"]["events_per_s"]
     if "scan" in entry:
         costs["scan_single_s"] = entry["scan"]["single"]["full_scan_s_extrapolated"]
         costs["scan_ray_s"] = entry["scan"]["ray"]["full_scan_s_extrapolated"]
+        costs["scan_cpu_ms_per_user"] = entry["scan"]["single"]["cpu_ms_per_user"]
+        costs["scan_single_cpu_s"] = round(entry["scan"]["single"]["cpu_ms_per_user"]
+                                           * entry["scan"]["single"]["stored_users"] / 1000, 1)
     if "train" in entry:
         costs["train_epoch_s"] = entry["train"]["epoch_s_extrapolated"]
+        if "epoch_cpu_s_extrapolated" in entry["train"]:
+            costs["train_epoch_cpu_s"] = entry["train"]["epoch_cpu_s_extrapolated"]
         costs["snapshot_read_s"] = entry["train"]["snapshot_read_s"]
+        costs["train_step_cpu_s"] = entry["train"]["step_cpu_s_median"]
         costs["train_peak_rss_mib"] = entry["train"]["peak_rss_mib"]
     if "serve" in entry:
         costs["serve_p99_c32_ms"] = entry["serve"]["c32"]["p99_ms"]
         costs["serve_p99_c1_ms"] = entry["serve"]["c1"]["p99_ms"]
+        costs["serve_cpu_ms_per_request"] = entry["serve"]["c32"]["worker_cpu_ms_per_request"]
         costs["serve_worker_rss_mib"] = entry["serve"]["worker_rss_after_mib"]
         costs["serve_startup_s"] = entry["serve"]["startup_s"]
     return costs
@@ -334,7 +393,7 @@ def extrapolated_entry(copies: int, laws: dict[str, PowerLaw]) -> dict[str, Any]
     events = copies * ML1M_EVENTS
     return {"copies": copies, "events": events, "users": copies * 6040, "extrapolated": True,
             "note": "not measured: every cost is the fitted power law at this size",
-            "costs": {key: round(law.at(events), 1) for key, law in laws.items()}}
+            "costs": {key: float(f"{law.at(events):.3g}") for key, law in laws.items()}}
 
 
 def rebuild(payload: dict[str, Any], extrapolate: Sequence[int]) -> dict[str, Any]:
@@ -346,67 +405,99 @@ def rebuild(payload: dict[str, Any], extrapolate: Sequence[int]) -> dict[str, An
     done = {e["copies"] for e in measured}
     extra = [extrapolated_entry(c, laws) for c in extrapolate if c not in done]
     payload["sizes"] = measured + extra
-    payload["fits"] = {key: {**law.as_dict(), "what": FITTED[key]} for key, law in laws.items()}
+    payload["fits"] = {key: {**law.as_dict(key not in TOTALS), "what": FITTED[key]}
+                       for key, law in laws.items()}
     return payload
+
+
+PLOTS = {
+    "scale_batch.png": [
+        ("Batch jobs: wall time (stretched by the shared machine's load)", "seconds",
+         {"import": "import_s", "drift scan, 1 process": "scan_single_s",
+          "drift scan, Ray (2 CPUs)": "scan_ray_s", "training epoch": "train_epoch_s",
+          "snapshot read": "snapshot_read_s"}),
+        ("Batch jobs: CPU time", "CPU seconds",
+         {"import (client + PostgreSQL)": "import_cpu_s",
+          "training epoch (one thread)": "train_epoch_cpu_s",
+          "drift scan, 1 process": "scan_single_cpu_s"}),
+    ],
+    "scale_serving.png": [
+        ("Per-request and per-user costs", "milliseconds",
+         {"/recommend p99, c=32": "serve_p99_c32_ms", "/recommend p99, c=1": "serve_p99_c1_ms",
+          "worker CPU per /recommend": "serve_cpu_ms_per_request",
+          "drift scan CPU per user": "scan_cpu_ms_per_user"}),
+        ("Memory", "MiB",
+         {"importer peak RSS": "import_peak_rss_mib", "training peak RSS": "train_peak_rss_mib",
+          "serving worker RSS": "serve_worker_rss_mib"}),
+    ],
+}
 
 
 def write_plots(payload: dict[str, Any], extrapolate_to: float | None) -> list[str]:
     measured = [e for e in payload["sizes"] if not e.get("extrapolated")]
     laws = {key: PowerLaw(f["coefficient"], f["exponent"], f["r2"], f["points"])
             for key, f in payload["fits"].items()}
-    groups = {
-        "scale_batch.png": ("Batch jobs against store size (log-log)", "seconds",
-                            {"import": "import_s", "import CPU (client + server)": "import_cpu_s",
-                             "drift scan, 1 process": "scan_single_s",
-                             "drift scan, Ray (2 CPUs)": "scan_ray_s",
-                             "training epoch": "train_epoch_s",
-                             "snapshot read": "snapshot_read_s"}),
-        "scale_serving.png": ("Serving and memory against store size (log-log)",
-                              "ms (p99) / MiB (RSS)",
-                              {"/recommend p99 c=32, ms": "serve_p99_c32_ms",
-                               "/recommend p99 c=1, ms": "serve_p99_c1_ms",
-                               "serving worker RSS, MiB": "serve_worker_rss_mib",
-                               "importer peak RSS, MiB": "import_peak_rss_mib",
-                               "training peak RSS, MiB": "train_peak_rss_mib"}),
-    }
     written = []
-    for filename, (title, ylabel, keys) in groups.items():
-        series = {name: ([e["events"] for e in measured if key in e["costs"]],
-                         [e["costs"][key] for e in measured if key in e["costs"]])
-                  for name, key in keys.items() if key in laws}
-        if series:
-            named = {name: laws[keys[name]] for name in series}
-            written.append(str(plot(series, named, ROOT / "docs" / filename, title, ylabel,
-                                    extrapolate_to).relative_to(ROOT)))
+    for filename, groups in PLOTS.items():
+        panels = []
+        for title, ylabel, keys in groups:
+            series = {name: (([e["events"] for e in measured if key in e["costs"]],
+                              [e["costs"][key] for e in measured if key in e["costs"]]),
+                             laws[key])
+                      for name, key in keys.items() if key in laws}
+            if series:
+                panels.append((title, ylabel, series))
+        if panels:
+            written.append(str(plot(panels, ROOT / "docs" / filename, extrapolate_to)
+                               .relative_to(ROOT)))
     return written
 
 
+# Columns of the two tables: (header, cost keys shown "a / b" in one cell).
+WALL_COLUMNS = [("import s", ("import_s",)), ("events/s", ("import_events_per_s",)),
+                ("drift scan, 1 process, s", ("scan_single_s",)),
+                ("drift scan, Ray, s", ("scan_ray_s",)), ("epoch s", ("train_epoch_s",)),
+                ("snapshot read s", ("snapshot_read_s",)),
+                ("/recommend p99 c32 / c1, ms", ("serve_p99_c32_ms", "serve_p99_c1_ms")),
+                ("start-up s", ("serve_startup_s",))]
+CPU_COLUMNS = [("import CPU s", ("import_cpu_s",)),
+               ("import CPU µs/event", ("import_cpu_us_per_event",)),
+               ("importer RSS MiB", ("import_peak_rss_mib",)),
+               ("scan CPU ms/user", ("scan_cpu_ms_per_user",)),
+               ("epoch CPU s", ("train_epoch_cpu_s",)), ("step CPU s", ("train_step_cpu_s",)),
+               ("training RSS MiB", ("train_peak_rss_mib",)),
+               ("worker CPU ms/request", ("serve_cpu_ms_per_request",)),
+               ("worker RSS MiB", ("serve_worker_rss_mib",))]
+
+
+def _cell(costs: dict[str, float], keys: Sequence[str]) -> str:
+    def one(key: str) -> str:
+        if key not in costs:
+            return "-"
+        value = costs[key]
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else (
+            f"{value:.2f}")
+
+    return " / ".join(one(k) for k in keys)
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
-    head = ("| copies | events | import s (events/s) | importer RSS MiB | drift scan 1 proc s | "
-            "drift scan Ray s | epoch s | snapshot read s | train RSS MiB | /recommend p99 "
-            "c32 / c1 ms | worker RSS MiB |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for entry in payload["sizes"]:
-        c = entry["costs"]
-        label = f"x{entry['copies']}" + (" (extrapolated)" if entry.get("extrapolated") else "")
-        rate = (f" ({entry['import']['events_per_s']:,})" if "import" in entry else "")
-
-        def cell(key: str, c: dict[str, float] = c) -> str:
-            return f"{c[key]:,.0f}" if key in c and c[key] >= 100 else (
-                f"{c[key]:.1f}" if key in c else "-")
-
-        lines.append(f"| {label} | {entry['events']:,} | {cell('import_s')}{rate} | "
-                     f"{cell('import_peak_rss_mib')} | {cell('scan_single_s')} | "
-                     f"{cell('scan_ray_s')} | {cell('train_epoch_s')} | "
-                     f"{cell('snapshot_read_s')} | {cell('train_peak_rss_mib')} | "
-                     f"{cell('serve_p99_c32_ms')} / {cell('serve_p99_c1_ms')} | "
-                     f"{cell('serve_worker_rss_mib')} |")
-    lines.append("")
-    lines.append("| cost | log-log slope b | growth | r² |")
-    lines.append("|---|---|---|---|")
+    """The wall-clock table, the CPU and memory table, and the fits, as Markdown."""
+    lines: list[str] = []
+    for columns in (WALL_COLUMNS, CPU_COLUMNS):
+        lines.append("| size | events | " + " | ".join(h for h, _ in columns) + " |")
+        lines.append("|---|---|" + "---|" * len(columns))
+        for entry in payload["sizes"]:
+            label = f"x{entry['copies']}" + (" (extrapolated)" if entry.get("extrapolated")
+                                             else "")
+            cells = [_cell(entry["costs"], keys) for _, keys in columns]
+            lines.append(f"| {label} | {entry['events']:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("| cost | log-log slope b | growth | r² | points |")
+    lines.append("|---|---|---|---|---|")
     for fit in payload["fits"].values():
         lines.append(f"| {fit['what']} | {fit['exponent']:.2f} | {fit['growth']} | "
-                     f"{fit['r2']:.3f} |")
+                     f"{fit['r2']:.3f} | {fit['points']} |")
     return "\n".join(lines)
 
 
@@ -432,6 +523,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="MLflow store (folder with mlflow.db and artifacts/) holding the "
                         "champion; default: this checkout's var/mlflow")
     parser.add_argument("--scan-sample", type=int, default=400, help="users per scan")
+    parser.add_argument("--ray-scan-sample", type=int, default=2000,
+                        help="users of the Ray scan (0: --scan-sample)")
+    parser.add_argument("--scan-modes", default="single,ray")
+    parser.add_argument("--ray-worker-niceness", type=int, default=0,
+                        help="added to the Ray workers' niceness (Ray's default: 15)")
     parser.add_argument("--train-steps", type=int, default=12)
     parser.add_argument("--eval-users", type=int, default=600)
     parser.add_argument("--serve-requests", type=int, default=500,
@@ -472,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             elif stage == "train":
                 entry.update(stage_train(copies, args))
             elif stage == "scan":
-                entry.update(stage_scan(copies, args, registry))
+                entry.update(stage_scan(copies, args, registry, entry.get("scan")))
             else:
                 entry.update(stage_serve(copies, args, registry))
             print(f"x{copies}: {stage} done in {time.perf_counter() - started:.0f} s: "
@@ -490,7 +586,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": {**machine(), "note": "2 CPU cores shared with a high-priority training "
                     "run and other engineers' jobs; every heavy child ran under nice -n 10 "
                     "with OMP_NUM_THREADS=1; load averages are recorded per stage"},
-        "registry": str(registry)})
+        "registry": str(registry),
+        "runs": "2026-12-01 12:30-14:55 UTC: generate,import,train for 1,2,4 (train of x1 "
+                "again later, for its CPU figures), then scan,serve with the ML-1M champion "
+                "(v1 of /work/main/var/mlflow, copied to var/scale_registry with its paths "
+                "rewritten), then the Ray scans again with RAY_worker_niceness=0 and a sample "
+                "of 2,000 (the first Ray figures, at Ray's default niceness, are kept as "
+                "ray_worker_niceness_15); x5: bench/import_5m.py"})
     payload["plots"] = write_plots(payload, max(extrapolate, default=0) * ML1M_EVENTS or None)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(markdown_table(payload))

@@ -62,9 +62,10 @@ def measure_training(steps: int, eval_users: int, seed: int = 0) -> dict[str, An
     out: dict[str, Any] = {"config": str(TRAIN_CONFIG.relative_to(PROJECT_ROOT)),
                            "batch_size": config.batch_size, "max_len": config.max_len,
                            "loss_negatives": config.loss_negatives}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     snapshot = load_snapshot()
     out["snapshot_read_s"] = _timed(started)
+    out["snapshot_read_cpu_s"] = round(time.process_time() - cpu, 2)  # this process only
     out["snapshot_rss_mib"] = peak_rss_mib()
     started = time.perf_counter()
     vocab, split = prepare_split(snapshot, None)
@@ -105,9 +106,10 @@ def measure_training(steps: int, eval_users: int, seed: int = 0) -> dict[str, An
     sub = type(split)(train=[split.train[i] for i in sample],
                       valid_items=split.valid_items[sample], valid_times=split.valid_times[sample],
                       test_items=split.test_items[sample], test_times=split.test_times[sample])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     evaluate_model(model, sub, device, parts=("val",))
     eval_s = time.perf_counter() - started
+    eval_cpu = time.process_time() - cpu
     out["eval_users_timed"] = len(sample)
     out["eval_s_sample"] = round(eval_s, 2)
     out["eval_s_extrapolated"] = round(eval_s * len(split.train) / len(sample), 1)
@@ -118,6 +120,10 @@ def measure_training(steps: int, eval_users: int, seed: int = 0) -> dict[str, An
     out["train_s_extrapolated"] = round(out["steps_per_epoch"] * out["step_s_median"], 1)
     out["epoch_s_extrapolated"] = round(out["train_s_extrapolated"]
                                         + out["eval_s_extrapolated"], 1)
+    # the same in CPU seconds (one thread), which the shared machine's load does not stretch
+    out["epoch_cpu_s_extrapolated"] = round(
+        out["steps_per_epoch"] * out["step_cpu_s_median"]
+        + eval_cpu * len(split.train) / len(sample), 1)
     out["peak_rss_mib"] = peak_rss_mib()
     return out
 
@@ -149,6 +155,7 @@ def measure_scan(mode: str, users: Sequence[str], num_cpus: int = 2,
     out["model_load_s"] = _timed(started)
     marks: list[tuple[float, int]] = []  # (seconds since the scan began, users done)
     done = 0
+    cpu = time.process_time()
     if mode == "single":
         begun = time.perf_counter()
 
@@ -176,6 +183,8 @@ def measure_scan(mode: str, users: Sequence[str], num_cpus: int = 2,
                                               on_users=batch_done)
         out.update(ray_actors=max(1, num_cpus), ray_batch_size=batch_size)
     out["scan_s"] = round(marks[-1][0], 2) if marks else 0.0
+    if mode == "single":  # this process did the checks: its CPU per user
+        out["cpu_ms_per_user"] = round(1000 * (time.process_time() - cpu) / len(users), 1)
     out.update(users_checked=report.users, drifted=report.drifts, skipped=report.skipped)
     out.update(rate_fit(marks))
     out["peak_rss_mib"] = peak_rss_mib()

@@ -80,6 +80,10 @@ def test_the_fit_recovers_a_power_law_and_words_its_growth() -> None:
     assert 0.95 < linear.r2 < 1.0
     assert growth(fit_power_law(sizes, [40.0, 41.0, 40.5])) == "flat"
     assert growth(fit_power_law(sizes, [10.0, 14.0, 20.0])) == "slower than linear"
+    # a cost per unit (per event, a latency) is flat at slope 0, not 1
+    assert growth(fit_power_law(sizes, [90.0, 98.0, 102.0]), per_unit=True) == "flat"
+    assert growth(fit_power_law(sizes, [90.0, 110.0, 135.0]), per_unit=True) == "rising"
+    assert growth(fit_power_law(sizes, [1400.0, 1000.0, 700.0]), per_unit=True) == "falling"
 
 
 def test_a_fit_needs_two_sizes_and_positive_values() -> None:
