@@ -115,7 +115,7 @@ bench-train: venv
 # Cost growth with the store (issue 17): ML-1M users replicated SIZES times each into a fresh
 # PostgreSQL database; import, drift scan (one process and Ray), a training epoch, serving.
 # Needs an ML-1M champion in the registry (REGISTRY: a folder with mlflow.db and artifacts/).
-# Long: about 2.5 hours for 1,2,4 on the loaded 2-core machine (CPU: about 40 minutes);
+# Long: about 2.5 hours for 1,2,4 on the loaded 2-core machine (about half an hour of CPU);
 # `python -m bench.scale --drop` removes the databases and files it made (not the results).
 SIZES ?= 1,2,4
 bench-scale: venv postgres
