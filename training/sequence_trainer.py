@@ -87,9 +87,11 @@ def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.
                                                 device=hidden.device))
 
 
-# A forward pass returning the loss of (items, times, targets): a DDP-wrapped module in the
-# distributed trainer (training/distributed.py); window_loss on the model by default.
-LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# A forward pass returning the loss of (items, times, targets, negatives, generator): a
+# DDP-wrapped module in the distributed trainer (training/distributed.py); window_loss on the
+# model by default. It gets the config's loss, so both paths optimise the same objective.
+LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator],
+                       torch.Tensor]
 
 
 def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
@@ -118,7 +120,8 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
         times = windows.times[batch].to(device)
         targets = windows.targets[batch].to(device)
         with autocast_context(device):
-            loss = (forward(items, times, targets) if forward is not None
+            loss = (forward(items, times, targets, config.loss_negatives, generator)
+                    if forward is not None
                     else window_loss(model, items, times, targets, config.loss_negatives,
                                      generator))
         optimizer.zero_grad(set_to_none=True)
