@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # Serving.
     model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
+    # Threads a worker runs its (sync) request handlers in (anyio's default is 40); requests
+    # beyond that wait their turn in the event loop. The handlers share one GIL per worker, so
+    # this bounds how many contend for it; A/B runs on the shared 2-core machine did not
+    # separate 4 from 40 (docs/BENCHMARKS.md), so the default stays.
+    request_threads: int = Field(default=40, ge=1, le=1_000)
     max_k: int = Field(default=100, ge=1, le=100, description="at most the schema's k <= 100")
     profile_half_life_days: float = Field(default=30.0, gt=0)
     short_term_events: int = Field(default=20, ge=1)

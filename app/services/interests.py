@@ -116,8 +116,8 @@ def _top_items(session: Session, model: ServedModel, history: History,
     for item_id, weight in zip(history.item_ids, strength, strict=True):
         best[item_id] = max(best.get(item_id, 0.0), float(weight))
     chosen = sorted(best, key=lambda i: (-best[i], i))[:TOP_ITEMS]
-    stored = repository.items_by_id(session, chosen)
-    return [ProfileItem(item_id=i, title=stored[i].title if i in stored else None,
+    titles = repository.item_titles(session, chosen)
+    return [ProfileItem(item_id=i, title=titles.get(i),
                         topic=_topic_name(model, i)) for i in chosen]
 
 
@@ -465,18 +465,14 @@ def _recommendations(session: Session, model: ServedModel, user_id: str | None,
                      chosen: list[tuple[str, float, str]], drift_aware: bool,
                      because: Because | None = None) -> RecommendationsOut:
     because = because if because is not None else [[] for _ in chosen]
-    stored = repository.items_by_id(session, [
+    titles = repository.item_titles(session, [
         *(item_id for item_id, _, _ in chosen),
         *(item_id for reasons in because for item_id, _ in reasons)])
     return RecommendationsOut(
         user_id=user_id, model_version=model.version, drift_aware=drift_aware,
         items=[RecommendedItem(
-            item_id=item_id, title=_title(stored, item_id), score=score, topic=topic,
-            because=[Reason(item_id=reason, title=_title(stored, reason), similarity=sim)
+            item_id=item_id, title=titles.get(item_id), score=score, topic=topic,
+            because=[Reason(item_id=reason, title=titles.get(reason), similarity=sim)
                      for reason, sim in reasons])
             for (item_id, score, topic), reasons in zip(chosen, because, strict=True)])
 
-
-def _title(stored: dict[str, Any], item_id: str) -> str | None:
-    item = stored.get(item_id)
-    return None if item is None else item.title
