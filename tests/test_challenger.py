@@ -181,6 +181,10 @@ def test_the_split_is_sticky_across_requests_and_instances(experiment: Experimen
     before = _count(experiment.settings, "SELECT count(*) FROM impressions")
     assert before == 3 * len(experiment.users)
     assert experiment.a.head(f"/recommend/{experiment.users[0]}").status_code == 200
+    # nor does a preview (the dashboard's user view), though it is answered as usual
+    preview = experiment.a.get(f"/recommend/{experiment.users[0]}",
+                               params={"impression": "false"})
+    assert preview.status_code == 200 and preview.json()["items"]
     runtime.impressions.wait_idle()
     assert _count(experiment.settings, "SELECT count(*) FROM impressions") == before
 

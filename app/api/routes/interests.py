@@ -48,12 +48,16 @@ def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
 async def recommend(user_id: UserIdPath, runtime: RuntimeDep, champion: ModelDep,
                     settings: SettingsDep, shown: BodySentDep,
                     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-                    exclude_seen: bool = True, drift_aware: bool = True) -> RecommendationsOut:
+                    exclude_seen: bool = True, drift_aware: bool = True,
+                    impression: Annotated[bool, Query(
+                        description="false: a preview, not shown to the user (e.g. the "
+                        "dashboard's user view): no impression is recorded")] = True
+                    ) -> RecommendationsOut:
     """Top-k items for the user's interests now; after a drift, the new interests weigh more
     (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it). With a
     challenger, its share of users (a stable hash of the id) gets its ranking;
     `model_version` says which version answered, and the response's impression is recorded
-    under `recommendation_id`."""
+    under `recommendation_id` (unless `impression=false`)."""
     _check_k(k, settings.max_k)
     model, role = runtime.model_for(user_id, champion)
     # async, and no session dependency: a user whose events have not changed since the last
@@ -71,7 +75,7 @@ async def recommend(user_id: UserIdPath, runtime: RuntimeDep, champion: ModelDep
                     drift_aware=drift_aware, settings=settings, feed=feed)
 
         response = await run_in_threadpool(compute)
-    runtime.recommendation_served(response, k, role, shown)
+    runtime.recommendation_served(response, k, role, shown and impression)
     return response
 
 
