@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -134,7 +135,10 @@ class RecommendedItem(BaseModel):
 
 class RecommendationsOut(BaseModel):
     user_id: str | None
-    model_version: str
+    model_version: str = Field(description="the registered version that ranked these items "
+                               "(the champion, or the challenger for its share of users)")
+    recommendation_id: UUID = Field(description="this response's id: its impression is "
+                                    "stored under it (online metrics)")
     drift_aware: bool = Field(description="whether a recent drift changed the ranking")
     items: list[RecommendedItem]
 
@@ -160,6 +164,22 @@ class RecommendRequest(BaseModel):
         return self
 
 
+class ChallengerInfo(BaseModel):
+    alias: str
+    share: float = Field(description="share of users served the challenger while it is "
+                         "served (DRIFTREC_CHALLENGER_SHARE)")
+    status: Literal["serving", "missing", "failed", "loading"] = Field(
+        description="serving: its share gets it; missing: no version has the alias; failed: "
+        "the version it points at was refused; loading: not tried yet. Anything but serving: "
+        "every user gets the champion")
+    version: str | None
+    device: str | None
+    loaded_at: datetime | None
+    last_checked_at: datetime | None
+    last_reload_error: str | None
+    reload_failures: int
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str | None
@@ -170,6 +190,54 @@ class ModelInfo(BaseModel):
     last_checked_at: datetime | None
     last_reload_error: str | None
     reload_failures: int
+    challenger: ChallengerInfo | None = Field(
+        default=None, description="the challenger beside the champion (null: off)")
+
+
+class PromotionOut(BaseModel):
+    champion: str = Field(description="the version the champion alias points at now")
+    previous_champion: str | None
+    challenger_alias_removed: bool = Field(description="the challenger alias was deleted: "
+                                           "the experiment is over")
+
+
+class Interval(BaseModel):
+    low: float
+    high: float
+
+
+class OnlineBucket(BaseModel):
+    bucket_start: datetime
+    impressions: int
+    hits: int
+    hit_rate: float | None
+    hit_rate_ci: Interval | None
+    mrr: float | None
+
+
+class VersionOnlineMetrics(BaseModel):
+    model_version: str
+    role: Literal["champion", "challenger"] | None = Field(
+        description="what the version is served as now (null: neither)")
+    impressions: int = Field(description="settled impressions: their window has closed")
+    pending: int = Field(description="impressions whose window is still open: not counted")
+    hits: int
+    hit_rate: float | None = Field(description="hits / impressions (hit rate@k)")
+    hit_rate_ci: Interval | None = Field(description="Wilson score interval")
+    mrr: float | None = Field(description="mean reciprocal rank@k (0 for a miss)")
+    mrr_ci: Interval | None = Field(description="normal-approximation interval")
+    series: list[OnlineBucket]
+
+
+class OnlineMetricsOut(BaseModel):
+    since: datetime | None
+    until: datetime | None
+    k: int
+    bucket: Literal["hour", "day", "week"]
+    event_window: int = Field(description="next events counted per impression")
+    time_window_seconds: float = Field(description="how long after an impression they count")
+    confidence: float
+    versions: list[VersionOnlineMetrics]
 
 
 class ReloadOut(BaseModel):

@@ -4,6 +4,7 @@ and the domain functions. No HTTP here; routers call these and map errors to res
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -346,7 +347,7 @@ def ranking_size(entry: RememberedRanking) -> int:
     for reasons in entry.because or ():
         size += 120 + sum(150 + str_bytes(item_id) for item_id, _ in reasons)
     if entry.response is not None:
-        size += 900
+        size += 1_050  # the model, its fields, the recommendation id (a UUID)
         for item in entry.response.items:
             size += 720 + str_bytes(item.title)  # a pydantic model: more than a dict
             for reason in item.because:
@@ -392,7 +393,13 @@ def remembered_recommendations(model: ServedModel, *, feed: ChangeFeed | None, u
         return None
     variant = _ranking_variant(model, k, exclude_seen, drift_aware, settings)
     entry = _remembered(model, user_id, variant, state)
-    return None if entry is None else entry.response
+    return None if entry is None or entry.response is None else _anew(entry.response)
+
+
+def _anew(response: RecommendationsOut) -> RecommendationsOut:
+    """A remembered answer as a new response: the same ranking under a recommendation id of
+    its own (every response is an impression of its own)."""
+    return response.model_copy(update={"recommendation_id": uuid.uuid4()})
 
 
 def recommend_for_user(session: Session, model: ServedModel, *, user_id: str, k: int,
@@ -414,7 +421,7 @@ def recommend_for_user(session: Session, model: ServedModel, *, user_id: str, k:
     entry = _remembered(model, user_id, variant, state)
     if entry is not None:
         if entry.response is not None:
-            return entry.response
+            return _anew(entry.response)
         return _recommendations(session, model, user_id, entry.chosen, entry.drift_aware,
                                 entry.because)
     chosen, changed, because = _rank_for_user(session, model, user_id, total, k, exclude_seen,
@@ -469,7 +476,8 @@ def _recommendations(session: Session, model: ServedModel, user_id: str | None,
         *(item_id for item_id, _, _ in chosen),
         *(item_id for reasons in because for item_id, _ in reasons)])
     return RecommendationsOut(
-        user_id=user_id, model_version=model.version, drift_aware=drift_aware,
+        user_id=user_id, model_version=model.version, recommendation_id=uuid.uuid4(),
+        drift_aware=drift_aware,
         items=[RecommendedItem(
             item_id=item_id, title=titles.get(item_id), score=score, topic=topic,
             because=[Reason(item_id=reason, title=titles.get(reason), similarity=sim)
