@@ -42,9 +42,9 @@ class WindowLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, items: torch.Tensor, times: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-        return window_loss(self.model, items, times, targets)
+    def forward(self, items: torch.Tensor, times: torch.Tensor, targets: torch.Tensor,
+                target_times: torch.Tensor) -> torch.Tensor:
+        return window_loss(self.model, items, times, targets, target_times=target_times)
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:

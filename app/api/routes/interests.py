@@ -9,7 +9,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import ModelDep, ReadScope, RuntimeDep, SessionDep, SettingsDep, UserIdPath
 from app.core.exceptions import FieldProblem, InvalidInput
-from app.schemas.serving import MAX_K, InterestProfileOut, RecommendationsOut, RecommendRequest
+from app.schemas.common import Timestamp
+from app.schemas.serving import (
+    AT_HELP,
+    MAX_K,
+    InterestProfileOut,
+    RecommendationsOut,
+    RecommendRequest,
+)
 from app.schemas.timeline import InterestTimelineOut
 from app.services import interests, timeline
 
@@ -39,16 +46,20 @@ def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
             response_model=RecommendationsOut, responses=NOT_FOUND)
 async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
                     settings: SettingsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-                    exclude_seen: bool = True, drift_aware: bool = True) -> RecommendationsOut:
-    """Top-k items for the user's interests now; after a drift, the new interests weigh more
-    (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it)."""
+                    exclude_seen: bool = True, drift_aware: bool = True,
+                    at: Annotated[Timestamp | None, Query(description=AT_HELP)] = None
+                    ) -> RecommendationsOut:
+    """Top-k items for the user's interests now (or at `at`); after a drift, the new
+    interests weigh more (`drift_aware=false`: the model's ranking alone, as offline
+    evaluation scores it)."""
     _check_k(k, settings.max_k)
+    when = interests.request_time(at)
     # async, and no session dependency: a user whose events have not changed since the last
     # answer is served from memory on the event loop, without a thread hop or a query
     feed = runtime.change_feed
     remembered = interests.remembered_recommendations(
         model, feed=feed, user_id=user_id, k=k, exclude_seen=exclude_seen,
-        drift_aware=drift_aware, settings=settings)
+        drift_aware=drift_aware, settings=settings, at=when)
     if remembered is not None:
         return remembered
 
@@ -56,7 +67,7 @@ async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
         with runtime.session_factory() as session:
             return interests.recommend_for_user(
                 session, model, user_id=user_id, k=k, exclude_seen=exclude_seen,
-                drift_aware=drift_aware, settings=settings, feed=feed)
+                drift_aware=drift_aware, settings=settings, feed=feed, at=when)
 
     return await run_in_threadpool(compute)
 
@@ -71,7 +82,7 @@ def recommend_for_session(body: RecommendRequest, session: SessionDep, model: Mo
     return interests.recommend_for_items(
         session, model, item_ids=body.recent_item_ids, timestamps=timestamps, k=body.k,
         exclude_seen=body.exclude_seen, drift_aware=body.drift_aware, settings=settings,
-        user_id=body.user_id)
+        user_id=body.user_id, at=None if body.at is None else body.at.timestamp())
 
 
 @router.get("/interest-profile/{user_id}/timeline", dependencies=[ReadScope],
