@@ -61,7 +61,7 @@ def test_buckets_follow_the_hstu_rule() -> None:
     gaps = np.array([0.0, 0.5, 1.0, 2.0, 60.0, 3600.0, 86_400.0, 3.2e7, 1e30])
     query = torch.tensor([[1e9 + g for g in gaps]], dtype=torch.float64)
     buckets = gap_bucket_matrix(query, torch.full_like(query, 1e9), n_buckets=64)[0, :, 0]
-    expected = [min(64, int(math.floor(math.log(max(1.0, g)) / 0.301))) for g in gaps[:-1]]
+    expected = [min(64, math.floor(math.log(max(1.0, g)) / 0.301)) for g in gaps[:-1]]
     assert buckets.tolist() == [*expected, 64]
     assert expected[4:8] == [13, 27, 37, 57]  # a minute, an hour, a day, a year
     behind = gap_bucket_matrix(torch.tensor([[0.0]]), torch.tensor([[100.0]]), 64)
@@ -215,7 +215,7 @@ def test_the_request_interval_holds_the_ranking_and_ends_where_a_bucket_changes(
         reference = gap_bucket_matrix(torch.tensor([[at]], dtype=torch.float64), times, 64)
         with torch.no_grad():
             scores = model.item_logits(model.last_hidden(items, times, torch.tensor([at])))
-            inside = [at] + list(rng.uniform(max(start, key_times[-1]), end, 5))
+            inside = [at, *rng.uniform(max(start, key_times[-1]), end, 5)]
             for when in inside:
                 again = model.item_logits(model.last_hidden(items, times, torch.tensor([when])))
                 assert torch.equal(again, scores), (at, when)
@@ -223,3 +223,22 @@ def test_the_request_interval_holds_the_ranking_and_ends_where_a_bucket_changes(
         assert not torch.equal(past, reference)  # just past the end: some gap changed bucket
     start, _ = request_bucket_interval(key_times, key_times[-1] - 10.0, 64)
     assert start == -math.inf  # every time before the last event ranks as the last event
+
+
+def test_a_checkpoint_from_before_the_bias_settings_resumes_only_without_a_bias() -> None:
+    """A run's setting written before the bias fields existed (no such keys in its model
+    config) matches a bias-off model, never a biased one."""
+    from dataclasses import asdict
+
+    from training.sequence_trainer import BIAS_FIELDS, _resumable
+
+    def setting(config: SequenceModelConfig) -> dict[str, object]:
+        return {"name": "sasrec_id", "seed": 1, "train": {"max_epochs": 6},
+                "model": asdict(config), "n_items": 5, "users": 3}
+
+    old = setting(SequenceModelConfig())
+    for key in BIAS_FIELDS:
+        old["model"].pop(key)  # type: ignore[attr-defined]
+    assert _resumable(setting(SequenceModelConfig())) == _resumable(old)
+    assert _resumable(setting(SequenceModelConfig(time_bias="request"))) != _resumable(old)
+    assert _resumable(setting(SequenceModelConfig(position_bias=True))) != _resumable(old)

@@ -32,6 +32,7 @@ from training.data.sequences import (
 from training.evaluate import evaluate_model
 
 SELECT_METRIC = "ndcg@10"
+BIAS_FIELDS = ("time_bias", "position_bias", "bias_buckets")  # SequenceModelConfig, later
 StateDict = dict[str, torch.Tensor]
 
 
@@ -156,9 +157,15 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def _resumable(setting: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: everything but ``max_epochs`` (a run
-    may be resumed with a larger epoch budget)."""
+    may be resumed with a larger epoch budget); a model without attention bias matches a
+    checkpoint written before the bias settings existed."""
     train = {k: v for k, v in setting.get("train", {}).items() if k != "max_epochs"}
-    return {**setting, "train": train}
+    model = dict(setting.get("model", {}))
+    if model.get("time_bias", "off") == "off" and not model.get("position_bias", False):
+        # no attention bias: the same model as one checkpointed before these fields existed
+        for key in BIAS_FIELDS:
+            model.pop(key, None)
+    return {**setting, "train": train, "model": model}
 
 
 def _load_checkpoint(path: Path | None, setting: dict[str, Any]) -> dict[str, Any] | None:
