@@ -57,6 +57,36 @@ def _merge(path: Path, key: str, entry: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
+def table(path: Path) -> str:
+    """The results file as a markdown table: a row per (config, variant, seed) and the mean of
+    each variant run on several seeds."""
+    runs = json.loads(path.read_text())["runs"]
+    lines = ["| config / variant | seed | val NDCG@10 | val NDCG@10 masked | test NDCG@10 | "
+             "test HR@10 | test NDCG@10 masked | test HR@10 masked | best epoch / run | "
+             "seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, run in sorted(runs.items()):
+        groups.setdefault(key.rsplit("/", 1)[0], []).append(run)
+    for name, group in groups.items():
+        rows = sorted(group, key=lambda r: r["seed"])
+        for run in rows:
+            val, test = run["val"], run["test"]
+            lines.append(f"| {name} | {run['seed']} | {val['ndcg@10']:.4f} | "
+                         f"{val['ndcg@10_masked']:.4f} | {test['ndcg@10']:.4f} | "
+                         f"{test['hr@10']:.4f} | "
+                         f"{test['ndcg@10_masked']:.4f} | {test['hr@10_masked']:.4f} | "
+                         f"{run['best_epoch']} / {run['epochs']} | {run['train_seconds']:.0f} |")
+        if len(rows) > 1:
+            def mean(part: str, key: str, rows: list[dict[str, Any]] = rows) -> float:
+                return sum(r[part][key] for r in rows) / len(rows)
+            lines.append(f"| {name} | mean of {len(rows)} | {mean('val', 'ndcg@10'):.4f} | "
+                         f"{mean('val', 'ndcg@10_masked'):.4f} | "
+                         f"{mean('test', 'ndcg@10'):.4f} | {mean('test', 'hr@10'):.4f} | "
+                         f"{mean('test', 'ndcg@10_masked'):.4f} | "
+                         f"{mean('test', 'hr@10_masked'):.4f} | | |")
+    return "\n".join(lines)
+
+
 def run_variant(base: RecommenderConfig, name: str, overrides: dict[str, Any], seed: int,
                 snapshot: Any, device: torch.device, workdir: Path) -> dict[str, Any]:
     """Train our sequence model of ``base`` + ``overrides`` with ``seed``; its metrics."""
@@ -97,7 +127,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[2020])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(RESULTS / "quality_ablation.json"))
+    parser.add_argument("--table", action="store_true", help="print --out as a table, only")
     args = parser.parse_args()
+    if args.table:
+        print(table(Path(args.out)))
+        return
     variants = {name: VARIANTS[name] for name in args.variants}
     if args.name:
         variants[args.name] = {k: yaml.safe_load(v)
