@@ -125,6 +125,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="recommender overrides for --name (values parsed as YAML)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[2020])
+    parser.add_argument("--max-epochs", type=int,
+                        help="override max_epochs (a variant's checkpoint resumes: a longer "
+                             "run continues a shorter one; its result is keyed <variant>-e<N>)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(RESULTS / "quality_ablation.json"))
     parser.add_argument("--table", action="store_true", help="print --out as a table, only")
@@ -152,8 +155,12 @@ def main() -> None:
     command = "python -m bench.quality_ablation " + shlex.join(sys.argv[1:])
     for seed in args.seeds:
         for name, overrides in variants.items():
+            if args.max_epochs is not None:
+                overrides = {**overrides, "max_epochs": args.max_epochs}
             entry = run_variant(training.recommender, name, overrides, seed, snapshot, device,
                                 workdir)
+            if args.max_epochs is not None:
+                name = f"{name}-e{args.max_epochs}"
             entry.update({"command": command, "config": args.config,
                           "snapshot": snapshot.summary(), "machine": machine(),
                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
