@@ -242,3 +242,21 @@ def test_a_checkpoint_from_before_the_bias_settings_resumes_only_without_a_bias(
     assert _resumable(setting(SequenceModelConfig())) == _resumable(old)
     assert _resumable(setting(SequenceModelConfig(time_bias="request"))) != _resumable(old)
     assert _resumable(setting(SequenceModelConfig(position_bias=True))) != _resumable(old)
+
+
+@pytest.mark.parametrize("overrides", [{"time_bias": "event"}, {"position_bias": True},
+                                       {"time_bias": "request", "position_bias": True}])
+def test_the_last_state_shortcut_equals_the_full_pass(overrides: dict[str, object]) -> None:
+    """At inference a biased model runs its last block at the last position only; that state
+    is the full forward pass's there, for padded batches of different lengths."""
+    model = strong_biases(make_model(**overrides))
+    items, times = events(12, batch=4)
+    items[1, 7:] = 0
+    items[2, 1:] = 0
+    lengths = (items > 0).sum(dim=1)
+    at = times[torch.arange(4), lengths - 1] + torch.tensor([1.0, 60.0, 4e4, 9e6],
+                                                           dtype=torch.float64)
+    query = next_event_times(times, lengths, at) if model.uses_request_time else None
+    with torch.no_grad():
+        full = model(items, times, query)[torch.arange(4), lengths - 1]
+        assert torch.allclose(model.last_hidden(items, times, at), full, atol=1e-5)
