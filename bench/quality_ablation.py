@@ -110,7 +110,10 @@ def run_variant(base: RecommenderConfig, name: str, overrides: dict[str, Any], s
         "test": {k: round(metrics["test"][k], 6) for k in KEYS},
         "best_val_selected": round(result.best_val, 6), "best_epoch": result.best_epoch,
         "epochs": len(result.history), "averaged": result.averaged,
-        "train_seconds": round(result.seconds, 1), "encoder_seconds": round(encoder_s, 1),
+        # the epochs' own seconds (a resumed run counts those of the run it continues), and
+        # this process's wall time
+        "train_seconds": round(sum(h["seconds"] for h in result.history), 1),
+        "wall_seconds": round(result.seconds, 1), "encoder_seconds": round(encoder_s, 1),
         "model": dataclasses.asdict(config.model_config(True)),
         "train": dataclasses.asdict(config.train_config()),
     }
