@@ -121,14 +121,15 @@ def test_served_hr_at_10_equals_the_registered_test_hr(served: Served) -> None:
     registered = float(version.tags["test_hr_at_10"])
     bundle = InterestModelBundle.load(served.model.report.bundle_dir)
     offline = score_sequences(bundle.sequence_model, served.split.test_inputs(),
-                              torch.device("cpu"))
+                              torch.device("cpu"), at=served.split.test_times)
     offline_top = torch.topk(offline[:, 1:], 10).indices  # catalogue positions
     hits = 0
-    for user, (sequence, target) in enumerate(zip(served.split.test_inputs(),
-                                                  served.split.test_items, strict=True)):
+    for user, (sequence, target, at) in enumerate(zip(
+            served.split.test_inputs(), served.split.test_items, served.split.test_times,
+            strict=True)):
         body = {"recent_item_ids": [served.item_ids[i - 1] for i in sequence.items],
                 "timestamps": [float(t) for t in sequence.times], "k": 10,
-                "exclude_seen": False, "drift_aware": False}
+                "exclude_seen": False, "drift_aware": False, "at": float(at)}
         response = served.client.post("/recommend", json=body)
         assert response.status_code == 200, response.text
         ranked = [item["item_id"] for item in response.json()["items"]]

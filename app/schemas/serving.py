@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.schemas.common import EntityId, Timestamp
 
 MAX_K = 100  # the most items one recommendation may ask for (`max_k` may lower it)
+AT_HELP = ("the request time (default: now): a model whose time bias reads it ranks by the "
+           "time from each event to it; a time before the last event counts as that event's")
 
 
 class TopicWeight(BaseModel):
@@ -156,6 +158,7 @@ class RecommendRequest(BaseModel):
     drift_aware: bool = Field(default=True, description="false: the model's ranking alone, "
                               "exactly as offline evaluation scores it")
     user_id: EntityId | None = None
+    at: Timestamp | None = Field(default=None, description=AT_HELP)
 
     @model_validator(mode="after")
     def _aligned(self) -> RecommendRequest:

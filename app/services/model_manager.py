@@ -49,6 +49,7 @@ logger = logging.getLogger("driftrec.models")
 DEFAULT_MAX_BATCH = 64  # histories per forward pass
 
 EventWindow = tuple[Sequence[str], Sequence[float]]  # item ids, timestamps; oldest first
+ScoreRequest = tuple[Sequence[str], Sequence[float], float | None]  # + the request time
 DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
 
 
@@ -83,7 +84,7 @@ class ServedModel:
     # Sizes of the batches run (kind "score" or "drift"): the metrics.
     observe_batch: Callable[[str, int], None] | None = field(default=None, repr=False)
     # Concurrent requests share forward passes (see app.services.batching).
-    scorer: MicroBatcher[EventWindow, np.ndarray] = field(init=False, repr=False)
+    scorer: MicroBatcher[ScoreRequest, np.ndarray] = field(init=False, repr=False)
     drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
     # The drift detector's state per user, carried forward event by event
     # (app.services.interest_state); None: a new, empty one (a new bundle needs one).
@@ -99,11 +100,12 @@ class ServedModel:
         object.__setattr__(self, "derived_lock", threading.Lock())
         observe = self.observe_batch
 
-        def score(histories: Sequence[EventWindow]) -> list[np.ndarray]:
+        def score(histories: Sequence[ScoreRequest]) -> list[np.ndarray]:
             if observe is not None:
                 observe("score", len(histories))
             scores = bundle.score_next_batch([h[0] for h in histories],
-                                             [h[1] for h in histories])
+                                             [h[1] for h in histories],
+                                             at=[h[2] for h in histories])
             return list(scores.numpy())
 
         def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
@@ -120,9 +122,11 @@ class ServedModel:
                 bundle, *self.interest_state_limits, max_batch=self.max_batch,
                 replay=lambda items, times: tracer.submit((items, times))))
 
-    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float]) -> np.ndarray:
-        """Next-item scores of one history (float32[N]), batched with concurrent requests."""
-        return self.scorer.submit((item_ids, timestamps))
+    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float],
+                   at: float | None = None) -> np.ndarray:
+        """Next-item scores of one history (float32[N]) for a request at ``at`` (epoch
+        seconds; None: the last event's time), batched with concurrent requests."""
+        return self.scorer.submit((item_ids, timestamps, at))
 
     def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
                      ) -> tuple[np.ndarray, ChangePoint | None]:

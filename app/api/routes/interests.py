@@ -17,7 +17,14 @@ from app.api.deps import (
     UserIdPath,
 )
 from app.core.exceptions import FieldProblem, InvalidInput
-from app.schemas.serving import MAX_K, InterestProfileOut, RecommendationsOut, RecommendRequest
+from app.schemas.common import Timestamp
+from app.schemas.serving import (
+    AT_HELP,
+    MAX_K,
+    InterestProfileOut,
+    RecommendationsOut,
+    RecommendRequest,
+)
 from app.schemas.timeline import InterestTimelineOut
 from app.services import interests, timeline
 
@@ -49,30 +56,32 @@ async def recommend(user_id: UserIdPath, runtime: RuntimeDep, champion: ModelDep
                     settings: SettingsDep, shown: BodySentDep,
                     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
                     exclude_seen: bool = True, drift_aware: bool = True,
+                    at: Annotated[Timestamp | None, Query(description=AT_HELP)] = None,
                     impression: Annotated[bool, Query(
                         description="false: a preview, not shown to the user (e.g. the "
                         "dashboard's user view): no impression is recorded")] = True
                     ) -> RecommendationsOut:
-    """Top-k items for the user's interests now; after a drift, the new interests weigh more
-    (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it). With a
-    challenger, its share of users (a stable hash of the id) gets its ranking;
-    `model_version` says which version answered, and the response's impression is recorded
-    under `recommendation_id` (unless `impression=false`)."""
+    """Top-k items for the user's interests now (or at `at`); after a drift, the new
+    interests weigh more (`drift_aware=false`: the model's ranking alone, as offline
+    evaluation scores it). With a challenger, its share of users (a stable hash of the id)
+    gets its ranking; `model_version` says which version answered, and the response's
+    impression is recorded under `recommendation_id` (unless `impression=false`)."""
     _check_k(k, settings.max_k)
+    when = interests.request_time(at)
     model, role = runtime.model_for(user_id, champion)
     # async, and no session dependency: a user whose events have not changed since the last
     # answer is served from memory on the event loop, without a thread hop or a query
     feed = runtime.change_feed
     response = interests.remembered_recommendations(
         model, feed=feed, user_id=user_id, k=k, exclude_seen=exclude_seen,
-        drift_aware=drift_aware, settings=settings)
+        drift_aware=drift_aware, settings=settings, at=when)
     if response is None:
 
         def compute() -> RecommendationsOut:
             with runtime.session_factory() as session:
                 return interests.recommend_for_user(
                     session, model, user_id=user_id, k=k, exclude_seen=exclude_seen,
-                    drift_aware=drift_aware, settings=settings, feed=feed)
+                    drift_aware=drift_aware, settings=settings, feed=feed, at=when)
 
         response = await run_in_threadpool(compute)
     runtime.recommendation_served(response, k, role, shown and impression)
@@ -92,7 +101,7 @@ def recommend_for_session(body: RecommendRequest, session: SessionDep, champion:
     response = interests.recommend_for_items(
         session, model, item_ids=body.recent_item_ids, timestamps=timestamps, k=body.k,
         exclude_seen=body.exclude_seen, drift_aware=body.drift_aware, settings=settings,
-        user_id=body.user_id)
+        user_id=body.user_id, at=None if body.at is None else body.at.timestamp())
     runtime.recommendation_served(response, body.k, role)
     return response
 
