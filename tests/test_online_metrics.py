@@ -4,6 +4,8 @@ The served versions themselves are in tests/test_challenger.py."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +20,7 @@ from app.domain.assignment import assignment_point, serves_challenger
 from app.schemas.events import EventIn
 from app.schemas.items import ItemIn
 from app.services import ingestion
+from app.services.impressions import ImpressionLog
 from app.services.online_metrics import Windows, online_metrics
 from app.store import erasure
 from app.store.db import transaction
@@ -253,3 +256,39 @@ def test_online_metrics_per_version_from_the_store(factory: sessionmaker[Session
             online_metrics(session, since=t0 + s, until=t0, k=3, bucket="day",
                            windows=windows, roles={}, now=later)
         assert refused.value.problems[0].as_dict()["field"] == "since"
+
+
+# ------------------------------------------------------------------ the bounded writer
+def test_the_impression_log_drops_when_full_and_never_waits(
+        factory: sessionmaker[Session]) -> None:
+    """The writer stuck (its sessions wait on a gate, as on a database that does not answer):
+    `record` returns at once, keeps what fits and drops the rest; once the database answers,
+    what was kept is written."""
+    gate = threading.Event()
+
+    def stuck() -> Session:
+        gate.wait(30)
+        return factory()
+
+    log = ImpressionLog(stuck, maxsize=3, batch_size=10, flush_seconds=0.01)  # type: ignore[arg-type]
+    log.start()
+    try:
+        now = datetime.now(UTC)
+        assert log.record(_impression("u1", "1", ["a"], now))
+        deadline = time.monotonic() + 10
+        while log.depth and time.monotonic() < deadline:  # the writer took it ...
+            time.sleep(0.005)
+        time.sleep(0.2)  # ... its batch window (10 ms) closed: it waits on the gate
+        started = time.perf_counter()
+        kept = [log.record(_impression("u1", "1", ["a"], now)) for _ in range(10)]
+        took = time.perf_counter() - started
+        assert kept == [True] * 3 + [False] * 7 and log.dropped == 7
+        assert took < 0.5, took  # a blocking put would wait for the gate (30 s)
+        gate.set()
+        assert log.wait_idle(30)
+        assert log.written == 4 and log.dropped == 7
+    finally:
+        gate.set()
+        log.stop()
+    with factory() as session:
+        assert count_impressions(session, "u1") == 4
