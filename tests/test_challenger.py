@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from app.main import create_app
 from app.ml.bundle import InterestModelBundle
 from app.services import interests
 from tests.conftest import TinyModel, tiny_model_database, tiny_store
-from tests.live_server import plain_pg_url
+from tests.live_server import free_port, plain_pg_url
 from tests.test_dashboard import Tab, browser  # noqa: F401  (the browser fixture)
 from training import registry
 
@@ -288,22 +287,13 @@ def test_online_metrics_refuse_bad_ranges_and_k(experiment: Experiment) -> None:
     assert far.status_code == 200
 
 
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
 
 
 def test_the_dashboard_charts_online_metrics_per_version(
         experiment: Experiment, simulation: Simulation, browser: Any  # noqa: F811
 ) -> None:
     app = create_app(experiment.settings)
-    port = _free_port()
+    port = free_port(PORTS)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, name="challenger-uvicorn", daemon=True)
