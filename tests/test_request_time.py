@@ -63,7 +63,7 @@ def served(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> I
             manager = client.app.state.runtime.models
             current = manager.current
             bundle = request_time_bundle(current.bundle)
-            manager._current = dataclasses.replace(  # serve it in place of the champion
+            manager.champion.served = dataclasses.replace(  # in place of the champion
                 current, bundle=bundle, ranking_cache=new_ranking_cache(None),
                 drift_cache=new_drift_cache(None), interest_states=None)
             assert manager.current.bundle.uses_request_time
@@ -130,7 +130,10 @@ def test_a_remembered_ranking_holds_only_while_the_buckets_hold(
         return response.json()
 
     first = get(first_at)
-    assert get((first_at + end) / 2) == first and len(calls) == 1  # same buckets: remembered
+    again = get((first_at + end) / 2)
+    # same buckets: remembered (a new response, so a recommendation id of its own)
+    assert again.pop("recommendation_id") != first.pop("recommendation_id")
+    assert again == first and len(calls) == 1
     later = get(end + 1.0)
     assert len(calls) == 2 and _scores(later) != _scores(first)  # a bucket moved: ranked again
     exclude = set(items)
