@@ -97,7 +97,7 @@ def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False,
         print("drift scan: no user to check")
         engine.dispose()
         return
-    manager = ModelManager(settings, factory)
+    manager = ModelManager(settings, factory, with_challenger=False)
     outcome = manager.reload()
     if manager.loaded is None:
         raise SystemExit(f"no model to scan with: {outcome.error}")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
+from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from app.api.openapi import docs_urls, install_openapi
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Per-worker intra-op threads: torch's default (all cores) oversubscribes the CPU
         # as soon as several workers or request threads run inference at once.
         torch.set_num_threads(settings.torch_threads)
+        to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         if not app.state.api_keys:
             logger.warning("auth is off: no API keys configured; listen on 127.0.0.1 only")
         runtime = ServingRuntime.start(settings, app.state.metrics)

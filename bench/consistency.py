@@ -1,6 +1,6 @@
 """Offline/online consistency on the full champion: HR@10 through `POST /recommend` equals the
 registered test HR@10 (same protocol: history without the last item, seen items not masked,
-the model's ranking alone).
+the model's ranking alone, the request made at the test event's time).
 
 Run: `make bench-consistency` (or `.venv/bin/python -m bench.consistency`) after `make model`.
 Starts the service on 127.0.0.1 against a fresh SQLite store (the catalogue is all it needs),
@@ -46,10 +46,12 @@ def main() -> None:
                "DRIFTREC_MODEL_POLL_SECONDS": "0"}
         hits, started = 0, time.perf_counter()
         with running_service(env) as base, httpx.Client(base_url=base, timeout=60) as client:
-            for sequence, target in zip(split.test_inputs(), split.test_items, strict=True):
+            for sequence, target, at in zip(split.test_inputs(), split.test_items,
+                                            split.test_times, strict=True):
+                # at: the test event's time, the request time offline evaluation scores with
                 body = {"recent_item_ids": [item_ids[i - 1] for i in sequence.items],
                         "timestamps": [float(t) for t in sequence.times], "k": 10,
-                        "exclude_seen": False, "drift_aware": False}
+                        "exclude_seen": False, "drift_aware": False, "at": float(at)}
                 response = client.post("/recommend", json=body)
                 response.raise_for_status()
                 hits += item_ids[target - 1] in {i["item_id"] for i in response.json()["items"]}

@@ -58,6 +58,14 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def free_port(ports: range) -> int:
+    """The first free port of a test module's own range (modules never share one)."""
+    for port in ports:
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {ports}")
+
+
 def server_env(database_url: str, registry_uri: str, workdir: Path,
                **extra: str) -> dict[str, str]:
     """The parent's environment without its DRIFTREC_* settings, plus the service's."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from app.services.drift_scan import all_user_ids, scan_users
 from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
 from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
+from tests.live_server import free_port
 from training.data.importer import import_movielens
 
 KEYS = "reader-key:read;writer-key:write"
@@ -160,15 +160,6 @@ class LiveService:
         return response.json()
 
 
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +172,7 @@ def live(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
         import_movielens(subset, make_session_factory(engine), settings, progress=False)
         engine.dispose()
         app = create_app(settings)
-        port = _free_port()
+        port = free_port(PORTS)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning"))
         thread = threading.Thread(target=server.run, name="dashboard-uvicorn", daemon=True)

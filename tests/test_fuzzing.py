@@ -55,7 +55,8 @@ STATUSES: dict[tuple[str, str], list[int]] = {}
 MUST_SUCCEED = ("GET /users/{user_id}/events", "GET /recommend/{user_id}",
                 "GET /interest-profile/{user_id}", "GET /drift/{user_id}", "POST /items",
                 "GET /drift/summary", "GET /items", "GET /items/{item_id}/similar",
-                "PATCH /items/{item_id}", "DELETE /users/{user_id}")
+                "PATCH /items/{item_id}", "DELETE /users/{user_id}",
+                "GET /models/online-metrics")
 
 
 @dataclass

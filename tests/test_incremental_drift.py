@@ -37,10 +37,17 @@ class _StubEncoder:
         return self
 
 
-def _model_and_head(seed: int = 0, max_len: int = 8) -> tuple[SequenceInterestModel, DriftHead]:
+def _model_and_head(seed: int = 0, max_len: int = 8, **bias: Any
+                    ) -> tuple[SequenceInterestModel, DriftHead]:
     torch.manual_seed(seed)
-    config = SequenceModelConfig(hidden_size=16, num_layers=2, ff_size=32, max_len=max_len)
+    config = SequenceModelConfig(hidden_size=16, num_layers=2, ff_size=32, max_len=max_len,
+                                 **bias)
     model = SequenceInterestModel(config, N_ITEMS, TEXT_DIM)
+    for block in model.blocks:  # attention bias tables far from zero, when there are any
+        for table in () if block.attention.bias is None else (block.attention.bias.time,
+                                                               block.attention.bias.position):
+            if table is not None:
+                torch.nn.init.normal_(table.weight, std=2.0)
     text = torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1)
     model.set_item_text_embeddings(torch.cat([torch.zeros(1, TEXT_DIM), text]))
     head = DriftHead(N_FEATURES, 8)
@@ -137,6 +144,24 @@ def test_a_replayed_state_continues_like_one_built_event_by_event() -> None:
     assert stepped.gru is not None and replayed.gru is not None
     torch.testing.assert_close(stepped.gru, replayed.gru, atol=TOLERANCE, rtol=0)
     torch.testing.assert_close(stepped.hidden, replayed.hidden, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [{"time_bias": "event"},
+                                  {"time_bias": "request", "position_bias": True}])
+def test_with_an_attention_bias_the_state_still_equals_the_replay(bias: dict[str, Any]) -> None:
+    """The drift path reads each event at its own time (no request time), so a biased scorer
+    stays causal event by event and its carried-forward state is the replay's."""
+    model, head = _model_and_head(seed=4, **bias)
+    engine = IncrementalDrift(model, head)
+    rng = np.random.default_rng(11)
+    idx = rng.integers(1, N_ITEMS + 1, 40).astype(np.int64)
+    ts = 1e9 + np.cumsum(rng.choice([0.0, 30.0, 3_600.0, 86_400.0 * 40], size=40))
+    stepped = engine.start([(idx[:5], ts[:5])])[0]
+    for t in range(5, 40, 3):
+        stepped = engine.extend([(stepped, idx[t:t + 3], ts[t:t + 3])])[0]
+    probs, surprise = _replay(model, head, idx, ts)
+    np.testing.assert_allclose(stepped.probabilities, probs, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(stepped.surprise, surprise, atol=TOLERANCE * 10, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------- per-user serving

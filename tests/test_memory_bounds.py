@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def _ranking(n: int, k: int = 100) -> RememberedRanking:
     because = [[(_id("h", (n * k + j) * 2 + r), 0.5 / (r + 1)) for r in range(2)]
                for j in range(k)]
     response = RecommendationsOut(
-        user_id=_id("u", n), model_version="1", drift_aware=True,
+        user_id=_id("u", n), model_version="1", recommendation_id=uuid.uuid4(),
+        drift_aware=True,
         items=[RecommendedItem(
             item_id=item_id, title=f"T{n * k + j:06d}".ljust(500, "t"), score=score, topic=topic,
             because=[Reason(item_id=h, title=f"H{h}".ljust(500, "h")[:500], similarity=sim)

@@ -67,3 +67,18 @@ def test_database_outage_is_503_with_retry_hint(tmp_path, empty_registry: str) -
         assert response.headers["retry-after"]
         assert client.get("/readyz").status_code == 503
         assert client.get("/items/m1").status_code == 503
+
+
+def test_request_handler_threads_follow_the_setting(settings: Settings) -> None:
+    """DRIFTREC_REQUEST_THREADS bounds the threads a worker runs its sync handlers in: the
+    event loop's default thread limiter holds that many tokens once the app has started."""
+    from anyio import to_thread
+
+    def tokens() -> float:
+        return to_thread.current_default_thread_limiter().total_tokens
+
+    for threads in (3, 17):
+        with TestClient(create_app(settings.model_copy(update={"request_threads": threads}))
+                        ) as client:
+            assert client.portal is not None
+            assert client.portal.call(tokens) == threads

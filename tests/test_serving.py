@@ -121,14 +121,15 @@ def test_served_hr_at_10_equals_the_registered_test_hr(served: Served) -> None:
     registered = float(version.tags["test_hr_at_10"])
     bundle = InterestModelBundle.load(served.model.report.bundle_dir)
     offline = score_sequences(bundle.sequence_model, served.split.test_inputs(),
-                              torch.device("cpu"))
+                              torch.device("cpu"), at=served.split.test_times)
     offline_top = torch.topk(offline[:, 1:], 10).indices  # catalogue positions
     hits = 0
-    for user, (sequence, target) in enumerate(zip(served.split.test_inputs(),
-                                                  served.split.test_items, strict=True)):
+    for user, (sequence, target, at) in enumerate(zip(
+            served.split.test_inputs(), served.split.test_items, served.split.test_times,
+            strict=True)):
         body = {"recent_item_ids": [served.item_ids[i - 1] for i in sequence.items],
                 "timestamps": [float(t) for t in sequence.times], "k": 10,
-                "exclude_seen": False, "drift_aware": False}
+                "exclude_seen": False, "drift_aware": False, "at": float(at)}
         response = served.client.post("/recommend", json=body)
         assert response.status_code == 200, response.text
         ranked = [item["item_id"] for item in response.json()["items"]]
@@ -309,6 +310,8 @@ def test_a_ranking_is_reused_until_the_user_has_a_new_event(
     user = _user(served, 7)
     first = served.client.get(f"/recommend/{user}", params={"k": 7}).json()
     again = served.client.get(f"/recommend/{user}", params={"k": 7}).json()
+    # the same ranking as a new response (an impression of its own)
+    assert again.pop("recommendation_id") != first.pop("recommendation_id")
     assert again == first and len(calls) == 1
     served.client.get(f"/recommend/{user}", params={"k": 8})
     assert len(calls) == 2  # other options: their own ranking
@@ -349,7 +352,9 @@ def test_remembered_answers_skip_the_database_and_follow_other_workers_writes(
             patch.setattr(repository, "user_event_state", no_database)
             patch.setattr(repository, "user_history_rows", no_database)
             patch.setattr(repository, "items_by_id", no_database)
-            assert served.client.get(f"/recommend/{user}", params={"k": 5}).json() == first
+            again = served.client.get(f"/recommend/{user}", params={"k": 5}).json()
+            assert again.pop("recommendation_id") != first["recommendation_id"]
+            assert again == {k: v for k, v in first.items() if k != "recommendation_id"}
 
         shown = first["items"][0]["item_id"]
         event = {"event_id": "feed-new", "user_id": user, "item_id": shown, "type": "view",

@@ -42,9 +42,13 @@ class WindowLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, items: torch.Tensor, times: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-        return window_loss(self.model, items, times, targets)
+    def forward(self, items: torch.Tensor, times: torch.Tensor, targets: torch.Tensor,
+                negatives: int = 0, generator: torch.Generator | None = None,
+                target_times: torch.Tensor | None = None) -> torch.Tensor:
+        # the same loss as one process: sampled softmax when the config asks for it (every
+        # rank draws the same negatives: the same generator, seeded alike, drawing alike)
+        return window_loss(self.model, items, times, targets, negatives, generator,
+                           target_times)
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:

@@ -65,19 +65,25 @@ def all_metrics(scores: torch.Tensor, inputs: list[UserSequence], targets: np.nd
 
 @torch.no_grad()
 def score_sequences(model: SequenceInterestModel, sequences: list[UserSequence],
-                    device: torch.device, batch_size: int = 512) -> torch.Tensor:
+                    device: torch.device, batch_size: int = 512,
+                    at: np.ndarray | None = None) -> torch.Tensor:
     """Next-item scores for each user from their last ``max_len`` events: FloatTensor[U, N+1]
-    on the CPU. Uses the model's ``last_hidden`` and ``item_logits`` (as serving does)."""
+    on the CPU. Uses the model's ``last_hidden`` and ``item_logits`` (as serving does).
+
+    at: float64 [U] request times (the held-out event's time: only its time, never its item),
+    for a model whose time bias uses the request time; None: each history's last event."""
     was_training = model.training
     model.eval()
     items, times = last_window(sequences, model.config.max_len)
+    request = None if at is None else torch.as_tensor(np.asarray(at, np.float64))
     chunks = []
     try:
         for start in range(0, len(sequences), batch_size):
             batch_items = items[start:start + batch_size].to(device)
             batch_times = times[start:start + batch_size].to(device)
+            batch_at = None if request is None else request[start:start + batch_size].to(device)
             with autocast_context(device):
-                hidden = model.last_hidden(batch_items, batch_times)
+                hidden = model.last_hidden(batch_items, batch_times, batch_at)
                 chunks.append(model.item_logits(hidden).float().cpu())
     finally:
         model.train(was_training)
@@ -86,16 +92,17 @@ def score_sequences(model: SequenceInterestModel, sequences: list[UserSequence],
 
 def evaluate_model(model: SequenceInterestModel, split: LeaveOneOutSplit, device: torch.device,
                    parts: tuple[str, ...] = ("val", "test"), k: int = 10) -> dict[str, Metrics]:
-    """{"val": metrics, "test": metrics} for the sequence model (full ranking)."""
+    """{"val": metrics, "test": metrics} for the sequence model (full ranking). Requests are
+    made at the held-out event's time (what serving is told as the request time)."""
     result: dict[str, Metrics] = {}
     if "val" in parts:
         inputs = split.valid_inputs()
-        result["val"] = all_metrics(score_sequences(model, inputs, device), inputs,
-                                    split.valid_items, k)
+        scores = score_sequences(model, inputs, device, at=split.valid_times)
+        result["val"] = all_metrics(scores, inputs, split.valid_items, k)
     if "test" in parts:
         inputs = split.test_inputs()
-        result["test"] = all_metrics(score_sequences(model, inputs, device), inputs,
-                                     split.test_items, k)
+        scores = score_sequences(model, inputs, device, at=split.test_times)
+        result["test"] = all_metrics(scores, inputs, split.test_items, k)
     return result
 
 

@@ -39,15 +39,19 @@ def serving_catalogue(bundle: InterestModelBundle, snapshot: InteractionSnapshot
 
 
 def scores_on_snapshot(bundle: InterestModelBundle, sequences: Sequence[UserSequence],
-                       snapshot: InteractionSnapshot, batch_size: int = 256) -> torch.Tensor:
+                       snapshot: InteractionSnapshot, batch_size: int = 256,
+                       at: Sequence[float] | None = None) -> torch.Tensor:
     """Next-item scores of any version over the snapshot's catalogue, in the snapshot's item
-    order: FloatTensor[U, N + 1], column 0 = -inf (lines up with the split's indices)."""
+    order: FloatTensor[U, N + 1], column 0 = -inf (lines up with the split's indices).
+    ``at``: each request's time (the held-out events' times)."""
     served = serving_catalogue(bundle, snapshot)
     item_ids = snapshot.item_ids
     columns = torch.tensor([served.index_of(i) - 1 for i in item_ids])  # type: ignore[operator]
     histories = [[item_ids[i - 1] for i in seq.items] for seq in sequences]
     times = [[float(t) for t in seq.times] for seq in sequences]
-    chunks = [served.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size])
+    request = None if at is None else [float(t) for t in at]
+    chunks = [served.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size],
+                                      at=None if request is None else request[s:s + batch_size])
               [:, columns] for s in range(0, len(histories), batch_size)]
     scores = torch.cat(chunks)
     return torch.cat([torch.full((len(scores), 1), -math.inf), scores], dim=1)
@@ -58,10 +62,11 @@ def holdout_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit,
     """{"val": metrics, "test": metrics} of any version on the snapshot's split."""
     if bundle.item_ids == snapshot.item_ids:
         return quality.bundle_ranking_metrics(bundle, split)
-    parts = {"val": (split.valid_inputs(), split.valid_items),
-             "test": (split.test_inputs(), split.test_items)}
-    return {part: all_metrics(scores_on_snapshot(bundle, inputs, snapshot), inputs, targets)
-            for part, (inputs, targets) in parts.items()}
+    parts = {"val": (split.valid_inputs(), split.valid_items, split.valid_times),
+             "test": (split.test_inputs(), split.test_items, split.test_times)}
+    return {part: all_metrics(scores_on_snapshot(bundle, inputs, snapshot, at=list(at)),
+                              inputs, targets)
+            for part, (inputs, targets, at) in parts.items()}
 
 
 def describe_holdout(split: LeaveOneOutSplit, snapshot: InteractionSnapshot) -> str:

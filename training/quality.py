@@ -51,11 +51,14 @@ def _as_strings(sequences: Sequence[UserSequence], item_ids: Sequence[str]
 
 
 def bundle_scores(bundle: InterestModelBundle, sequences: Sequence[UserSequence],
-                  batch_size: int = 256) -> torch.Tensor:
+                  batch_size: int = 256, at: np.ndarray | None = None) -> torch.Tensor:
     """Scores from ``bundle.score_next_batch``, with the padding column put back so they line
-    up with model indices: FloatTensor[U, N + 1], column 0 = -inf."""
+    up with model indices: FloatTensor[U, N + 1], column 0 = -inf. ``at``: float64 [U]
+    request times (the held-out events' times), as serving is told them."""
     histories, times = _as_strings(sequences, bundle.item_ids)
-    chunks = [bundle.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size])
+    request = None if at is None else [float(t) for t in at]
+    chunks = [bundle.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size],
+                                      at=None if request is None else request[s:s + batch_size])
               for s in range(0, len(histories), batch_size)]
     scores = torch.cat(chunks)
     return torch.cat([torch.full((len(scores), 1), -math.inf), scores], dim=1)
@@ -63,11 +66,12 @@ def bundle_scores(bundle: InterestModelBundle, sequences: Sequence[UserSequence]
 
 def bundle_ranking_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit
                            ) -> dict[str, dict[str, float]]:
-    """{"val": metrics, "test": metrics} computed through the bundle's scoring."""
-    parts = {"val": (split.valid_inputs(), split.valid_items),
-             "test": (split.test_inputs(), split.test_items)}
-    return {part: all_metrics(bundle_scores(bundle, inputs), inputs, targets)
-            for part, (inputs, targets) in parts.items()}
+    """{"val": metrics, "test": metrics} computed through the bundle's scoring, each request
+    made at its held-out event's time."""
+    parts = {"val": (split.valid_inputs(), split.valid_items, split.valid_times),
+             "test": (split.test_inputs(), split.test_items, split.test_times)}
+    return {part: all_metrics(bundle_scores(bundle, inputs, at=at), inputs, targets)
+            for part, (inputs, targets, at) in parts.items()}
 
 
 def bundle_drift_metrics(bundle: InterestModelBundle, cases: Sequence[DriftCase], margin: int,

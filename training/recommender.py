@@ -60,6 +60,10 @@ class RecommenderConfig:
     use_text: bool = True  # content: projected item text embeddings (ours only)
     use_time: bool = True  # content: log-gap and hour-of-day embeddings (ours only)
     gap_buckets: int = 16
+    # relative attention bias (ours only; off by default, see SequenceModelConfig)
+    time_bias: str = "off"  # "off", "event" or "request" (query at the target's/request time)
+    position_bias: bool = False
+    bias_buckets: int = 64
     # optimisation (shared by ours and the sasrec_id baseline)
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
@@ -101,7 +105,9 @@ class RecommenderConfig:
             hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
             ff_size=self.ff_size, dropout=self.dropout, attn_dropout=self.attn_dropout,
             max_len=self.max_len, use_text=self.use_text and content,
-            use_time=self.use_time and content, gap_buckets=self.gap_buckets)
+            use_time=self.use_time and content, gap_buckets=self.gap_buckets,
+            time_bias=self.time_bias if content else "off",
+            position_bias=self.position_bias and content, bias_buckets=self.bias_buckets)
 
     def train_config(self) -> SequenceTrainConfig:
         return SequenceTrainConfig(

@@ -32,6 +32,7 @@ from training.data.sequences import (
 from training.evaluate import evaluate_model
 
 SELECT_METRIC = "ndcg@10"
+BIAS_FIELDS = ("time_bias", "position_bias", "bias_buckets")  # SequenceModelConfig, later
 StateDict = dict[str, torch.Tensor]
 
 
@@ -64,14 +65,18 @@ class SequenceTrainResult:
 
 def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.Tensor,
                 targets: torch.Tensor, negatives: int = 0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None,
+                target_times: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over all non-pad positions: inputs [B, L] -> scalar.
 
     negatives = 0: full softmax over the catalogue. negatives = K > 0: sampled softmax over
     the target and K items drawn uniformly from 1..N (one draw per batch, shared by every
-    position; a draw that equals a position's target is masked out there)."""
+    position; a draw that equals a position's target is masked out there).
+    target_times [B, L]: each target's timestamp, the query time of a model whose time bias
+    uses the request time (ignored by others)."""
     real = targets > 0
-    hidden = model(items, times)[real]  # [P, H]: scoring pads would waste ~20% of the compute
+    query_times = target_times if model.uses_request_time else None
+    hidden = model(items, times, query_times)[real]  # [P, H]: scoring pads would waste ~20%
     wanted = targets[real]
     if negatives <= 0:
         logits = model.item_logits(hidden)  # [P, N+1]
@@ -87,9 +92,12 @@ def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.
                                                 device=hidden.device))
 
 
-# A forward pass returning the loss of (items, times, targets): a DDP-wrapped module in the
-# distributed trainer (training/distributed.py); window_loss on the model by default.
-LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# A forward pass returning the loss of (items, times, targets, negatives, generator, target
+# times): a DDP-wrapped module in the distributed trainer (training/distributed.py);
+# window_loss on the model by default. It gets the config's loss, so both paths optimise the
+# same objective.
+LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator,
+                        torch.Tensor], torch.Tensor]
 
 
 def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
@@ -117,10 +125,13 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
         items = items.to(device)
         times = windows.times[batch].to(device)
         targets = windows.targets[batch].to(device)
+        target_times = windows.target_times[batch].to(device)
         with autocast_context(device):
-            loss = (forward(items, times, targets) if forward is not None
+            loss = (forward(items, times, targets, config.loss_negatives, generator,
+                            target_times)
+                    if forward is not None
                     else window_loss(model, items, times, targets, config.loss_negatives,
-                                     generator))
+                                     generator, target_times))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -151,9 +162,15 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def _resumable(setting: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: everything but ``max_epochs`` (a run
-    may be resumed with a larger epoch budget)."""
+    may be resumed with a larger epoch budget); a model without attention bias matches a
+    checkpoint written before the bias settings existed."""
     train = {k: v for k, v in setting.get("train", {}).items() if k != "max_epochs"}
-    return {**setting, "train": train}
+    model = dict(setting.get("model", {}))
+    if model.get("time_bias", "off") == "off" and not model.get("position_bias", False):
+        # no attention bias: the same model as one checkpointed before these fields existed
+        for key in BIAS_FIELDS:
+            model.pop(key, None)
+    return {**setting, "train": train, "model": model}
 
 
 def _load_checkpoint(path: Path | None, setting: dict[str, Any]) -> dict[str, Any] | None:

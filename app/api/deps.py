@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.errors import ApiError
 from app.core.metrics import Metrics
+from app.core.middleware import HEAD_SCOPE_KEY
 from app.core.security import ApiKey, authenticate
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from app.services.model_manager import ModelUnavailable, ServedModel
@@ -50,11 +51,17 @@ async def get_model(request: Request) -> ServedModel:
                        "`python -m training train --register --promote`") from error
 
 
+async def body_is_sent(request: Request) -> bool:
+    """False for a HEAD request answered as its GET (the body never leaves the server)."""
+    return not request.scope.get(HEAD_SCOPE_KEY, False)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
+BodySentDep = Annotated[bool, Depends(body_is_sent)]
 UserIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # Serving.
     model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
+    # Threads a worker runs its (sync) request handlers in (anyio's default is 40); requests
+    # beyond that wait their turn in the event loop. The handlers share one GIL per worker, so
+    # this bounds how many contend for it; A/B runs on the shared 2-core machine did not
+    # separate 4 from 40 (docs/BENCHMARKS.md), so the default stays.
+    request_threads: int = Field(default=40, ge=1, le=1_000)
     max_k: int = Field(default=100, ge=1, le=100, description="at most the schema's k <= 100")
     profile_half_life_days: float = Field(default=30.0, gt=0)
     short_term_events: int = Field(default=20, ge=1)
@@ -101,6 +106,26 @@ class Settings(BaseSettings):
     # Histories per batched forward pass (1: no batching).
     max_inference_batch: int = Field(default=64, ge=1)
 
+    # Champion and challenger (README "Champion and challenger"). With a share above 0 each
+    # worker also loads the version the challenger alias points at and serves it to that
+    # share of users, chosen by a keyed hash of the user id with `challenger_salt` (sticky
+    # across workers and restarts; a new salt reshuffles who is in the share).
+    challenger_share: float = Field(default=0.0, ge=0.0, le=1.0,
+                                    description="0 turns the challenger off")
+    challenger_alias: str = Field(default="challenger", min_length=1)
+    challenger_salt: str = Field(default="driftrec-challenger", min_length=1)
+    # Impressions (what each recommendation response showed): kept in a bounded queue per
+    # worker and written in batches by a background thread; dropped (and counted) when the
+    # queue is full. 0 turns impressions off.
+    impression_queue_size: int = Field(default=10_000, ge=0)
+    impression_batch_size: int = Field(default=500, ge=1)
+    impression_flush_seconds: float = Field(default=1.0, gt=0)
+    # Online metrics: an impression is a hit when one of the user's next events, at most
+    # this many and within this many seconds of it, is on one of its first k items.
+    online_metrics_event_window: int = Field(default=5, ge=1, le=1000)
+    online_metrics_time_window_seconds: float = Field(default=86_400.0, gt=0,
+                                                      le=366 * 86_400)
+
     # Salt of the digest an erasure's log line carries instead of the user id; empty: the
     # deployment's random salt, created in the store by migration 0003.
     erasure_salt: str = Field(default="", repr=False)
@@ -120,6 +145,12 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_aliases(self) -> Settings:
+        if self.challenger_alias == self.model_alias:
+            raise ValueError("challenger_alias must differ from model_alias")
+        return self
 
 
 @lru_cache

@@ -122,12 +122,43 @@ class Metrics:
             "driftrec_catalogue_refresh_failures",
             "Catalogue refresh batches that failed (retried with the next change).",
             registry=registry)
+        # Champion and challenger (README "Champion and challenger").
+        self.challenger_info = Gauge(
+            "driftrec_challenger_info",
+            "The challenger version served to its share of users (1; absent while none is).",
+            ["name", "version", "device"], multiprocess_mode="liveall", registry=registry)
+        self.challenger_serving = Gauge(
+            "driftrec_challenger_serving",
+            "1 while a challenger is served to its share, 0 while it is enabled but missing or "
+            "refused (its users get the champion).", multiprocess_mode="liveall",
+            registry=registry)
+        self.challenger_reload_failures = Counter(
+            "driftrec_challenger_reload_failures",
+            "Challenger versions refused (download, load or smoke test failed).",
+            registry=registry)
+        self.recommendations = Counter(
+            "driftrec_recommendations",
+            "Recommendation responses by the role of the version that ranked them.",
+            ["role"], registry=registry)
+        self.impressions_written = Counter(
+            "driftrec_impressions_written", "Impressions stored (committed).",
+            registry=registry)
+        self.impressions_dropped = Counter(
+            "driftrec_impressions_dropped",
+            "Impressions not stored, by reason (queue_full: the writer could not keep up; "
+            "write_failed: the database refused the batch twice; unknown_user: the user was "
+            "erased meanwhile).", ["reason"], registry=registry)
+        self.impression_queue_depth = Gauge(
+            "driftrec_impression_queue_depth", "Impressions waiting to be written.",
+            multiprocess_mode="livesum", registry=registry)
         if multiprocess_dir() is None:
             # Process metrics (CPU, memory, open files) are per process: not in multiprocess mode.
             ProcessCollector(registry=registry)
         self._model_lock = threading.Lock()
         self._model_labels: tuple[str, str, str] | None = None
         self._failures_seen = 0
+        self._challenger_labels: tuple[str, str, str] | None = None
+        self._challenger_failures_seen = 0
 
     # ------------------------------------------------------------------ recording
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -162,6 +193,26 @@ class Metrics:
             if labels is not None:
                 self.model_info.labels(*labels).set(1)
             self._model_labels = labels
+
+    def observe_challenger(self, served: ServedModelInfo | None, failures: int) -> None:
+        """After a challenger reload attempt: the version served to its share (None: none,
+        its users get the champion) and the challenger's refusals so far."""
+        with self._model_lock:
+            if failures > self._challenger_failures_seen:
+                self.challenger_reload_failures.inc(failures - self._challenger_failures_seen)
+                self._challenger_failures_seen = failures
+            self.challenger_serving.set(0 if served is None else 1)
+            labels = None if served is None else (served.name, served.version, served.device)
+            if labels == self._challenger_labels:
+                return
+            if self._challenger_labels is not None:
+                if multiprocess_dir() is None:
+                    self.challenger_info.remove(*self._challenger_labels)
+                else:
+                    self.challenger_info.labels(*self._challenger_labels).set(0)
+            if labels is not None:
+                self.challenger_info.labels(*labels).set(1)
+            self._challenger_labels = labels
 
     def count_committed_drifts(self, factory: sessionmaker[Session],
                                take_created: Callable[[Session], int],

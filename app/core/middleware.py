@@ -55,6 +55,11 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+# Set in the scope of a HEAD request run as its GET: the response body is never sent, so a
+# recommendation made for it is not an impression.
+HEAD_SCOPE_KEY = "driftrec.head"
+
+
 class HeadAsGet:
     """Answer `HEAD` on every GET route: run it as the GET and send the headers alone.
 
@@ -75,4 +80,4 @@ class HeadAsGet:
                 message = {**message, "body": b""}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        await self.app({**scope, "method": "GET", HEAD_SCOPE_KEY: True}, receive, headers_only)

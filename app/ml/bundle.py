@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from app.ml.parts import (
     load_part,
     save_part,
 )
+from app.ml.sequence import request_bucket_interval
 from app.ml.topics import TopicTable
 
 MODEL_FORMAT = 2  # what save writes
@@ -131,19 +133,33 @@ class InterestModelBundle:
                 ts[b, : len(row)] = torch.tensor([t for _, t in row], dtype=torch.float64)
         return idx.to(self.device), ts.to(self.device)
 
+    @property
+    def uses_request_time(self) -> bool:
+        """Whether the scorer's ranking depends on the request time (``at`` below)."""
+        return bool(getattr(self.sequence_model, "uses_request_time", False))
+
     @torch.no_grad()
     def score_next_batch(self, histories: Sequence[Sequence[str]],
                          timestamps: Sequence[Sequence[float]],
-                         exclude_history: bool = False) -> torch.Tensor:
+                         exclude_history: bool = False,
+                         at: Sequence[float | None] | None = None) -> torch.Tensor:
         """Next-item scores over the catalogue: FloatTensor[B, N] on the CPU, column i is
         ``item_ids[i]``. Each history is ordered oldest first (ties in ingestion order) and
         read through its last ``max_len`` known events. A history with no known event gets
-        uniform zeros (serving falls back to popularity for those)."""
+        uniform zeros (serving falls back to popularity for those).
+
+        at: each request's time (epoch seconds; None: the history's last event), read by a
+        scorer whose time bias uses the request time (``uses_request_time``); a time before
+        the last event counts as that event's time."""
         idx, ts = self.encode_histories(histories, timestamps, self.sequence_model.max_len)
         empty = idx[:, 0] == 0
         idx[empty, 0] = 1  # placeholder event so last_hidden is defined; row zeroed below
         with autocast_context(self.device):
-            hidden = self.sequence_model.last_hidden(idx, ts)
+            if self.uses_request_time:
+                request = self._request_times(idx, ts, at)
+                hidden = self.sequence_model.last_hidden(idx, ts, request)  # type: ignore[call-arg]
+            else:
+                hidden = self.sequence_model.last_hidden(idx, ts)
             logits = self.sequence_model.item_logits(hidden).float()
         scores = logits[:, 1 : len(self.item_ids) + 1].cpu()
         scores[empty.cpu()] = 0.0
@@ -153,15 +169,47 @@ class InterestModelBundle:
                 scores[b, seen] = -torch.inf
         return scores
 
+    @staticmethod
+    def _request_times(idx: torch.Tensor, ts: torch.Tensor,
+                       at: Sequence[float | None] | None) -> torch.Tensor | None:
+        """float64 [B]: each request time (a missing one: its history's last event time)."""
+        if at is None:
+            return None
+        if len(at) != len(idx):
+            raise ValueError("at needs one request time per history")
+        lengths = (idx > 0).sum(dim=1)
+        last = ts[torch.arange(len(idx), device=ts.device), lengths - 1]
+        given = torch.tensor([math.nan if t is None else float(t) for t in at],
+                             dtype=torch.float64, device=ts.device)
+        return torch.where(torch.isnan(given), last, given)
+
+    def request_time_validity(self, item_ids: Sequence[str], timestamps: Sequence[float],
+                              at: float) -> tuple[float, float]:
+        """The request times [start, end) (epoch seconds) at which this history's ranking is
+        the one at ``at``: the scorer reads the request time only through the bucket of its
+        gap to each event of the window, so the ranking holds until one of those buckets
+        changes. (-inf, inf) for a scorer that does not read the request time."""
+        if not self.uses_request_time:
+            return (-math.inf, math.inf)
+        known = [float(t) for i, t in zip(item_ids, timestamps, strict=True)
+                 if i in self._index][-self.sequence_model.max_len:]
+        if not known:
+            return (-math.inf, math.inf)
+        return request_bucket_interval(np.asarray(known), at,
+                                       self.sequence_model.config.bias_buckets)  # type: ignore[attr-defined]
+
     def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float],
-                   exclude_history: bool = False) -> np.ndarray:
-        """One user's next-item scores: float32[N] aligned with ``item_ids`` of the bundle."""
-        return self.score_next_batch([item_ids], [timestamps], exclude_history)[0].numpy()
+                   exclude_history: bool = False, at: float | None = None) -> np.ndarray:
+        """One user's next-item scores: float32[N] aligned with ``item_ids`` of the bundle
+        (``at``: the request time, see ``score_next_batch``)."""
+        return self.score_next_batch([item_ids], [timestamps], exclude_history,
+                                     [at])[0].numpy()
 
     def recommend(self, item_ids: Sequence[str], timestamps: Sequence[float], k: int = 10,
-                  exclude_history: bool = True) -> list[tuple[str, float]]:
+                  exclude_history: bool = True, at: float | None = None
+                  ) -> list[tuple[str, float]]:
         """Top-k (item_id, score), best first."""
-        scores = torch.from_numpy(self.score_next(item_ids, timestamps, exclude_history))
+        scores = torch.from_numpy(self.score_next(item_ids, timestamps, exclude_history, at))
         top = torch.topk(scores, min(k, len(scores)))
         return [(self.item_ids[int(i)], float(s)) for s, i in zip(top.values, top.indices,
                                                                   strict=True)

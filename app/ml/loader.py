@@ -174,10 +174,12 @@ def load_version(tracking_uri: str, name: str, alias: str, cache_dir: Path,
 
 
 class HistoryInput(BaseModel):
-    """One user's events, oldest first: item ids and epoch-second timestamps."""
+    """One user's events, oldest first: item ids and epoch-second timestamps; ``at``: the
+    request time (epoch seconds; None: the last event's), read by a time-biased scorer."""
 
     item_ids: list[str]
     timestamps: list[float]
+    at: float | None = None
 
 
 class InterestModelPyfunc(mlflow.pyfunc.PythonModel):
@@ -192,5 +194,6 @@ class InterestModelPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: list[HistoryInput],
                 params: dict[str, Any] | None = None) -> list[list[str]]:
         k = int((params or {}).get("k", 10))
-        return [[item for item, _ in self.bundle.recommend(row.item_ids, row.timestamps, k)]
+        return [[item for item, _ in self.bundle.recommend(row.item_ids, row.timestamps, k,
+                                                           at=row.at)]
                 for row in model_input]

@@ -6,6 +6,14 @@ embedding, an item's representation adds a projection of its text embedding (fro
 fine-tuned MiniLM encoder; genres and year are in the text), and each event adds embeddings of
 the log time gap to the previous event and of the hour of day. ``use_text`` / ``use_time``
 switch the content features off: with both off this is the ``sasrec_id`` baseline.
+
+Optionally (``time_bias`` / ``position_bias``, off by default), every attention logit gets an
+HSTU-style relative bias learned per layer and head: one value per bucket of the log time gap
+between the query's time and the key event's time, and one per relative position i - j. With
+``time_bias="event"`` a query's time is its own event's; with ``"request"`` (HSTU, RecTools'
+``relative_time_attention``) the query at position i takes the time of the event after it,
+which is the target's time in training and the request time at inference (``last_hidden``'s
+``at``). Only that time is used, never the target's identity.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +32,8 @@ from app.ml.parts.registry import BundleError, load_weights, register_part
 
 SECONDS_PER_HOUR = 3600.0
 WEIGHTS_FILE = "sequence_model.pt"
+TIME_BIAS_MODES = ("off", "event", "request")
+BIAS_LOG_STEP = 0.301  # HSTU / RecTools: bucket = floor(ln(gap seconds) / 0.301)
 
 
 @dataclass
@@ -41,6 +52,23 @@ class SequenceModelConfig:
     use_text: bool = True  # add the projected item text embedding to the item table
     use_time: bool = True  # add log-gap and hour-of-day embeddings to each event
     gap_buckets: int = 16  # bucket 0 = first event; then buckets of log2(1 + gap seconds) / 2
+    # Relative attention bias (all off by default: bundles without these keys load as before).
+    time_bias: str = "off"  # "off", "event" (query at its own time), "request" (query at the
+    # next event's time: the target's in training, the request time at inference)
+    position_bias: bool = False  # a learned bias per relative position i - j
+    bias_buckets: int = 64  # time-gap buckets 0..bias_buckets: floor(ln(gap s) / 0.301)
+
+    def __post_init__(self) -> None:
+        if self.time_bias not in TIME_BIAS_MODES:
+            raise ValueError(f"time_bias must be one of {TIME_BIAS_MODES}, got "
+                             f"{self.time_bias!r}")
+        if self.bias_buckets < 1:
+            raise ValueError("bias_buckets must be at least 1")
+
+    @property
+    def attention_bias(self) -> bool:
+        """Whether attention logits carry a relative bias."""
+        return self.time_bias != "off" or self.position_bias
 
 
 def time_features(timestamps: torch.Tensor, gap_buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +90,132 @@ def time_features(timestamps: torch.Tensor, gap_buckets: int) -> tuple[torch.Ten
     return gap_bucket, hour
 
 
+def gap_boundaries(n_buckets: int, device: torch.device | None = None) -> torch.Tensor:
+    """Lower edges (seconds, float64) of time-gap buckets 1..n_buckets: exp(0.301 k). Bucket
+    b holds gaps in [edge b, edge b+1); bucket 0 gaps under 1.35 s, the last one the rest."""
+    steps = torch.arange(1, n_buckets + 1, dtype=torch.float64, device=device)
+    return torch.exp(BIAS_LOG_STEP * steps)
+
+
+def gap_bucket_matrix(query_times: torch.Tensor, key_times: torch.Tensor, n_buckets: int,
+                      causal: bool = False) -> torch.Tensor:
+    """Bucket of each query-key time gap: [B, L] and [B, L] epoch seconds -> int64 [B, L, L]
+    (entry i, j: the gap from key j's time to query i's; negative gaps count as 0). With
+    ``causal``, keys after their query (j > i) get the extra bucket ``n_buckets + 1``."""
+    gaps = (query_times.to(torch.float64).unsqueeze(2)
+            - key_times.to(torch.float64).unsqueeze(1)).clamp(min=0.0)
+    buckets = torch.bucketize(gaps, gap_boundaries(n_buckets, gaps.device), right=True)
+    if causal:
+        length = buckets.shape[-1]
+        future = torch.ones(length, length, dtype=torch.bool, device=buckets.device).triu(1)
+        buckets.masked_fill_(future, n_buckets + 1)
+    return buckets
+
+
+def next_event_times(timestamps: torch.Tensor, lengths: torch.Tensor, at: torch.Tensor
+                     ) -> torch.Tensor:
+    """Query times of the "request" time bias at inference: position i takes event i + 1's
+    time and each history's last real event takes its request time ``at``.
+
+    timestamps: [B, L] right-padded; lengths: int64 [B] (>= 1); at: [B] epoch seconds ->
+    float64 [B, L] (padded positions hold 0)."""
+    times = timestamps.to(torch.float64)
+    shifted = torch.cat([times[:, 1:], torch.zeros_like(times[:, :1])], dim=1)
+    rows = torch.arange(times.shape[0], device=times.device)
+    shifted[rows, lengths - 1] = at.to(device=times.device, dtype=torch.float64)
+    positions = torch.arange(times.shape[1], device=times.device).unsqueeze(0)
+    return shifted.masked_fill(positions >= lengths.unsqueeze(1), 0.0)
+
+
+def request_bucket_interval(key_times: np.ndarray, at: float, n_buckets: int,
+                            margin: float = 1e-3) -> tuple[float, float]:
+    """The request times [start, end) that put every gap to ``key_times`` (float64 [n], the
+    events a ranking read, n >= 1) in the bucket it has at ``at``: where a ranking of the
+    "request" time bias stays the same. A time before the last event counts as that event's
+    (as ``last_hidden`` is called by the bundle), so then start is -inf. ``margin`` seconds
+    are taken off both ends (float rounding of ``t + edge`` near a boundary)."""
+    times = np.asarray(key_times, np.float64)
+    last = float(times.max())
+    effective = max(float(at), last)
+    edges = np.concatenate([[-np.inf, 0.0], gap_boundaries(n_buckets).numpy(), [np.inf]])
+    # edges[b + 1] is bucket b's lower edge (bucket 0 from gap 0); bucketize as the model does
+    buckets = np.searchsorted(edges[2:-1], effective - times, side="right")
+    start = float(np.max(times + edges[buckets + 1])) + margin
+    end = float(np.min(times + edges[buckets + 2])) - margin
+    if effective == last:
+        start = -math.inf  # every earlier request time counts as the last event's
+    return (start, end)
+
+
+class _BucketBias(torch.autograd.Function):
+    """``table[index]`` laid out as [B, heads, L, L], with a backward that sums the gradient
+    per bucket by ``bincount``: the generic embedding backward sorts its indices, 2.5 million
+    per layer for a batch of 64 windows of 200, and took most of a training step's time."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return table.t()[:, index].transpose(0, 1)  # [K, H] by [B, L, L] -> [B, H, L, L]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (index,) = ctx.saved_tensors
+        flat = index.reshape(-1)
+        per_head = grad.transpose(0, 1).reshape(grad.shape[1], -1).float()
+        sums = [torch.bincount(flat, weights=row, minlength=ctx.rows) for row in per_head]
+        return torch.stack(sums, dim=1).to(grad.dtype), None
+
+
+class RelativeAttentionBias(nn.Module):
+    """One layer's learned biases: per head, one per time-gap bucket and/or per relative
+    position; ``forward`` turns them into the attention mask (-inf above the diagonal)."""
+
+    def __init__(self, config: SequenceModelConfig) -> None:
+        super().__init__()
+        heads = config.num_heads
+        self.time = (nn.Embedding(config.bias_buckets + 1, heads)
+                     if config.time_bias != "off" else None)
+        self.position = nn.Embedding(config.max_len, heads) if config.position_bias else None
+
+    def forward(self, buckets: torch.Tensor | None, length: int, device: torch.device
+                ) -> torch.Tensor:
+        """buckets: int64 [B, L, L] time-gap buckets with keys after their query in the extra
+        last bucket (``gap_bucket_matrix(..., causal=True)``; None without the time bias) ->
+        float mask [B or 1, heads, L, L]: the bias, and -inf where a key follows its query."""
+        steps = torch.arange(length, device=device)
+        offset = steps.unsqueeze(1) - steps.unsqueeze(0)  # i - j
+        position = (None if self.position is None else
+                    self.position(offset.clamp(min=0)).permute(2, 0, 1).unsqueeze(0))
+        if self.time is None or buckets is None:
+            if position is None:
+                raise ValueError("no bias table")
+            return position.masked_fill(offset < 0, -math.inf)
+        # the extra row, -inf, is the causal mask: no separate masking pass over [B, H, L, L]
+        mask = _BucketBias.apply(self._time_table(), buckets)
+        return mask if position is None else mask + position
+
+    def _time_table(self) -> torch.Tensor:
+        """[bias_buckets + 2, heads]: the learned rows and a last row of -inf (future keys)."""
+        assert self.time is not None
+        weight = self.time.weight
+        return torch.cat([weight, weight.new_full((1, weight.shape[1]), -math.inf)])
+
+    def row(self, buckets: torch.Tensor | None, query: torch.Tensor, length: int
+            ) -> torch.Tensor:
+        """The mask of one query per sequence (inference): buckets int64 [B, L] of that row
+        (None without the time bias), query int64 [B] its positions -> [B, heads, 1, L]."""
+        offset = query.unsqueeze(1) - torch.arange(length, device=query.device).unsqueeze(0)
+        mask = torch.zeros(0)
+        if self.time is not None and buckets is not None:
+            mask = F.embedding(buckets, self._time_table())  # [B, L, heads]
+        if self.position is not None:
+            position = self.position(offset.clamp(min=0))
+            mask = position if mask.numel() == 0 else mask + position
+        mask = mask.masked_fill((offset < 0).unsqueeze(-1), -math.inf)
+        return mask.permute(0, 2, 1).unsqueeze(2)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position i attends to positions 0..i only."""
 
@@ -71,14 +225,38 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.attn_dropout = config.attn_dropout
+        self.bias = RelativeAttentionBias(config) if config.attention_bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, H] -> [B, L, H]."""
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, L, H] -> [B, L, H]; buckets: time-gap buckets [B, L, L] (time bias only)."""
         batch, length, hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        if self.bias is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            mask = self.bias(buckets, length, x.device).to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
+
+    def forward_last(self, x: torch.Tensor, buckets: torch.Tensor | None,
+                     query: torch.Tensor) -> torch.Tensor:
+        """The output at one position per sequence only (inference with a bias): x [B, L, H],
+        query int64 [B] -> [B, H]; equals ``forward(x, buckets)[rows, query]`` to float
+        rounding, at a fraction of its cost (one query row instead of L)."""
+        if self.bias is None:
+            raise ValueError("forward_last is the attention-bias path")
+        batch, length, hidden = x.shape
+        rows = torch.arange(batch, device=x.device)
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[rows, query], weight[:hidden], bias[:hidden])
+        q = q.view(batch, self.num_heads, 1, -1)
+        k, v = F.linear(x, weight[hidden:], bias[hidden:]).view(
+            batch, length, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        row = None if buckets is None else buckets[rows, query]
+        mask = self.bias.row(row, query, length).to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.reshape(batch, hidden))
 
 
 class TransformerBlock(nn.Module):
@@ -93,10 +271,18 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, L, H] -> [B, L, H]."""
-        x = self.norm1(x + self.dropout(self.attention(x)))
+        x = self.norm1(x + self.dropout(self.attention(x, buckets)))
         return self.norm2(x + self.dropout(self.ff(x)))
+
+    def forward_last(self, x: torch.Tensor, buckets: torch.Tensor | None,
+                     query: torch.Tensor) -> torch.Tensor:
+        """``forward`` at one position per sequence (query int64 [B]) -> [B, H]."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        h = self.norm1(x[rows, query] + self.dropout(self.attention.forward_last(x, buckets,
+                                                                                 query)))
+        return self.norm2(h + self.dropout(self.ff(h)))
 
 
 @register_part("scorer", "sasrec-text-time", part_format=1)
@@ -129,6 +315,11 @@ class SequenceInterestModel(nn.Module):
     @property
     def max_len(self) -> int:
         return self.config.max_len
+
+    @property
+    def uses_request_time(self) -> bool:
+        """Whether scores depend on the request time (``last_hidden``'s ``at``)."""
+        return self.config.time_bias == "request"
 
     def save_part(self, directory: Path) -> dict[str, Any]:
         torch.save(self.state_dict(), Path(directory) / WEIGHTS_FILE)
@@ -208,16 +399,29 @@ class SequenceInterestModel(nn.Module):
             x = x + self.gap_embedding(gap_bucket) + self.hour_embedding(hour)
         return self.input_dropout(self.input_norm(x))
 
-    def forward(self, item_idx: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    def forward(self, item_idx: torch.Tensor, timestamps: torch.Tensor,
+                query_times: torch.Tensor | None = None) -> torch.Tensor:
         """item_idx: LongTensor[B, L] right-padded with 0; timestamps: [B, L] epoch seconds.
 
         Returns hidden states FloatTensor[B, L, H]; position i depends on events 0..i only
         (outputs at padded positions are meaningless and must be ignored).
+        query_times: [B, L] each position's query time for ``time_bias="request"`` (training:
+        the target's time); None, and always for ``"event"``: each event's own time.
         """
         x = self.embed_events(item_idx, timestamps)
+        buckets = self._buckets(timestamps, query_times)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, buckets)
         return x
+
+    def _buckets(self, timestamps: torch.Tensor, query_times: torch.Tensor | None
+                 ) -> torch.Tensor | None:
+        """The time bias's gap buckets [B, L, L] (future keys in the extra bucket), or None."""
+        if self.config.time_bias == "off":
+            return None
+        queries = (timestamps if query_times is None or not self.uses_request_time
+                   else query_times)
+        return gap_bucket_matrix(queries, timestamps, self.config.bias_buckets, causal=True)
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [..., H] -> scores FloatTensor[..., n_rows] over every item (column 0 = -inf)."""
@@ -225,11 +429,30 @@ class SequenceInterestModel(nn.Module):
         logits[..., 0] = -math.inf
         return logits
 
-    def last_hidden(self, item_idx: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        """Interest state at each sequence's last real event: [B, L] inputs -> [B, H]."""
+    def last_hidden(self, item_idx: torch.Tensor, timestamps: torch.Tensor,
+                    at: torch.Tensor | None = None) -> torch.Tensor:
+        """Interest state at each sequence's last real event: [B, L] inputs -> [B, H].
+
+        at: [B] request times (epoch seconds) for ``time_bias="request"``; None: each
+        history's last event time, which is also what a time before it counts as. Ignored by
+        models that do not use the request time."""
         lengths = (item_idx > 0).sum(dim=1)
         if bool((lengths == 0).any()):
             raise ValueError("every sequence needs at least one event")
-        hidden = self(item_idx, timestamps)
+        query_times = None
+        if self.uses_request_time:
+            rows = torch.arange(item_idx.shape[0], device=item_idx.device)
+            last = timestamps.to(torch.float64)[rows, lengths - 1]
+            at = last if at is None else torch.maximum(
+                at.to(device=last.device, dtype=torch.float64), last)
+            query_times = next_event_times(timestamps, lengths, at)
+        if self.config.attention_bias and not self.training:
+            # inference: the last block only at the last position (its other rows are unused)
+            x = self.embed_events(item_idx, timestamps)
+            buckets = self._buckets(timestamps, query_times)
+            for block in self.blocks[:-1]:
+                x = block(x, buckets)
+            return self.blocks[-1].forward_last(x, buckets, lengths - 1)
+        hidden = self(item_idx, timestamps, query_times)
         rows = torch.arange(item_idx.shape[0], device=item_idx.device)
         return hidden[rows, lengths - 1]

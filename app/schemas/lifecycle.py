@@ -16,6 +16,7 @@ class ErasureOut(BaseModel):
     events_removed: int
     drift_records_removed: int
     drift_checks_removed: int
+    impressions_removed: int
 
 
 class ItemLifecyclePatch(BaseModel):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import EntityId, Timestamp
 
 MAX_K = 100  # the most items one recommendation may ask for (`max_k` may lower it)
+AT_HELP = ("the request time (default: now): a model whose time bias reads it ranks by the "
+           "time from each event to it; a time before the last event counts as that event's")
 
 
 class TopicWeight(BaseModel):
@@ -134,7 +137,10 @@ class RecommendedItem(BaseModel):
 
 class RecommendationsOut(BaseModel):
     user_id: str | None
-    model_version: str
+    model_version: str = Field(description="the registered version that ranked these items "
+                               "(the champion, or the challenger for its share of users)")
+    recommendation_id: UUID = Field(description="this response's id: its impression is "
+                                    "stored under it (online metrics)")
     drift_aware: bool = Field(description="whether a recent drift changed the ranking")
     items: list[RecommendedItem]
 
@@ -152,12 +158,29 @@ class RecommendRequest(BaseModel):
     drift_aware: bool = Field(default=True, description="false: the model's ranking alone, "
                               "exactly as offline evaluation scores it")
     user_id: EntityId | None = None
+    at: Timestamp | None = Field(default=None, description=AT_HELP)
 
     @model_validator(mode="after")
     def _aligned(self) -> RecommendRequest:
         if self.timestamps is not None and len(self.timestamps) != len(self.recent_item_ids):
             raise ValueError("timestamps must have one entry per recent_item_ids entry")
         return self
+
+
+class ChallengerInfo(BaseModel):
+    alias: str
+    share: float = Field(description="share of users served the challenger while it is "
+                         "served (DRIFTREC_CHALLENGER_SHARE)")
+    status: Literal["serving", "missing", "failed", "loading"] = Field(
+        description="serving: its share gets it; missing: no version has the alias; failed: "
+        "the version it points at was refused; loading: not tried yet. Anything but serving: "
+        "every user gets the champion")
+    version: str | None
+    device: str | None
+    loaded_at: datetime | None
+    last_checked_at: datetime | None
+    last_reload_error: str | None
+    reload_failures: int
 
 
 class ModelInfo(BaseModel):
@@ -170,6 +193,54 @@ class ModelInfo(BaseModel):
     last_checked_at: datetime | None
     last_reload_error: str | None
     reload_failures: int
+    challenger: ChallengerInfo | None = Field(
+        default=None, description="the challenger beside the champion (null: off)")
+
+
+class PromotionOut(BaseModel):
+    champion: str = Field(description="the version the champion alias points at now")
+    previous_champion: str | None
+    challenger_alias_removed: bool = Field(description="the challenger alias was deleted: "
+                                           "the experiment is over")
+
+
+class Interval(BaseModel):
+    low: float
+    high: float
+
+
+class OnlineBucket(BaseModel):
+    bucket_start: datetime
+    impressions: int
+    hits: int
+    hit_rate: float | None
+    hit_rate_ci: Interval | None
+    mrr: float | None
+
+
+class VersionOnlineMetrics(BaseModel):
+    model_version: str
+    role: Literal["champion", "challenger"] | None = Field(
+        description="what the version is served as now (null: neither)")
+    impressions: int = Field(description="settled impressions: their window has closed")
+    pending: int = Field(description="impressions whose window is still open: not counted")
+    hits: int
+    hit_rate: float | None = Field(description="hits / impressions (hit rate@k)")
+    hit_rate_ci: Interval | None = Field(description="Wilson score interval")
+    mrr: float | None = Field(description="mean reciprocal rank@k (0 for a miss)")
+    mrr_ci: Interval | None = Field(description="normal-approximation interval")
+    series: list[OnlineBucket]
+
+
+class OnlineMetricsOut(BaseModel):
+    since: datetime | None
+    until: datetime | None
+    k: int
+    bucket: Literal["hour", "day", "week"]
+    event_window: int = Field(description="next events counted per impression")
+    time_window_seconds: float = Field(description="how long after an impression they count")
+    confidence: float
+    versions: list[VersionOnlineMetrics]
 
 
 class ReloadOut(BaseModel):

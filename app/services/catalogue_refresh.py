@@ -14,7 +14,8 @@ refresher then, in one background thread (the encoder's fast tokenizer is not th
 - carries each item's lifecycle (retired, availability window) into the served model's
   availability (a deleted item is retired: its row stays for the histories naming it),
 - and swaps in a copy of the served model with those rows, copy-on-write, as a reload does:
-  requests in flight finish on the model they started with.
+  requests in flight finish on the model they started with. A challenger served beside the
+  champion gets the same, with its own encoder.
 
 A reload that swaps in another version, and a change feed that (re)connects after it may
 have missed notifications, trigger a full pass: the whole catalogue is compared with what the
@@ -31,9 +32,9 @@ from collections.abc import Iterable
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.metrics import Metrics
-from app.domain.availability import Availability
+from app.domain.availability import Availability, Window
 from app.ml.catalogue import CatalogueItem, item_text, with_new_items
-from app.services.model_manager import ModelManager, lifecycle_states
+from app.services.model_manager import ModelManager, ServedModel, lifecycle_states
 from app.store import repository
 from app.store.models import Item
 
@@ -155,16 +156,23 @@ class CatalogueRefresher:
 
     # ------------------------------------------------------------------ one pass
     def refresh(self, item_ids: list[str] | None) -> int:
-        """Bring these items (None: the whole catalogue) of the served model up to date with
-        the store; returns how many were embedded. Called by the thread (or a test)."""
-        served = self._manager.loaded
-        if served is None:
+        """Bring these items (None: the whole catalogue) of every served version (the
+        champion, and a challenger) up to date with the store; returns how many rows were
+        embedded. Called by the thread (or a test)."""
+        served_models = self._manager.served_models()
+        if not served_models:
             return 0  # the first load reads the whole catalogue itself
         with self._factory() as session:
             stored = (repository.all_items(session) if item_ids is None
                       else list(repository.items_by_id(session, item_ids).values()))
             items = [_catalogue_item(item) for item in stored]
             states = lifecycle_states(stored)
+        return sum(self._refresh_model(served, item_ids, items, states)
+                   for served in served_models)
+
+    def _refresh_model(self, served: ServedModel, item_ids: list[str] | None,
+                       items: list[CatalogueItem], states: dict[str, tuple[bool, Window]]
+                       ) -> int:
         # Retired and windowed items: from what was read; an item the store no longer holds
         # (deleted) is retired, its row stays (other histories may name it).
         wanted = set(served.catalogue) if item_ids is None else set(item_ids)
@@ -203,5 +211,6 @@ class CatalogueRefresher:
             self._metrics.catalogue_embedded.inc(len(embed))
             self._metrics.catalogue_batch.observe(len(embed))
         if embed:
-            logger.info("catalogue: embedded %d new or changed item(s)", len(embed))
+            logger.info("catalogue: embedded %d new or changed item(s) for v%s", len(embed),
+                        served.version)
         return len(embed)

@@ -71,7 +71,7 @@ class DriftScanActor:
             "pool_size": 2, "max_overflow": 0}
         self.engine = make_engine(settings.database_url, **small_pool)
         self.factory = make_session_factory(self.engine)
-        manager = ModelManager(settings, self.factory, load_bundle)
+        manager = ModelManager(settings, self.factory, load_bundle, with_challenger=False)
         outcome = manager.reload()
         if manager.loaded is None:
             raise RuntimeError(f"no model to scan with: {outcome.error}")

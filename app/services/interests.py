@@ -4,6 +4,8 @@ and the domain functions. No HTTP here; routers call these and map errors to res
 from __future__ import annotations
 
 import hashlib
+import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,8 +118,8 @@ def _top_items(session: Session, model: ServedModel, history: History,
     for item_id, weight in zip(history.item_ids, strength, strict=True):
         best[item_id] = max(best.get(item_id, 0.0), float(weight))
     chosen = sorted(best, key=lambda i: (-best[i], i))[:TOP_ITEMS]
-    stored = repository.items_by_id(session, chosen)
-    return [ProfileItem(item_id=i, title=stored[i].title if i in stored else None,
+    titles = repository.item_titles(session, chosen)
+    return [ProfileItem(item_id=i, title=titles.get(i),
                         topic=_topic_name(model, i)) for i in chosen]
 
 
@@ -279,15 +281,17 @@ EXPLAINED_BY = 2  # history items named per recommended item
 
 def rank_items(model: ServedModel, *, item_ids: Sequence[str], timestamps: Sequence[float],
                k: int, exclude: set[str], strength: float,
-               finding: DriftFinding | None, explain_window: int = 20
+               finding: DriftFinding | None, explain_window: int = 20,
+               at: float | None = None
                ) -> tuple[list[tuple[str, float, str]], bool, Because]:
     """Top-k (item_id, score, topic) for a history, whether drift changed the ranking, and
     per ranked item the (at most two) items of the last `explain_window` events of the
     history most like it in the served model's item table (why it is recommended).
 
-    With a detected change in `finding`, scores tilt toward the post-change interests."""
+    With a detected change in `finding`, scores tilt toward the post-change interests.
+    `at`: the request time (epoch seconds), read by a model whose time bias uses it."""
     bundle = model.bundle
-    scores = model.score_next(item_ids, timestamps)
+    scores = model.score_next(item_ids, timestamps, at)
     post_change = finding.after if finding is not None and finding.change is not None else None
     item_topics = bundle.topics.item_topics
     # never recommended: retired items, items outside their availability window
@@ -323,30 +327,39 @@ def _drift_of(model: ServedModel, history: History, enabled: bool,
     return cached_drift(model, user_id, history) if user_id else find_drift(model, history)
 
 
+ANY_TIME = (-math.inf, math.inf)  # a ranking that does not depend on the request time
+
+
 @dataclass(frozen=True, slots=True)
 class RememberedRanking:
     """A user's ranking and the state of their events it was computed from. `response` (with
     titles) is kept only when the state came from the change feed, which also tracks the
-    catalogue; otherwise titles are read again on use."""
+    catalogue; otherwise titles are read again on use. `valid`: the request times [start,
+    end) it holds for (a model whose time bias reads the request time ranks differently once
+    the gap from the request to one of the events changes bucket)."""
 
     state: tuple[Any, ...]
     chosen: list[tuple[str, float, str]]
     drift_aware: bool
     response: RecommendationsOut | None
     because: Because | None = None
+    valid: tuple[float, float] = ANY_TIME
+
+    def holds_at(self, at: float) -> bool:
+        return self.valid[0] <= at < self.valid[1]
 
 
 def ranking_size(entry: RememberedRanking) -> int:
     """Estimated bytes of a remembered ranking (measured in tests/test_memory_bounds.py):
     the strings it holds (ids and topic names are shared with the bundle, but counted) and
     per-item containers."""
-    size = 400 + 8 * len(entry.state)
+    size = 400 + 8 * len(entry.state) + (0 if entry.valid is ANY_TIME else 104)
     for item_id, _, topic in entry.chosen:
         size += 150 + str_bytes(item_id, topic)
     for reasons in entry.because or ():
         size += 120 + sum(150 + str_bytes(item_id) for item_id, _ in reasons)
     if entry.response is not None:
-        size += 900
+        size += 1_050  # the model, its fields, the recommendation id (a UUID)
         for item in entry.response.items:
             size += 720 + str_bytes(item.title)  # a pydantic model: more than a dict
             for reason in item.because:
@@ -377,27 +390,43 @@ def _feed_state(feed: ChangeFeed | None, user_id: str) -> tuple[Any, ...] | None
 
 
 def _remembered(model: ServedModel, user_id: str, variant: tuple[Any, ...],
-                state: tuple[Any, ...]) -> RememberedRanking | None:
+                state: tuple[Any, ...], at: float) -> RememberedRanking | None:
     entry: RememberedRanking | None = model.ranking_cache.get(user_id, state, variant)
-    return entry if entry is not None and entry.state == state else None
+    if entry is None or entry.state != state or not entry.holds_at(at):
+        return None
+    return entry
+
+
+def request_time(at: datetime | None) -> float:
+    """A request's time in epoch seconds: the one it gives, else now."""
+    return (at or datetime.now(UTC)).timestamp()
 
 
 def remembered_recommendations(model: ServedModel, *, feed: ChangeFeed | None, user_id: str,
                                k: int, exclude_seen: bool, drift_aware: bool,
-                               settings: Settings) -> RecommendationsOut | None:
-    """The answer for a user whose events have not changed since it was computed, from memory
+                               settings: Settings, at: float | None = None
+                               ) -> RecommendationsOut | None:
+    """The answer for a user whose events have not changed since it was computed (and, for a
+    model that reads the request time, whose ranking holds at `at`, default now), from memory
     alone (no database), when the change feed can vouch for that; else None."""
     state = _feed_state(feed, user_id)
     if state is None:
         return None
     variant = _ranking_variant(model, k, exclude_seen, drift_aware, settings)
-    entry = _remembered(model, user_id, variant, state)
-    return None if entry is None else entry.response
+    entry = _remembered(model, user_id, variant, state, request_time(None) if at is None else at)
+    return None if entry is None or entry.response is None else _anew(entry.response)
+
+
+def _anew(response: RecommendationsOut) -> RecommendationsOut:
+    """A remembered answer as a new response: the same ranking under a recommendation id of
+    its own (every response is an impression of its own)."""
+    return response.model_copy(update={"recommendation_id": uuid.uuid4()})
 
 
 def recommend_for_user(session: Session, model: ServedModel, *, user_id: str, k: int,
                        exclude_seen: bool, drift_aware: bool, settings: Settings,
-                       feed: ChangeFeed | None = None) -> RecommendationsOut:
+                       feed: ChangeFeed | None = None, at: float | None = None
+                       ) -> RecommendationsOut:
     # A ranking depends only on the user's events and the request's options. Its state is the
     # change feed's token for the user (taken before reading, so a change that lands meanwhile
     # invalidates it) or, without a live feed, one aggregate read of the user's events, which
@@ -411,23 +440,26 @@ def recommend_for_user(session: Session, model: ServedModel, *, user_id: str, k:
             raise UnknownUser(user_id)
         state = ("db", total, last_seq)
     variant = _ranking_variant(model, k, exclude_seen, drift_aware, settings)
-    entry = _remembered(model, user_id, variant, state)
+    at = request_time(None) if at is None else at
+    entry = _remembered(model, user_id, variant, state, at)
     if entry is not None:
         if entry.response is not None:
-            return entry.response
+            return _anew(entry.response)
         return _recommendations(session, model, user_id, entry.chosen, entry.drift_aware,
                                 entry.because)
-    chosen, changed, because = _rank_for_user(session, model, user_id, total, k, exclude_seen,
-                                              settings, drift_aware)
+    chosen, changed, because, valid = _rank_for_user(session, model, user_id, total, k,
+                                                     exclude_seen, settings, drift_aware, at)
     response = _recommendations(session, model, user_id, chosen, changed, because)
     model.ranking_cache.put(user_id, state, variant, RememberedRanking(
-        state, chosen, changed, response if from_feed else None, because))
+        state, chosen, changed, response if from_feed else None, because, valid))
     return response
 
 
 def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: int | None,
-                   k: int, exclude_seen: bool, settings: Settings, drift_aware: bool
-                   ) -> tuple[list[tuple[str, float, str]], bool, Because]:
+                   k: int, exclude_seen: bool, settings: Settings, drift_aware: bool,
+                   at: float) -> tuple[list[tuple[str, float, str]], bool, Because,
+                                       tuple[float, float]]:
+    """The ranking at request time `at`, and the request times it holds for."""
     bundle = model.bundle
     limit = max(bundle.drift.max_events, bundle.sequence_model.max_len)
     history = load_history(session, user_id, limit, total)
@@ -436,20 +468,26 @@ def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: in
         exclude = (set(history.item_ids) if history.offset == 0
                    else repository.user_item_ids(session, user_id))
     finding = _drift_of(model, history, drift_aware, user_id)
-    return rank_items(model, item_ids=history.item_ids, timestamps=history.timestamps, k=k,
-                      exclude=exclude, strength=settings.drift_strength, finding=finding,
-                      explain_window=settings.short_term_events)
+    chosen, changed, because = rank_items(
+        model, item_ids=history.item_ids, timestamps=history.timestamps, k=k, exclude=exclude,
+        strength=settings.drift_strength, finding=finding,
+        explain_window=settings.short_term_events, at=at)
+    valid = (bundle.request_time_validity(history.item_ids, history.timestamps, at)
+             if bundle.uses_request_time else ANY_TIME)
+    return chosen, changed, because, valid
 
 
 def recommend_for_items(session: Session, model: ServedModel, *, item_ids: Sequence[str],
                         timestamps: Sequence[float] | None, k: int, exclude_seen: bool,
                         drift_aware: bool, settings: Settings,
-                        user_id: str | None = None) -> RecommendationsOut:
+                        user_id: str | None = None, at: float | None = None
+                        ) -> RecommendationsOut:
     unknown = [i for i, item_id in enumerate(item_ids) if model.bundle.index_of(item_id) is None]
     if unknown:
         raise UnknownItems(unknown, [item_ids[i] for i in unknown])
+    now = datetime.now(UTC).timestamp()
+    at = now if at is None else at
     if timestamps is None:  # taken as one minute apart, ending now
-        now = datetime.now(UTC).timestamp()
         timestamps = [now - 60.0 * (len(item_ids) - 1 - i) for i in range(len(item_ids))]
     exclude = set(item_ids) if exclude_seen else set()
     window = History([""] * len(item_ids), list(item_ids), list(timestamps),
@@ -457,7 +495,7 @@ def recommend_for_items(session: Session, model: ServedModel, *, item_ids: Seque
     chosen, changed, because = rank_items(
         model, item_ids=item_ids, timestamps=timestamps, k=k, exclude=exclude,
         strength=settings.drift_strength, finding=_drift_of(model, window, drift_aware),
-        explain_window=settings.short_term_events)
+        explain_window=settings.short_term_events, at=at)
     return _recommendations(session, model, user_id, chosen, changed, because)
 
 
@@ -465,18 +503,15 @@ def _recommendations(session: Session, model: ServedModel, user_id: str | None,
                      chosen: list[tuple[str, float, str]], drift_aware: bool,
                      because: Because | None = None) -> RecommendationsOut:
     because = because if because is not None else [[] for _ in chosen]
-    stored = repository.items_by_id(session, [
+    titles = repository.item_titles(session, [
         *(item_id for item_id, _, _ in chosen),
         *(item_id for reasons in because for item_id, _ in reasons)])
     return RecommendationsOut(
-        user_id=user_id, model_version=model.version, drift_aware=drift_aware,
+        user_id=user_id, model_version=model.version, recommendation_id=uuid.uuid4(),
+        drift_aware=drift_aware,
         items=[RecommendedItem(
-            item_id=item_id, title=_title(stored, item_id), score=score, topic=topic,
-            because=[Reason(item_id=reason, title=_title(stored, reason), similarity=sim)
+            item_id=item_id, title=titles.get(item_id), score=score, topic=topic,
+            because=[Reason(item_id=reason, title=titles.get(reason), similarity=sim)
                      for reason, sim in reasons])
             for (item_id, score, topic), reasons in zip(chosen, because, strict=True)])
 
-
-def _title(stored: dict[str, Any], item_id: str) -> str | None:
-    item = stored.get(item_id)
-    return None if item is None else item.title

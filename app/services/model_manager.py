@@ -1,9 +1,13 @@
-"""The served model: loaded in the lifespan, reloaded when the alias moves, swapped atomically.
+"""The served models: loaded in the lifespan, reloaded when an alias moves, swapped atomically.
 
-Requests take `manager.current` once and use that object to the end, so a request in flight
-finishes on the version it started with while a new one is swapped in. A version that fails
-to download, load, or pass its smoke inference is refused: the old one keeps serving and
-`/models/current` shows the error.
+Requests take `manager.current` (the champion; `for_user` picks the challenger for its share
+of users) once and use that object to the end, so a request in flight finishes on the version
+it started with while a new one is swapped in. A champion version that fails to download,
+load, or pass its smoke inference is refused: the old one keeps serving and `/models/current`
+shows the error. A challenger that is missing or refused is served to nobody (its users get
+the champion) and never touches the champion; while the registry cannot be asked, what is
+served stays. Each served version has its own caches (remembered rankings, drift findings,
+incremental states), so a user never gets another version's remembered answer.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mlflow import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
+from app.domain.assignment import serves_challenger
 from app.domain.availability import Availability, Window
 from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
@@ -34,6 +39,7 @@ from app.services.caches import UserStateCache
 from app.services.interest_state import DEFAULT_MAX_BYTES as DEFAULT_STATE_BYTES
 from app.services.interest_state import DEFAULT_MAX_USERS as DEFAULT_STATE_USERS
 from app.services.interest_state import InterestStates
+from app.services.models import move_alias
 from app.store import repository
 from app.store.models import Item
 
@@ -43,6 +49,7 @@ logger = logging.getLogger("driftrec.models")
 DEFAULT_MAX_BATCH = 64  # histories per forward pass
 
 EventWindow = tuple[Sequence[str], Sequence[float]]  # item ids, timestamps; oldest first
+ScoreRequest = tuple[Sequence[str], Sequence[float], float | None]  # + the request time
 DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
 
 
@@ -77,7 +84,7 @@ class ServedModel:
     # Sizes of the batches run (kind "score" or "drift"): the metrics.
     observe_batch: Callable[[str, int], None] | None = field(default=None, repr=False)
     # Concurrent requests share forward passes (see app.services.batching).
-    scorer: MicroBatcher[EventWindow, np.ndarray] = field(init=False, repr=False)
+    scorer: MicroBatcher[ScoreRequest, np.ndarray] = field(init=False, repr=False)
     drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
     # The drift detector's state per user, carried forward event by event
     # (app.services.interest_state); None: a new, empty one (a new bundle needs one).
@@ -93,11 +100,12 @@ class ServedModel:
         object.__setattr__(self, "derived_lock", threading.Lock())
         observe = self.observe_batch
 
-        def score(histories: Sequence[EventWindow]) -> list[np.ndarray]:
+        def score(histories: Sequence[ScoreRequest]) -> list[np.ndarray]:
             if observe is not None:
                 observe("score", len(histories))
             scores = bundle.score_next_batch([h[0] for h in histories],
-                                             [h[1] for h in histories])
+                                             [h[1] for h in histories],
+                                             at=[h[2] for h in histories])
             return list(scores.numpy())
 
         def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
@@ -114,9 +122,11 @@ class ServedModel:
                 bundle, *self.interest_state_limits, max_batch=self.max_batch,
                 replay=lambda items, times: tracer.submit((items, times))))
 
-    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float]) -> np.ndarray:
-        """Next-item scores of one history (float32[N]), batched with concurrent requests."""
-        return self.scorer.submit((item_ids, timestamps))
+    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float],
+                   at: float | None = None) -> np.ndarray:
+        """Next-item scores of one history (float32[N]) for a request at ``at`` (epoch
+        seconds; None: the last event's time), batched with concurrent requests."""
+        return self.scorer.submit((item_ids, timestamps, at))
 
     def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
                      ) -> tuple[np.ndarray, ChangePoint | None]:
@@ -176,16 +186,54 @@ MIB = 1024 * 1024
 _DEFAULTS = Settings.model_construct()  # the documented defaults (no environment read)
 
 
+class NoChallenger(LookupError):
+    """There is no challenger this worker serves that could be promoted (or its alias moved
+    since it was loaded)."""
+
+
+@dataclass(eq=False)
+class AliasSlot:
+    """One alias of the registered model and what this worker serves for it."""
+
+    alias: str
+    served: ServedModel | None = None
+    last_error: str | None = None
+    last_checked_at: datetime | None = None
+    reload_failures: int = 0
+    missing: bool = False  # the alias points at no version (a challenger not set, or ended)
+
+    @property
+    def status(self) -> str:
+        """serving | missing (no version has the alias) | failed (refused) | loading."""
+        if self.served is not None:
+            return "serving"
+        if self.missing:
+            return "missing"
+        return "failed" if self.last_error else "loading"
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    version: str  # the new champion (the challenger's version)
+    previous: str | None  # the champion before
+
+
 class ModelManager:
+    """The champion (`settings.model_alias`) and, with `challenger_share` > 0, the challenger
+    (`settings.challenger_alias`): each loaded, smoke-tested and swapped in atomically when
+    its alias moves, one load at a time. A challenger that is missing or fails to load never
+    touches the champion: its users are served the champion meanwhile."""
+
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
-                 load_bundle: Callable[[Path, str], InterestModelBundle] | None = None) -> None:
+                 load_bundle: Callable[[Path, str], InterestModelBundle] | None = None,
+                 with_challenger: bool | None = None) -> None:
         self.settings = settings
         self.factory = factory
         self._load_bundle = load_bundle or load_bundle_dir
-        self._current: ServedModel | None = None
-        self.last_error: str | None = None
-        self.last_checked_at: datetime | None = None
-        self.reload_failures = 0
+        self.champion = AliasSlot(settings.model_alias)
+        wanted = settings.challenger_share > 0 if with_challenger is None else with_challenger
+        self.challenger: AliasSlot | None = (AliasSlot(settings.challenger_alias) if wanted
+                                             else None)
         # Called (under the reload lock) after a version is swapped in or refused: the metrics.
         self.on_reload: Callable[[ModelManager], None] | None = None
         # Called after another version was swapped in (outside the lock): the catalogue
@@ -199,65 +247,148 @@ class ModelManager:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
+    # ------------------------------------------------------------------ what is served
     @property
     def current(self) -> ServedModel:
-        model = self._current
+        model = self.champion.served
         if model is None:
-            raise ModelUnavailable(self.last_error or "no model loaded")
+            raise ModelUnavailable(self.champion.last_error or "no model loaded")
         return model
 
     @property
     def loaded(self) -> ServedModel | None:
-        return self._current
+        return self.champion.served
+
+    @property
+    def last_error(self) -> str | None:
+        return self.champion.last_error
+
+    @property
+    def last_checked_at(self) -> datetime | None:
+        return self.champion.last_checked_at
+
+    @property
+    def reload_failures(self) -> int:
+        return self.champion.reload_failures
+
+    @property
+    def serving_challenger(self) -> ServedModel | None:
+        """The challenger version served to its share of users (None: everyone gets the
+        champion)."""
+        return None if self.challenger is None else self.challenger.served
+
+    def for_user(self, user_id: str | None, champion: ServedModel) -> ServedModel:
+        """What serves this user: the challenger when one is served and the user's stable
+        hash falls in its share, else `champion` (taken by the caller for this request)."""
+        challenger = self.serving_challenger
+        if challenger is None or user_id is None or not serves_challenger(
+                user_id, self.settings.challenger_share, self.settings.challenger_salt):
+            return champion
+        return challenger
+
+    def served_models(self) -> list[ServedModel]:
+        """Every distinct version served now (the champion first)."""
+        found: list[ServedModel] = []
+        for slot in self._slots():
+            if slot.served is not None and all(slot.served is not m for m in found):
+                found.append(slot.served)
+        return found
+
+    def _slots(self) -> list[AliasSlot]:
+        return [self.champion] if self.challenger is None else [self.champion, self.challenger]
 
     def _client(self) -> MlflowClient:
         return registry_client(self.settings.mlflow_tracking_uri)
 
+    # ------------------------------------------------------------------ loading
     def reload(self, force: bool = False) -> ReloadOutcome:
-        """Load the version the alias points at, if it is not the one served (or `force`)."""
+        """Load the version each alias points at, if it is not the one served (or `force`);
+        the champion's outcome (a challenger's is in `challenger`)."""
+        outcome, changed = self._reload_slot(self.champion, force)
+        if self.challenger is not None:
+            changed = self._reload_slot(self.challenger, force)[1] or changed
+        if changed and self.on_new_version is not None:
+            self.on_new_version()
+        return outcome
+
+    def _reload_slot(self, slot: AliasSlot, force: bool) -> tuple[ReloadOutcome, bool]:
+        champion = slot is self.champion
         with self._reload_lock:
-            self.last_checked_at = datetime.now(UTC)
+            slot.last_checked_at = datetime.now(UTC)
             try:
                 version = resolve_version(self._client(), self.settings.model_name,
-                                          self.settings.model_alias)
-                served = self._current
-                if served is not None and served.version == str(version.version) and not force:
-                    # the alias is readable and points at what we serve: an earlier error
-                    # (registry away, a refused version since un-promoted) no longer applies
-                    self.last_error = None
-                    return ReloadOutcome(False, served.version)
-                candidate = self._prepare(version)
-            except Exception as error:  # any failure keeps the old version serving
-                self.last_error = f"{type(error).__name__}: {error}"
-                self.reload_failures += 1
-                logger.warning("model reload failed, keeping the current version: %s",
-                               self.last_error)
+                                          slot.alias)
+            except LookupError as error:
+                if champion:
+                    return self._refused(slot, error), False
+                # no challenger (never set, or the experiment ended): the champion serves all
+                if not slot.missing:
+                    logger.info("no challenger: %s; serving the champion to every user", error)
+                ended = slot.served is not None
+                slot.served, slot.missing, slot.last_error = None, True, None
                 self._notify()
-                return ReloadOutcome(False, self._current and self._current.version,
-                                     self.last_error)
-            self._current = candidate  # the atomic swap
-            self.last_error = None
-            logger.info("serving %s version %s on %s", candidate.name, candidate.version,
-                        candidate.device)
+                return ReloadOutcome(ended, None), False
+            except Exception as error:  # the registry did not answer: keep what is served
+                return self._refused(slot, error), False
+            slot.missing = False
+            served = slot.served
+            if served is not None and served.version == str(version.version) and not force:
+                # the alias is readable and points at what we serve: an earlier error
+                # (registry away, a refused version since un-promoted) no longer applies
+                slot.last_error = None
+                return ReloadOutcome(False, served.version), False
+            try:
+                candidate = self._loaded_elsewhere(slot, str(version.version), force)
+                candidate = candidate or self._prepare(version, slot.alias)
+            except Exception as error:  # any failure keeps the champion serving
+                if not champion:  # the alias moved away from what was served: serve nobody
+                    slot.served = None
+                return self._refused(slot, error), False
+            slot.served = candidate  # the atomic swap
+            slot.last_error = None
+            logger.info("serving %s version %s on %s as %s", candidate.name, candidate.version,
+                        candidate.device, slot.alias)
             self._notify()
-        if self.on_new_version is not None:
-            self.on_new_version()
-        return ReloadOutcome(True, candidate.version)
+        return ReloadOutcome(True, candidate.version), True
+
+    def _refused(self, slot: AliasSlot, error: Exception) -> ReloadOutcome:
+        slot.last_error = f"{type(error).__name__}: {error}"
+        slot.reload_failures += 1
+        if slot is self.champion:
+            logger.warning("model reload failed, keeping the current version: %s",
+                           slot.last_error)
+        else:
+            logger.warning("challenger %s refused; its users get the champion: %s",
+                           slot.alias, slot.last_error)
+        self._notify()
+        served = slot.served
+        return ReloadOutcome(False, served.version if served else None, slot.last_error)
+
+    def _loaded_elsewhere(self, slot: AliasSlot, version: str, force: bool
+                          ) -> ServedModel | None:
+        """The version, when another alias serves it already (a promoted challenger becomes
+        the champion without a second load)."""
+        if force:
+            return None
+        for other in self._slots():
+            if other is not slot and other.served is not None and other.served.version == version:
+                return other.served
+        return None
 
     def _notify(self) -> None:
         if self.on_reload is not None:
             self.on_reload(self)
 
-    def _prepare(self, version: Any) -> ServedModel:
+    def _prepare(self, version: Any, alias: str) -> ServedModel:
         loaded = load_registered(version, self.settings.mlflow_tracking_uri,
                                  self.settings.model_download_dir, self.settings.device,
-                                 self.settings.model_alias, self._load_bundle)
+                                 alias, self._load_bundle)
         items, availability = read_catalogue(self.factory)
         bundle = with_new_items(loaded.bundle, items)
         bundle.smoke_test()
         return ServedModel(
             bundle=bundle, name=version.name, version=str(version.version),
-            alias=self.settings.model_alias, run_id=version.run_id, device=str(bundle.device),
+            alias=alias, run_id=version.run_id, device=str(bundle.device),
             loaded_at=datetime.now(UTC), metrics=dict(bundle.metrics),
             drift_cache=new_drift_cache(self.settings),
             ranking_cache=new_ranking_cache(self.settings),
@@ -269,31 +400,65 @@ class ModelManager:
             observe_batch=self.observe_batch,
         )
 
+    # ------------------------------------------------------------------ promotion
+    def promote_challenger(self) -> Promotion:
+        """Move the champion alias to the challenger's version in the registry and remove the
+        challenger alias (the experiment is over), then serve it here at once (other workers
+        follow at their next poll). NoChallenger when this worker serves no challenger or the
+        alias has moved since it was loaded; RegistryUnavailable when MLflow does not answer."""
+        slot = self.challenger
+        with self._reload_lock:
+            served = None if slot is None else slot.served
+            if slot is None or served is None:
+                why = ("the challenger is off (DRIFTREC_CHALLENGER_SHARE=0)" if slot is None
+                       else f"no challenger is served ({slot.status}"
+                       + (f": {slot.last_error})" if slot.last_error else ")"))
+                raise NoChallenger(why)
+            client, name = self._client(), self.settings.model_name
+            try:
+                pointed = str(resolve_version(client, name, slot.alias).version)
+            except LookupError as error:
+                raise NoChallenger(str(error)) from error
+            if pointed != served.version:
+                raise NoChallenger(f"the {slot.alias} alias points at v{pointed} since v"
+                                   f"{served.version} was loaded here: reload first")
+            previous = self.champion.served.version if self.champion.served else None
+            move_alias(client, name, self.settings.model_alias, served.version,
+                       remove=slot.alias)
+            logger.info("promoted %s v%s to %s (was v%s)", slot.alias, served.version,
+                        self.settings.model_alias, previous)
+        self.reload()
+        return Promotion(served.version, previous)
+
+    # ------------------------------------------------------------------ catalogue swaps
     def swap_catalogue(self, expected: ServedModel, bundle: InterestModelBundle,
                        catalogue: Mapping[str, bytes],
                        availability: Availability | None = None) -> bool:
         """Serve `bundle` (a copy of `expected`'s with catalogue rows added or replaced) and
-        `availability` (None: unchanged) if `expected` is still the one served; False when
-        another was swapped in meanwhile."""
+        `availability` (None: unchanged) wherever `expected` is still served; False when
+        another version was swapped in meanwhile."""
         availability = expected.availability if availability is None else availability
         with self._reload_lock:
-            if self._current is not expected:
+            slots = [slot for slot in self._slots() if slot.served is expected]
+            if not slots:
                 return False
             if bundle is expected.bundle:  # same rows: only what they were embedded from
                 if availability == expected.availability:
-                    self._current = dataclasses.replace(expected, catalogue=catalogue)
+                    replaced = dataclasses.replace(expected, catalogue=catalogue)
                 else:  # remembered rankings may hold items retired now
-                    self._current = dataclasses.replace(
+                    replaced = dataclasses.replace(
                         expected, catalogue=catalogue, availability=availability,
                         ranking_cache=new_ranking_cache(self.settings))
-                return True
-            # a fresh copy: new caches (the catalogue changed) and batchers
-            self._current = dataclasses.replace(
-                expected, bundle=bundle, catalogue=catalogue, availability=availability,
-                drift_cache=new_drift_cache(self.settings),
-                ranking_cache=new_ranking_cache(self.settings), interest_states=None)
+            else:  # a fresh copy: new caches (the catalogue changed) and batchers
+                replaced = dataclasses.replace(
+                    expected, bundle=bundle, catalogue=catalogue, availability=availability,
+                    drift_cache=new_drift_cache(self.settings),
+                    ranking_cache=new_ranking_cache(self.settings), interest_states=None)
+            for slot in slots:
+                slot.served = replaced
             return True
 
+    # ------------------------------------------------------------------ polling
     def start_polling(self) -> None:
         interval = self.settings.model_poll_seconds
         if interval <= 0 or self._poller is not None:

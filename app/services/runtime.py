@@ -23,6 +23,7 @@ import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
@@ -33,6 +34,7 @@ from app.core.exceptions import UnknownUser
 from app.core.metrics import Metrics
 from app.schemas.events import EventIn
 from app.schemas.items import ItemIn
+from app.schemas.serving import OnlineMetricsOut, RecommendationsOut
 from app.services import ingestion
 from app.services import interests as interest_service
 from app.services.catalogue_refresh import CatalogueRefresher
@@ -42,10 +44,13 @@ from app.services.change_feed import (
     SqliteDataVersionWatcher,
 )
 from app.services.drift_queue import DriftQueue
-from app.services.model_manager import ModelManager, ReloadOutcome
+from app.services.impressions import ImpressionLog
+from app.services.model_manager import ModelManager, Promotion, ReloadOutcome, ServedModel
+from app.services.online_metrics import Windows, online_metrics
 from app.store import catalogue as catalogue_store
 from app.store import drift_records, erasure, repository
 from app.store.db import make_engine, make_session_factory, transaction
+from app.store.impressions import ImpressionRow
 from app.store.models import Item
 
 logger = logging.getLogger("driftrec")
@@ -62,6 +67,28 @@ class _QueueMetrics:
 
     def outcome(self, outcome: str, count: int = 1) -> None:
         self._metrics.drift_checks.labels(outcome).inc(count)
+
+
+class _ImpressionMetrics:
+    """The impression log's counts as Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def written(self, count: int) -> None:
+        self._metrics.impressions_written.inc(count)
+
+    def dropped(self, reason: str, count: int) -> None:
+        self._metrics.impressions_dropped.labels(reason).inc(count)
+
+    def depth(self, depth: int) -> None:
+        self._metrics.impression_queue_depth.set(depth)
+
+
+def _observe_models(metrics: Metrics, manager: ModelManager) -> None:
+    metrics.observe_model(manager)
+    if manager.challenger is not None:
+        metrics.observe_challenger(manager.challenger.served, manager.challenger.reload_failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +108,10 @@ class ErasureOutcome:
     events: int
     drift_records: int
     drift_checks: int
+    impressions: int
+
+
+Role = Literal["champion", "challenger"]
 
 
 @dataclass(eq=False)
@@ -96,6 +127,7 @@ class ServingRuntime:
     listener: PostgresChangeListener | None = None
     sqlite_watcher: SqliteDataVersionWatcher | None = None
     state_queue: DriftQueue | None = None
+    impressions: ImpressionLog | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -106,7 +138,7 @@ class ServingRuntime:
         metrics.count_committed_drifts(factory, drift_records.take_new_records,
                                        drift_records.forget_new_records)
         manager = ModelManager(settings, factory)
-        manager.on_reload = metrics.observe_model
+        manager.on_reload = lambda observed: _observe_models(metrics, observed)
         manager.observe_batch = metrics.observe_batch
         feed = ChangeFeed(settings.change_feed_users)
         refresher = CatalogueRefresher(manager, factory, settings.catalogue_embed_batch,
@@ -135,6 +167,11 @@ class ServingRuntime:
             # new events bring their users' drift states forward in the background, so the
             # next read finds them current (a read that comes first does it itself)
             runtime.state_queue = DriftQueue(advance_user, settings.drift_queue_size)
+        if settings.impression_queue_size > 0:
+            runtime.impressions = ImpressionLog(
+                factory, settings.impression_queue_size, settings.impression_batch_size,
+                settings.impression_flush_seconds, _ImpressionMetrics(metrics))
+            runtime.impressions.start()
         manager.reload()
         # another version read the catalogue when it loaded: items written since then are
         # compared again; the feed reports items written by any process
@@ -174,6 +211,8 @@ class ServingRuntime:
         if self.state_queue is not None:
             self.state_queue.stop()
         self.models.stop()
+        if self.impressions is not None:
+            self.impressions.stop()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ writes
@@ -245,10 +284,10 @@ class ServingRuntime:
         return outcome
 
     def erase_user(self, user_id: str) -> ErasureOutcome | None:
-        """Delete the user's events, drift records and drift checks in one transaction (None:
-        no such user), then forget what this process remembers of the user before answering
-        (other processes: the NOTIFY sent with the commit). The log line names a salted
-        digest of the user, never the id."""
+        """Delete the user's events, drift records, drift checks and impressions in one
+        transaction (None: no such user), then forget what this process remembers of the user
+        before answering (other processes: the NOTIFY sent with the commit). The log line
+        names a salted digest of the user, never the id."""
         with transaction(self.session_factory) as session:
             counts = erasure.erase_user(session, user_id)
             salt = self.settings.erasure_salt or (
@@ -260,31 +299,53 @@ class ServingRuntime:
         logger.info("user data erased", extra={
             "subject_digest": digest, "events_removed": counts.events,
             "drift_records_removed": counts.drift_records,
-            "drift_checks_removed": counts.drift_checks})
-        return ErasureOutcome(counts.events, counts.drift_records, counts.drift_checks)
+            "drift_checks_removed": counts.drift_checks,
+            "impressions_removed": counts.impressions})
+        return ErasureOutcome(counts.events, counts.drift_records, counts.drift_checks,
+                              counts.impressions)
 
     def forget_users(self, user_ids: Sequence[str] | None) -> None:
         """Drop the remembered rankings, drift findings and incremental drift states of these
-        users (an erasure; None: of every user, when erasures may have been missed)."""
-        served = self.models.loaded
-        if served is None:
-            return
-        states = served.interest_states
-        if user_ids is None:
-            served.ranking_cache.clear()
-            served.drift_cache.clear()
-            if states is not None:
-                states.forget(None)
-            return
-        for user_id in user_ids:
-            served.ranking_cache.forget(user_id)
-            served.drift_cache.forget(user_id)
-            if states is not None:  # its events' traces (a rebuild would also notice)
-                states.forget(user_id)
+        users (an erasure; None: of every user, when erasures may have been missed), in
+        every served version (champion and challenger)."""
+        for served in self.models.served_models():
+            states = served.interest_states
+            if user_ids is None:
+                served.ranking_cache.clear()
+                served.drift_cache.clear()
+                if states is not None:
+                    states.forget(None)
+                continue
+            for user_id in user_ids:
+                served.ranking_cache.forget(user_id)
+                served.drift_cache.forget(user_id)
+                if states is not None:  # its events' traces (a rebuild would also notice)
+                    states.forget(user_id)
 
     # ------------------------------------------------------------------ models
     def reload_model(self, force: bool = False) -> ReloadOutcome:
         return self.models.reload(force=force)
+
+    def promote_challenger(self) -> Promotion:
+        """The challenger becomes the champion (model_manager.ModelManager.promote_challenger)."""
+        return self.models.promote_challenger()
+
+    def model_for(self, user_id: str | None, champion: ServedModel) -> tuple[ServedModel, Role]:
+        """The version that serves this user (the challenger for its share, while one is
+        served) and its role; `champion` is the one the request took."""
+        model = self.models.for_user(user_id, champion)
+        return model, "champion" if model is champion else "challenger"
+
+    def recommendation_served(self, response: RecommendationsOut, k: int, role: Role,
+                              shown: bool = True) -> None:
+        """Count a response and queue its impression (a user's, `shown`: not a HEAD request).
+        Never waits: a full queue drops the impression (counted)."""
+        self.metrics.recommendations.labels(role).inc()
+        if self.impressions is None or response.user_id is None or not shown:
+            return
+        self.impressions.record(ImpressionRow(
+            str(response.recommendation_id), response.user_id, response.model_version,
+            [item.item_id for item in response.items], k, datetime.now(UTC)))
 
     def readiness(self) -> dict[str, Any]:
         """The checks of `/readyz`: the database answers, a model is loaded."""
@@ -304,3 +365,34 @@ class ServingRuntime:
         else:
             checks["model"] = f"not loaded: {manager.last_error or 'loading'}"
         return checks
+
+    def roles(self) -> dict[str, Role]:
+        """What each served version is served as (the champion wins a tie)."""
+        found: dict[str, Role] = {}
+        challenger = self.models.serving_challenger
+        if challenger is not None:
+            found[challenger.version] = "challenger"
+        if self.models.loaded is not None:
+            found[self.models.loaded.version] = "champion"
+        return found
+
+    def online_metrics(self, *, since: datetime | None, until: datetime | None, k: int,
+                       bucket: Literal["hour", "day", "week"]) -> OnlineMetricsOut:
+        """Online metrics per version of the impressions made in [since, until)."""
+        windows = Windows(self.settings.online_metrics_event_window,
+                          self.settings.online_metrics_time_window_seconds)
+        with self.session_factory() as session:
+            return online_metrics(session, since=since, until=until, k=k, bucket=bucket,
+                                  windows=windows, roles=self.roles())
+
+    def challenger_state(self) -> str | None:
+        """The challenger's state in words for `/readyz` (None: off). It never makes a worker
+        unready: its users get the champion meanwhile."""
+        slot = self.models.challenger
+        if slot is None:
+            return None
+        if slot.served is not None:
+            return f"serving v{slot.served.version}"
+        if slot.last_error:
+            return f"{slot.status}: {slot.last_error}; its users get the champion"
+        return f"{slot.status}; its users get the champion"

@@ -59,10 +59,10 @@ def similar_items(session: Session, model: ServedModel, item_id: str, k: int
     positions, scores = similarity.nearest(table, index - 1, k, excluded)
     names = ranking.explain_topics(positions, bundle.topics.item_topics, bundle.topics.names)
     ids = [bundle.item_ids[int(p)] for p in positions]
-    stored = repository.items_by_id(session, ids)
+    titles = repository.item_titles(session, ids)
     return {
         "item_id": item_id, "model_version": model.version, "source": source,
-        "items": [{"item_id": i, "title": stored[i].title if i in stored else None,
+        "items": [{"item_id": i, "title": titles.get(i),
                    "similarity": float(s), "topic": name}
                   for i, s, name in zip(ids, scores, names, strict=True)],
     }

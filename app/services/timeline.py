@@ -44,7 +44,7 @@ def interest_timeline(session: Session, model: ServedModel, *, user_id: str, lim
     # order, so stacked areas keep their place and colours from one view to the next.
     mass = shares.sum(axis=0)
     columns = sorted(np.flatnonzero(mass > 0), key=lambda c: (-mass[c], names[c]))
-    items = repository.items_by_id(session, {history.item_ids[positions[r]] for r in shown})
+    titles = repository.item_titles(session, {history.item_ids[positions[r]] for r in shown})
     points = []
     for out_row, row in enumerate(shown):
         position = positions[row]
@@ -53,7 +53,7 @@ def interest_timeline(session: Session, model: ServedModel, *, user_id: str, lim
             index=history.offset + position,
             event_id=history.event_ids[position],
             item_id=item_id,
-            title=items[item_id].title if item_id in items else None,
+            title=titles.get(item_id),
             timestamp=datetime.fromtimestamp(history.timestamps[position], tz=UTC),
             topic=names[topic_ids[row]],
             weights=[float(shares[out_row, c]) for c in columns],

@@ -1,4 +1,5 @@
-"""Erasure of a user's data: events, drift records and drift checks, in one transaction.
+"""Erasure of a user's data: events, drift records, drift checks and impressions, in one
+transaction.
 
 Concurrent ingestion for the same user (app.store.repository.ensure_users) holds a KEY SHARE
 lock on the user's row while its batch is written; the erasure takes the row FOR UPDATE
@@ -17,6 +18,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from app.store.changes import CHANNEL, erasure_payloads
+from app.store.impressions import delete_user_impressions
 from app.store.models import DriftCheck, DriftRecord, Event, ServiceSecret, User
 
 SALT_NAME = "erasure_salt"
@@ -27,6 +29,7 @@ class ErasedCounts:
     events: int
     drift_records: int
     drift_checks: int
+    impressions: int
 
 
 def erase_user(session: Session, user_id: str) -> ErasedCounts | None:
@@ -38,6 +41,7 @@ def erase_user(session: Session, user_id: str) -> ErasedCounts | None:
                                 .with_for_update())
         if locked is None:
             return None
+    impressions = delete_user_impressions(session, user_id)
     checks = session.execute(delete(DriftCheck).where(DriftCheck.user_id == user_id)).rowcount
     records = session.execute(delete(DriftRecord).where(DriftRecord.user_id == user_id)).rowcount
     events = session.execute(delete(Event).where(Event.user_id == user_id)).rowcount
@@ -48,7 +52,7 @@ def erase_user(session: Session, user_id: str) -> ErasedCounts | None:
         for payload in erasure_payloads([user_id]):
             session.execute(text("SELECT pg_notify(:channel, :payload)"),
                             {"channel": CHANNEL, "payload": payload})
-    return ErasedCounts(int(events or 0), int(records or 0), int(checks or 0))
+    return ErasedCounts(int(events or 0), int(records or 0), int(checks or 0), impressions)
 
 
 def erasure_salt(session: Session) -> str:

@@ -188,3 +188,26 @@ class ServiceSecret(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+class Impression(Base):
+    """One recommendation response shown to a user (migration 0004): the items in rank order
+    (position = index in `items`), the version that ranked them and when. Written in batches
+    by each worker's impression writer; the online metrics join them with the user's later
+    events. Erased with the user."""
+
+    __tablename__ = "impressions"
+    __table_args__ = (
+        Index("ix_impressions_created_at", "created_at"),
+        Index("ix_impressions_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    recommendation_id: Mapped[str] = mapped_column(String(36), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    items: Mapped[list[str]] = mapped_column(JSON)
+    k: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

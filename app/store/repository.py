@@ -287,6 +287,17 @@ def items_by_id(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
     return found
 
 
+def item_titles(session: Session, item_ids: Iterable[str]) -> dict[str, str]:
+    """Titles of the given items that exist: two columns, no ORM objects (every response that
+    names items reads these, so the full rows with text and attributes would be waste)."""
+    wanted = sorted(set(item_ids))
+    found: dict[str, str] = {}
+    for chunk in _chunks(wanted):
+        rows = session.execute(select(Item.item_id, Item.title).where(Item.item_id.in_(chunk)))
+        found.update((item_id, title) for item_id, title in rows)
+    return found
+
+
 def count_user_events(session: Session, user_id: str) -> int:
     return int(session.scalar(select(func.count()).where(Event.user_id == user_id)) or 0)
 

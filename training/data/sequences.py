@@ -100,6 +100,8 @@ class TrainingWindows:
     items: torch.Tensor  # int64 [W, L] inputs, 0 = pad
     times: torch.Tensor  # float64 [W, L] input timestamps (0 at pads)
     targets: torch.Tensor  # int64 [W, L] next item at each position, 0 = no loss
+    target_times: torch.Tensor  # float64 [W, L] the next item's timestamp (0 at pads): the
+    # query time of the "request" time bias (its time only, never its identity)
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -110,7 +112,7 @@ def training_windows(sequences: list[UserSequence], max_len: int) -> TrainingWin
     of ``max_len``, aligned to the END so the most recent window is full and only the oldest
     one is short; each window is right-padded. A sequence of n events gives ceil((n-1)/max_len)
     windows (none if n < 2)."""
-    rows_items, rows_times, rows_targets = [], [], []
+    rows_items, rows_times, rows_targets, rows_target_times = [], [], [], []
     for seq in sequences:
         inputs, times, targets = seq.items[:-1], seq.times[:-1], seq.items[1:]
         for end in range(len(inputs), 0, -max_len):
@@ -118,13 +120,16 @@ def training_windows(sequences: list[UserSequence], max_len: int) -> TrainingWin
             rows_items.append(_pad(inputs[start:end], max_len))
             rows_times.append(_pad(times[start:end], max_len))
             rows_targets.append(_pad(targets[start:end], max_len))
+            rows_target_times.append(_pad(seq.times[start + 1:end + 1], max_len))
     if not rows_items:
         empty = torch.zeros(0, max_len, dtype=torch.int64)
-        return TrainingWindows(empty, empty.to(torch.float64), empty.clone())
+        return TrainingWindows(empty, empty.to(torch.float64), empty.clone(),
+                               empty.to(torch.float64))
     return TrainingWindows(
         items=torch.from_numpy(np.stack(rows_items)),
         times=torch.from_numpy(np.stack(rows_times)),
         targets=torch.from_numpy(np.stack(rows_targets)),
+        target_times=torch.from_numpy(np.stack(rows_target_times)),
     )
 
 

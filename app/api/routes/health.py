@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -18,8 +20,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "A dependency is not ready."}})
 def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """The database answers and a model is loaded."""
+    """The database answers and a model (the champion) is loaded. With a challenger enabled,
+    `challenger` says how it is: it never makes a worker unready (its users get the
+    champion while it is missing or refused)."""
     checks = runtime.readiness()
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    challenger = runtime.challenger_state()
+    if challenger is not None:
+        body["challenger"] = challenger
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -7,9 +7,24 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import ModelDep, ReadScope, RuntimeDep, SessionDep, SettingsDep, UserIdPath
+from app.api.deps import (
+    BodySentDep,
+    ModelDep,
+    ReadScope,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    UserIdPath,
+)
 from app.core.exceptions import FieldProblem, InvalidInput
-from app.schemas.serving import MAX_K, InterestProfileOut, RecommendationsOut, RecommendRequest
+from app.schemas.common import Timestamp
+from app.schemas.serving import (
+    AT_HELP,
+    MAX_K,
+    InterestProfileOut,
+    RecommendationsOut,
+    RecommendRequest,
+)
 from app.schemas.timeline import InterestTimelineOut
 from app.services import interests, timeline
 
@@ -37,41 +52,58 @@ def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
 
 @router.get("/recommend/{user_id}", dependencies=[ReadScope],
             response_model=RecommendationsOut, responses=NOT_FOUND)
-async def recommend(user_id: UserIdPath, runtime: RuntimeDep, model: ModelDep,
-                    settings: SettingsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-                    exclude_seen: bool = True, drift_aware: bool = True) -> RecommendationsOut:
-    """Top-k items for the user's interests now; after a drift, the new interests weigh more
-    (`drift_aware=false`: the model's ranking alone, as offline evaluation scores it)."""
+async def recommend(user_id: UserIdPath, runtime: RuntimeDep, champion: ModelDep,
+                    settings: SettingsDep, shown: BodySentDep,
+                    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+                    exclude_seen: bool = True, drift_aware: bool = True,
+                    at: Annotated[Timestamp | None, Query(description=AT_HELP)] = None,
+                    impression: Annotated[bool, Query(
+                        description="false: a preview, not shown to the user (e.g. the "
+                        "dashboard's user view): no impression is recorded")] = True
+                    ) -> RecommendationsOut:
+    """Top-k items for the user's interests now (or at `at`); after a drift, the new
+    interests weigh more (`drift_aware=false`: the model's ranking alone, as offline
+    evaluation scores it). With a challenger, its share of users (a stable hash of the id)
+    gets its ranking; `model_version` says which version answered, and the response's
+    impression is recorded under `recommendation_id` (unless `impression=false`)."""
     _check_k(k, settings.max_k)
+    when = interests.request_time(at)
+    model, role = runtime.model_for(user_id, champion)
     # async, and no session dependency: a user whose events have not changed since the last
     # answer is served from memory on the event loop, without a thread hop or a query
     feed = runtime.change_feed
-    remembered = interests.remembered_recommendations(
+    response = interests.remembered_recommendations(
         model, feed=feed, user_id=user_id, k=k, exclude_seen=exclude_seen,
-        drift_aware=drift_aware, settings=settings)
-    if remembered is not None:
-        return remembered
+        drift_aware=drift_aware, settings=settings, at=when)
+    if response is None:
 
-    def compute() -> RecommendationsOut:
-        with runtime.session_factory() as session:
-            return interests.recommend_for_user(
-                session, model, user_id=user_id, k=k, exclude_seen=exclude_seen,
-                drift_aware=drift_aware, settings=settings, feed=feed)
+        def compute() -> RecommendationsOut:
+            with runtime.session_factory() as session:
+                return interests.recommend_for_user(
+                    session, model, user_id=user_id, k=k, exclude_seen=exclude_seen,
+                    drift_aware=drift_aware, settings=settings, feed=feed, at=when)
 
-    return await run_in_threadpool(compute)
+        response = await run_in_threadpool(compute)
+    runtime.recommendation_served(response, k, role, shown and impression)
+    return response
 
 
 @router.post("/recommend", dependencies=[ReadScope], response_model=RecommendationsOut,
              responses={503: {"description": "No model is loaded."}})
-def recommend_for_session(body: RecommendRequest, session: SessionDep, model: ModelDep,
-                          settings: SettingsDep) -> RecommendationsOut:
-    """Recommendations for an anonymous or session-only history (item ids, oldest first)."""
+def recommend_for_session(body: RecommendRequest, session: SessionDep, champion: ModelDep,
+                          runtime: RuntimeDep, settings: SettingsDep) -> RecommendationsOut:
+    """Recommendations for an anonymous or session-only history (item ids, oldest first).
+    With a `user_id`, the challenger split applies as on `GET /recommend/{user_id}`, and the
+    impression is recorded when the store knows the user."""
     _check_k(body.k, settings.max_k, "body")
+    model, role = runtime.model_for(body.user_id, champion)
     timestamps = [t.timestamp() for t in body.timestamps] if body.timestamps else None
-    return interests.recommend_for_items(
+    response = interests.recommend_for_items(
         session, model, item_ids=body.recent_item_ids, timestamps=timestamps, k=body.k,
         exclude_seen=body.exclude_seen, drift_aware=body.drift_aware, settings=settings,
-        user_id=body.user_id)
+        user_id=body.user_id, at=None if body.at is None else body.at.timestamp())
+    runtime.recommendation_served(response, body.k, role)
+    return response
 
 
 @router.get("/interest-profile/{user_id}/timeline", dependencies=[ReadScope],

@@ -38,7 +38,8 @@ def user_events(
 @router.delete("/{user_id}", dependencies=[AdminScope], response_model=ErasureOut,
                responses={404: {"description": "Unknown user (or already erased)."}})
 def erase_user(user_id: UserIdPath, runtime: RuntimeDep) -> ErasureOut:
-    """Erase the user's data: events, drift records and drift checks, in one transaction.
+    """Erase the user's data: events, drift records, drift checks and the impressions of
+    recommendations made for the user, in one transaction.
 
     Every worker forgets the user's remembered rankings and drift findings at once. An event
     acknowledged before this answer is gone; one acknowledged after it stays (the user exists
@@ -50,4 +51,5 @@ def erase_user(user_id: UserIdPath, runtime: RuntimeDep) -> ErasureOut:
         raise ApiError(404, "not_found", f"user '{user_id}' has no data")
     return ErasureOut(user_id=user_id, events_removed=outcome.events,
                       drift_records_removed=outcome.drift_records,
-                      drift_checks_removed=outcome.drift_checks)
+                      drift_checks_removed=outcome.drift_checks,
+                      impressions_removed=outcome.impressions)

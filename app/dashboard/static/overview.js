@@ -1,4 +1,5 @@
-// Overview page: drift rate over time, top interest transitions, latest drift records.
+// Overview page: drift rate over time, online metrics per model version, top interest
+// transitions, latest drift records.
 // The bucket and the time range live in the URL (?bucket=&since=&until=, days in UTC,
 // `until` inclusive) so a view can be shared; without a range the page shows all the data
 // there is and fills the date fields with the range the summary covers.
@@ -7,6 +8,9 @@
 (() => {
   const BUCKETS = ["hour", "day", "week"];
   const RECORDS_PAGE = 15;
+  const ONLINE_K = 10;
+  const ROLE_COLORS = {champion: "#2f6fdf", challenger: "#e8590c"};
+  const PAST_COLOR = "#98a2b3";
   const form = document.getElementById("filters");
   const bucketInput = document.getElementById("bucket");
   const sinceInput = document.getElementById("since");
@@ -51,9 +55,10 @@
     bucketInput.value = view.bucket;
     apiRange = toApiRange(view);
     try {
-      const [summary, history] = await Promise.all([
+      const [summary, history, online] = await Promise.all([
         DR.api("/drift/summary", {...apiRange, bucket: view.bucket, transitions: 15}),
         DR.api("/drift/history", {...apiRange, limit: RECORDS_PAGE}),
+        DR.api("/models/online-metrics", {...apiRange, bucket: view.bucket, k: ONLINE_K}),
       ]);
       defaults = view.since || view.until ? {since: null, until: null} : coveredRange(summary);
       sinceInput.value = view.since || defaults.since || "";
@@ -61,7 +66,8 @@
       document.getElementById("range-note").textContent =
         view.since || view.until ? "" : "showing all data";
       renderStats(summary);
-      await Promise.all([drawRate(summary), drawTransitions(summary)]);
+      renderOnline(online);
+      await Promise.all([drawRate(summary), drawOnline(online), drawTransitions(summary)]);
       renderRecords(history, true);
       document.body.dataset.state = "ready";
     } catch (error) {
@@ -111,6 +117,54 @@
       hovermode: "x unified",
       bargap: 0.1,
     }, "No drift checks in this range.");
+  }
+
+  const versionName = (v) => (v.role ? `v${v.model_version} (${v.role})` : `v${v.model_version}`);
+  const withCi = (value, ci) => (value === null ? "–"
+    : `${DR.pct(value)} (${ci ? `${DR.pct(ci.low)}–${DR.pct(ci.high)}` : "–"})`);
+
+  function renderOnline(online) {
+    const body = document.querySelector("#online-versions tbody");
+    body.replaceChildren();
+    for (const v of online.versions) {
+      body.append(DR.el("tr", {},
+        DR.el("td", {}, `v${v.model_version}`),
+        DR.el("td", {}, v.role || "–"),
+        DR.el("td", {class: "num"}, v.impressions.toLocaleString("en")),
+        DR.el("td", {class: "num"}, v.pending.toLocaleString("en")),
+        DR.el("td", {class: "num"}, withCi(v.hit_rate, v.hit_rate_ci)),
+        DR.el("td", {class: "num"}, withCi(v.mrr, v.mrr_ci)),
+      ));
+    }
+    if (!online.versions.length) {
+      body.append(DR.el("tr", {}, DR.el("td", {colspan: 6, class: "empty"},
+                                         "No impressions in this range.")));
+    }
+  }
+
+  function drawOnline(online) {
+    const traces = online.versions.filter((v) => v.series.length).map((v) => {
+      const series = v.series;
+      const rate = series.map((b) => b.hit_rate);
+      return {
+        type: "scatter", mode: series.length > 300 ? "lines" : "lines+markers",
+        name: versionName(v), x: series.map((b) => b.bucket_start), y: rate,
+        line: {color: ROLE_COLORS[v.role] || PAST_COLOR, width: 2}, marker: {size: 5},
+        error_y: {
+          type: "data", symmetric: false, thickness: 1, width: 3,
+          array: series.map((b, i) => (b.hit_rate_ci ? b.hit_rate_ci.high - rate[i] : 0)),
+          arrayminus: series.map((b, i) => (b.hit_rate_ci ? rate[i] - b.hit_rate_ci.low : 0)),
+        },
+        customdata: series.map((b) => [b.hits, b.impressions, b.mrr]),
+        hovertemplate: `${versionName(v)}: hit rate %{y:.1%}<br>%{customdata[0]} hits / ` +
+          "%{customdata[1]} impressions, MRR %{customdata[2]:.3f}<extra></extra>",
+      };
+    });
+    return DR.plot("chart-online", traces, {
+      xaxis: {type: "date", title: {text: `${online.bucket} (UTC)`}},
+      yaxis: {title: {text: `hit rate@${online.k}`}, tickformat: ".0%", range: [0, 1.05]},
+      legend: {orientation: "h", x: 0, y: 1.12},
+    }, "No settled impressions in this range.");
   }
 
   function drawTransitions(summary) {

@@ -23,7 +23,8 @@
       const [timeline, profile, recommendations, records] = await Promise.all([
         DR.api(`/interest-profile/${user}/timeline`, {limit: 1000}),
         DR.api(`/interest-profile/${user}`),
-        DR.api(`/recommend/${user}`, {k: 10}),
+        // a person looking at the user's page is not the user: no impression
+        DR.api(`/recommend/${user}`, {k: 10, impression: false}),
         DR.api("/drift/history", {user_id: userId, limit: 50}),
       ]);
       data = {timeline, profile, recommendations, records: records.records};

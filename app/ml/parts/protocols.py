@@ -74,7 +74,9 @@ class NextItemScorer(Part, Protocol):
         ...
 
     def last_hidden(self, item_idx: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        """Hidden state at each history's last real event: FloatTensor[B, H]."""
+        """Hidden state at each history's last real event: FloatTensor[B, H]. A scorer whose
+        scores depend on the request time also has ``uses_request_time = True`` and takes
+        ``at`` ([B] epoch seconds) as a third argument; the bundle passes it only then."""
         ...
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
