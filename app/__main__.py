@@ -40,6 +40,21 @@ def main() -> None:
                       help="with --ray and no --address: CPUs of the local cluster")
     scan.add_argument("--batch-size", type=int, default=64,
                       help="with --ray: users per actor call (and per transaction)")
+    embed = sub.add_parser("embed-catalogue", help="embed every stored item the champion "
+                           "has not trained on and store the rows (workers then read them "
+                           "at start-up instead of running the encoder)")
+    embed.add_argument("--version", default=None,
+                       help="the registered version whose encoder to run (default: the "
+                       "champion's)")
+    embed.add_argument("--batch-size", type=int, default=256,
+                       help="items per encoder call and per transaction")
+    embed.add_argument("--no-progress", action="store_true")
+    embed.add_argument("--ray", action="store_true",
+                       help="run on Ray (the `ray` extra): Ray Data map_batches, an actor pool")
+    embed.add_argument("--address", default=None,
+                       help="with --ray: the cluster to join (default: start a local one)")
+    embed.add_argument("--num-cpus", type=int, default=2,
+                       help="with --ray and no --address: CPUs of the local cluster")
     args = parser.parse_args()
     settings = get_settings()
     configure_logging(settings)
@@ -50,6 +65,9 @@ def main() -> None:
         drift_scan(settings, progress=not args.no_progress, unchecked_only=args.unchecked_only,
                    ray_options={"address": args.address, "num_cpus": args.num_cpus,
                                 "batch_size": args.batch_size} if args.ray else None)
+        return
+    if args.command == "embed-catalogue":
+        embed_catalogue(settings, args)
         return
     host = args.host or settings.host
     if not parse_api_keys(settings.api_keys) and host != LOOPBACK:
@@ -116,6 +134,31 @@ def drift_scan(settings: Settings, progress: bool, unchecked_only: bool = False,
     print(f"drift scan with {settings.model_name} v{manager.current.version}: "
           f"{report.drifts} of {report.users} users drifted"
           + (f" ({report.skipped} without events skipped)" if report.skipped else ""))
+
+
+def embed_catalogue(settings: Settings, args: argparse.Namespace) -> None:
+    """The embedding job (app.services.item_embeddings); on Ray with `--ray`."""
+    from tqdm import tqdm
+
+    from app.services import item_embeddings
+    from app.store.db import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    version, bundle = item_embeddings.load_for_embedding(settings, args.version)
+    with tqdm(unit="item", desc="embed catalogue", disable=args.no_progress) as bar:
+        if args.ray:
+            from app.services import drift_scan_ray, embed_catalogue_ray
+
+            drift_scan_ray.init_ray(args.address, args.num_cpus)
+            report = embed_catalogue_ray.embed_with_ray(
+                settings, factory, version, bundle, batch_size=args.batch_size,
+                on_items=bar.update, on_total=lambda n: setattr(bar, "total", n))
+        else:
+            report = item_embeddings.embed_catalogue(factory, bundle, args.batch_size,
+                                                     on_items=bar.update)
+    engine.dispose()
+    print(f"{report.summary()} with {settings.model_name} v{version}")
 
 
 if __name__ == "__main__":

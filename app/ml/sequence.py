@@ -347,13 +347,16 @@ class SequenceInterestModel(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def set_item_text_embeddings(self, emb: torch.Tensor) -> None:
+    def set_item_text_embeddings(self, emb: torch.Tensor, copy: bool = True) -> None:
         """emb: FloatTensor[n_rows, text_dim] with row 0 = zeros; n_rows >= n_items + 1 (rows
-        past the trained vocabulary are cold-start items, scored by their text alone)."""
+        past the trained vocabulary are cold-start items, scored by their text alone).
+        `copy=False`: keep `emb` itself when it is float32 on the model's device (the caller
+        hands over a fresh table and does not change it afterwards)."""
         if emb.dim() != 2 or emb.shape[1] != self.text_dim or emb.shape[0] < self.n_items + 1:
             raise ValueError(f"expected [>= {self.n_items + 1}, {self.text_dim}], got "
                              f"{tuple(emb.shape)}")
-        self.item_text = emb.detach().to(self.item_text.device, torch.float32).clone()
+        table = emb.detach().to(self.item_text.device, torch.float32)
+        self.item_text = table.clone() if copy and table is emb else table
 
     def item_table(self) -> torch.Tensor:
         """Representation of every item row (0 = padding): FloatTensor[n_rows, H].

@@ -62,6 +62,26 @@ class TopicTable:
             raise ValueError("an item without known categories needs an embedding to get a topic")
         return int(np.argmax(self.centroids @ _unit(np.asarray(embedding, dtype=np.float32))))
 
+    def assign_many(self, embeddings: np.ndarray, categories: Sequence[Sequence[str]]
+                    ) -> np.ndarray:
+        """int64[n]: `assign` of each row of float32[n, D] with its categories, the centroid
+        products taken in one matrix product (a bulk load assigns a million items)."""
+        topics = np.empty(len(categories), np.int64)
+        nearest: list[int] = []
+        for n, item_categories in enumerate(categories):
+            known = [c for c in item_categories if c in self.category_counts]
+            if self.method == "categories" and known:
+                topics[n] = self.names.index(_rarest(known, self.category_counts))
+            else:
+                nearest.append(n)
+        for start in range(0, len(nearest), 65_536):
+            rows = nearest[start:start + 65_536]
+            vectors = np.asarray(embeddings[rows], dtype=np.float32)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
+            topics[rows] = np.argmax(vectors @ self.centroids.T, axis=1)
+        return topics
+
     def to_json(self) -> dict[str, Any]:
         """Everything but the centroids (saved as an array file by the bundle)."""
         return {

@@ -33,19 +33,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.metrics import Metrics
 from app.domain.availability import Availability, Window
-from app.ml.catalogue import CatalogueItem, item_text, with_new_items
-from app.services.model_manager import ModelManager, ServedModel, lifecycle_states
-from app.store import repository
-from app.store.models import Item
+from app.ml.catalogue import CatalogueItem
+from app.services.item_embeddings import extend_with_items
+from app.services.model_manager import ModelManager, ServedModel, read_catalogue
 
 logger = logging.getLogger("driftrec.catalogue")
 
 RETRY_SECONDS = 1.0  # after a failed pass (e.g. the database is away)
-
-
-def _catalogue_item(item: Item) -> CatalogueItem:
-    return CatalogueItem(item.item_id, item_text(item.title, item.text),
-                         tuple(item.categories or ()))
 
 
 class CatalogueRefresher:
@@ -162,11 +156,7 @@ class CatalogueRefresher:
         served_models = self._manager.served_models()
         if not served_models:
             return 0  # the first load reads the whole catalogue itself
-        with self._factory() as session:
-            stored = (repository.all_items(session) if item_ids is None
-                      else list(repository.items_by_id(session, item_ids).values()))
-            items = [_catalogue_item(item) for item in stored]
-            states = lifecycle_states(stored)
+        items, states = read_catalogue(self._factory, item_ids)
         return sum(self._refresh_model(served, item_ids, items, states)
                    for served in served_models)
 
@@ -200,7 +190,9 @@ class CatalogueRefresher:
             embed = []
             changed = adopted
         catalogue = {**served.catalogue, **{i.item_id: i.digest for i in changed}}
-        extended = with_new_items(bundle, embed, replace=True) if embed else bundle
+        # rows another worker (or the embedding job) stored are read, not embedded again
+        extended = (extend_with_items(self._factory, bundle, embed, replace=True).bundle
+                    if embed else bundle)
         if not self._manager.swap_catalogue(served, extended, catalogue, availability):
             # another version was swapped in meanwhile: compare these again with that one
             with self._cond:

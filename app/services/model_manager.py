@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from app.domain.assignment import serves_challenger
 from app.domain.availability import Availability, Window
 from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
-from app.ml.catalogue import CatalogueItem, item_text, with_new_items
+from app.ml.catalogue import CatalogueItem, item_text
 from app.ml.loader import load_bundle as load_bundle_dir
 from app.ml.loader import load_registered, registry_client, resolve_version
 from app.services.batching import MicroBatcher
@@ -39,6 +39,7 @@ from app.services.caches import UserStateCache
 from app.services.interest_state import DEFAULT_MAX_BYTES as DEFAULT_STATE_BYTES
 from app.services.interest_state import DEFAULT_MAX_USERS as DEFAULT_STATE_USERS
 from app.services.interest_state import InterestStates
+from app.services.item_embeddings import extend_with_items
 from app.services.models import move_alias
 from app.store import repository
 from app.store.models import Item
@@ -142,24 +143,28 @@ class ReloadOutcome:
     error: str | None = None
 
 
-def catalogue_items(factory: sessionmaker[Session]) -> list[CatalogueItem]:
-    return read_catalogue(factory)[0]
-
-
-def read_catalogue(factory: sessionmaker[Session]) -> tuple[list[CatalogueItem], Availability]:
-    """The stored catalogue as the served model needs it: what each row is embedded from,
-    and which items are retired or windowed."""
+def read_catalogue(factory: sessionmaker[Session], item_ids: Iterable[str] | None = None
+                   ) -> tuple[list[CatalogueItem], dict[str, tuple[bool, Window]]]:
+    """The stored catalogue (`item_ids`: only these) as the served model needs it: what each
+    row is embedded from, and each item's lifecycle state (`lifecycle_states`). Streamed."""
+    items: list[CatalogueItem] = []
+    states: dict[str, tuple[bool, Window]] = {}
     with factory() as session:
-        stored = repository.all_items(session)
-        items = [CatalogueItem(i.item_id, item_text(i.title, i.text), tuple(i.categories or ()))
-                 for i in stored]
-        return items, Availability().updated(lifecycle_states(stored))
+        for row in repository.catalogue_rows(session, item_ids):
+            items.append(CatalogueItem(row.item_id, item_text(row.title, row.text),
+                                       tuple(row.categories or ())))
+            states[row.item_id] = lifecycle_state(row)
+    return items, states
+
+
+def lifecycle_state(item: Any) -> tuple[bool, Window]:
+    """An item's (active, window), for `Availability.updated` (an Item or a catalogue row)."""
+    return bool(item.active), (_epoch(item.available_from), _epoch(item.available_until))
 
 
 def lifecycle_states(items: Sequence[Item]) -> dict[str, tuple[bool, Window]]:
     """Each stored item's (active, window), for `Availability.updated`."""
-    return {i.item_id: (bool(i.active), (_epoch(i.available_from), _epoch(i.available_until)))
-            for i in items}
+    return {i.item_id: lifecycle_state(i) for i in items}
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -383,8 +388,12 @@ class ModelManager:
         loaded = load_registered(version, self.settings.mlflow_tracking_uri,
                                  self.settings.model_download_dir, self.settings.device,
                                  alias, self._load_bundle)
-        items, availability = read_catalogue(self.factory)
-        bundle = with_new_items(loaded.bundle, items)
+        items, states = read_catalogue(self.factory)
+        extension = extend_with_items(self.factory, loaded.bundle, items)
+        bundle = extension.bundle
+        if extension.from_store or extension.embedded:
+            logger.info("v%s: %d catalogue item(s) from stored embeddings, %d embedded",
+                        version.version, extension.from_store, extension.embedded)
         bundle.smoke_test()
         return ServedModel(
             bundle=bundle, name=version.name, version=str(version.version),
@@ -396,7 +405,7 @@ class ModelManager:
             interest_state_limits=(self.settings.interest_state_users,
                                    self.settings.interest_state_mb * MIB),
             catalogue={item.item_id: item.digest for item in items},
-            availability=availability,
+            availability=Availability().updated(states),
             observe_batch=self.observe_batch,
         )
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -211,3 +212,25 @@ class Impression(Base):
     items: Mapped[list[str]] = mapped_column(JSON)
     k: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ItemEmbedding(Base):
+    """An item's text embedding by one encoder (migration 0005), written by `python -m app
+    embed-catalogue` and by serving's catalogue refresher, so a worker that starts reads the
+    rows of items its model has not trained on instead of running the encoder over them.
+
+    `encoder_key` names the encoder's weights (app.ml.catalogue.encoder_key): each model version
+    fine-tunes its own, and a row is only used by an encoder with the same key. `digest` is what
+    the row was embedded from (CatalogueItem.digest: text and categories), so a changed item
+    is embedded again. `vector` is float32 little-endian, `dim` values. Deleted with the item.
+    """
+
+    __tablename__ = "item_embeddings"
+
+    encoder_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(
+        ForeignKey("items.item_id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(16))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

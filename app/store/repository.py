@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -274,8 +274,26 @@ def user_history_rows(session: Session, user_id: str, limit: int
 
 
 def all_items(session: Session) -> list[Item]:
-    """The whole catalogue, by item_id (serving embeds it once per loaded model)."""
+    """The whole catalogue, by item_id, as ORM objects (small catalogues; serving streams
+    `catalogue_rows` instead)."""
     return list(session.scalars(select(Item).order_by(Item.item_id)))
+
+
+CATALOGUE_COLUMNS = (Item.item_id, Item.title, Item.text, Item.categories, Item.active,
+                     Item.available_from, Item.available_until)
+
+
+def catalogue_rows(session: Session, item_ids: Iterable[str] | None = None,
+                   chunk: int = 10_000) -> Iterator[Any]:
+    """What serving needs of each item (the `CATALOGUE_COLUMNS`, as rows with those names),
+    by item_id; `item_ids`: only these. Streamed: a million-item catalogue is never a
+    million ORM objects at once."""
+    if item_ids is not None:
+        for ids in _chunks(sorted(set(item_ids))):
+            yield from session.execute(select(*CATALOGUE_COLUMNS).where(Item.item_id.in_(ids)))
+        return
+    query = select(*CATALOGUE_COLUMNS).order_by(Item.item_id)
+    yield from session.execute(query, execution_options={"yield_per": chunk})
 
 
 def items_by_id(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:

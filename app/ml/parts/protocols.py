@@ -87,7 +87,7 @@ class NextItemScorer(Part, Protocol):
         """Item representations FloatTensor[n_rows, H] that logits are dot products with."""
         ...
 
-    def set_item_text_embeddings(self, emb: torch.Tensor) -> None:
+    def set_item_text_embeddings(self, emb: torch.Tensor, copy: bool = True) -> None:
         """Replace the item text rows (rows past n_items + 1 are cold-start items)."""
         ...
 
