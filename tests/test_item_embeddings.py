@@ -131,7 +131,7 @@ def store_with_model(tiny_model: TinyModel, tmp_path: Path
 def test_a_worker_reads_the_stored_rows_instead_of_embedding(
         store_with_model: tuple[Settings, sessionmaker[Session]]) -> None:
     settings, factory = store_with_model
-    version, bundle = item_embeddings.load_for_embedding(settings)
+    _, bundle = item_embeddings.load_for_embedding(settings)
     report = item_embeddings.embed_catalogue(factory, bundle, batch_size=128)
     cold = report.items - report.trained
     assert report.embedded == cold == NEW_ITEMS
