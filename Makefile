@@ -26,7 +26,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m clean
+.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,12 @@ bench-scale: venv postgres
 # 5M events from one file through the generic importer, in bounded memory (issue 13).
 bench-import-5m: venv postgres
 	OMP_NUM_THREADS=1 $(PY) -m bench.import_5m
+
+# One worker over a million-item synthetic catalogue (issue 17): start-up, memory, /recommend
+# p50/p99 with the exact scan and with the faiss index (the `ann` extra), the index's recall.
+# Needs a champion (`make bootstrap`); about 25 minutes here, most of it writing the rows.
+bench-large-catalogue: venv postgres
+	$(PY) -m bench.large_catalogue --items 1000000
 
 clean:
 	rm -rf $(VENV) var

@@ -49,6 +49,9 @@ def main() -> None:
     embed.add_argument("--batch-size", type=int, default=256,
                        help="items per encoder call and per transaction")
     embed.add_argument("--no-progress", action="store_true")
+    embed.add_argument("--prune", action="store_true",
+                       help="afterwards delete the rows of every other encoder (versions no "
+                       "longer served; keep them while a challenger is served)")
     embed.add_argument("--ray", action="store_true",
                        help="run on Ray (the `ray` extra): Ray Data map_batches, an actor pool")
     embed.add_argument("--address", default=None,
@@ -157,8 +160,16 @@ def embed_catalogue(settings: Settings, args: argparse.Namespace) -> None:
         else:
             report = item_embeddings.embed_catalogue(factory, bundle, args.batch_size,
                                                      on_items=bar.update)
-    engine.dispose()
     print(f"{report.summary()} with {settings.model_name} v{version}")
+    if args.prune:
+        from app.ml.catalogue import encoder_key
+        from app.store.embeddings import delete_other_encoders
+
+        with factory() as session:
+            pruned = delete_other_encoders(session, keep=[encoder_key(bundle.encoder)])
+            session.commit()
+        print(f"embed-catalogue: {pruned} rows of other encoders deleted")
+    engine.dispose()
 
 
 if __name__ == "__main__":

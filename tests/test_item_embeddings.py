@@ -214,3 +214,30 @@ def test_the_ray_job_stores_the_rows_the_single_process_job_stores(
             assert embed_with_ray(settings, factory, version, bundle).embedded == 0
         finally:
             engine.dispose()
+
+
+def test_the_command_embeds_reports_and_prunes(
+        store_with_model: tuple[Settings, sessionmaker[Session]]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from app.core.config import PROJECT_ROOT
+
+    settings, factory = store_with_model
+    with factory() as session:  # rows of an encoder no version has any more
+        stored.write_vectors(session, "an old encoder", ["new0"], [b"x" * 16],
+                             np.zeros((1, 384), np.float32))
+        session.commit()
+    env = {**os.environ, "DRIFTREC_DATABASE_URL": settings.database_url,
+           "DRIFTREC_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+           "DRIFTREC_MLFLOW_ARTIFACT_ROOT": settings.mlflow_artifact_root,
+           "DRIFTREC_DATA_CACHE_DIR": str(settings.data_cache_dir)}
+    done = subprocess.run([sys.executable, "-m", "app", "embed-catalogue", "--no-progress",
+                           "--prune"], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{NEW_ITEMS} embedded" in done.stdout
+    assert "1 rows of other encoders deleted" in done.stdout
+    with factory() as session:
+        assert stored.count_vectors(session) == NEW_ITEMS
