@@ -43,7 +43,7 @@ venv: $(VENV)/.installed
 # allows. torch stays at 2.13.0, resolved against the CPU wheel. Review the diff, then `make test`.
 lock: venv
 	printf '$(TORCH_CPU)\nsetuptools\n' | $(VENV)/bin/uv pip compile pyproject.toml - \
-		--extra dev --extra ray --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--extra dev --extra ray --extra ann --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) $(if $(UPGRADE),--upgrade) \
 		--custom-compile-command "make lock" --quiet -o $(LOCK)
 	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' $(LOCK)
