@@ -26,7 +26,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue clean
+.PHONY: venv lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue bench-topk clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ venv: $(VENV)/.installed
 # allows. torch stays at 2.13.0, resolved against the CPU wheel. Review the diff, then `make test`.
 lock: venv
 	printf '$(TORCH_CPU)\nsetuptools\n' | $(VENV)/bin/uv pip compile pyproject.toml - \
-		--extra dev --extra ray --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--extra dev --extra ray --extra ann --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) $(if $(UPGRADE),--upgrade) \
 		--custom-compile-command "make lock" --quiet -o $(LOCK)
 	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' $(LOCK)
@@ -130,6 +130,11 @@ bench-import-5m: venv postgres
 # Needs a champion (`make bootstrap`); about 25 minutes here, most of it writing the rows.
 bench-large-catalogue: venv postgres
 	$(PY) -m bench.large_catalogue --items 1000000
+
+# Exact top-k against faiss IVF and HNSW on a synthetic 1M x 64 catalogue (issue 17; data
+# cached in /tmp, about 10 minutes on the 2-core machine).
+bench-topk: venv
+	OMP_NUM_THREADS=1 $(PY) -m bench.topk
 
 clean:
 	rm -rf $(VENV) var

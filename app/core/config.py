@@ -5,6 +5,7 @@ Bad values fail at start-up, not at the first request that needs them.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -105,6 +106,15 @@ class Settings(BaseSettings):
     sqlite_change_check: Literal["auto", "process", "data_version"] = "auto"
     # Histories per batched forward pass (1: no batching).
     max_inference_batch: int = Field(default=64, ge=1)
+    # Top-k over the catalogue (README "Serving performance"). "exact": every ranking scores
+    # the whole catalogue. "faiss" (the `ann` extra): an IVF index over the item vectors
+    # finds `topk_candidates` rows (plus one per excluded item), which are re-scored exactly
+    # and ranked as before; `topk_nprobe` of its lists are scanned per query (more: better
+    # recall, slower), with `topk_threads` OpenMP threads per request thread.
+    topk_index: Literal["exact", "faiss"] = "exact"
+    topk_candidates: int = Field(default=200, ge=1, le=100_000)
+    topk_nprobe: int = Field(default=32, ge=1)
+    topk_threads: int = Field(default=1, ge=1)
 
     # Champion and challenger (README "Champion and challenger"). With a share above 0 each
     # worker also loads the version the challenger alias points at and serves it to that
@@ -145,6 +155,14 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _faiss_installed(self) -> Settings:
+        if self.topk_index == "faiss" and importlib.util.find_spec("faiss") is None:
+            raise ValueError("DRIFTREC_TOPK_INDEX=faiss needs faiss, which is not installed: "
+                             "pip install 'driftrec[ann]' (faiss-cpu), or set "
+                             "DRIFTREC_TOPK_INDEX=exact")
+        return self
 
     @model_validator(mode="after")
     def _distinct_aliases(self) -> Settings:

@@ -145,6 +145,32 @@ def rank(
     return Ranking(indices, scores, not np.array_equal(indices, base_idx))
 
 
+def rank_subset(
+    rows: Any,
+    base_scores: Any,
+    item_topics: Any,
+    k: int,
+    post_change_weights: Mapping[int, float] | np.ndarray | Sequence[float] | None = None,
+    strength: float = 1.0,
+    exclude: Any = None,
+) -> Ranking:
+    """``rank`` over a subset of the catalogue (candidates an index found): `rows` int64[c]
+    ascending positions, `base_scores` float[c] their scores, `item_topics` and `exclude`
+    over the whole catalogue (positions, no padding entry). The indices returned are
+    catalogue positions; with every row in the subset this is ``rank`` over all of them
+    (ties go to the lower position in both, as the rows are ascending)."""
+    positions = as_numpy(rows, np.int64)
+    banned = None
+    if exclude is not None:
+        banned = np.flatnonzero(np.isin(positions, as_numpy(exclude, np.int64)))
+    # the tilt normalises the post-change weights over every topic they name, whichever
+    # topics the subset holds, so it is the same tilt as over the whole catalogue
+    topics = as_numpy(item_topics, np.int64)[positions]
+    found = rank(base_scores, topics, k, post_change_weights, strength, exclude=banned,
+                 pad_index=None)
+    return Ranking(positions[found.indices], found.scores, found.drift_aware)
+
+
 def explain_topics(item_indices: Any, item_topics: Any, topic_names: Sequence[str]
                    ) -> list[str]:
     """The interest (topic name) each ranked item serves; ``"unknown"`` without a topic."""

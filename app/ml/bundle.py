@@ -140,14 +140,14 @@ class InterestModelBundle:
         return bool(getattr(self.sequence_model, "uses_request_time", False))
 
     @torch.no_grad()
-    def score_next_batch(self, histories: Sequence[Sequence[str]],
-                         timestamps: Sequence[Sequence[float]],
-                         exclude_history: bool = False,
-                         at: Sequence[float | None] | None = None) -> torch.Tensor:
-        """Next-item scores over the catalogue: FloatTensor[B, N] on the CPU, column i is
-        ``item_ids[i]``. Each history is ordered oldest first (ties in ingestion order) and
-        read through its last ``max_len`` known events. A history with no known event gets
-        uniform zeros (serving falls back to popularity for those).
+    def query_vectors_batch(self, histories: Sequence[Sequence[str]],
+                            timestamps: Sequence[Sequence[float]],
+                            at: Sequence[float | None] | None = None) -> torch.Tensor:
+        """Each history's query vector: FloatTensor[B, H] on the bundle's device, the interest
+        state whose inner products with ``item_vectors()`` rows are the next-item scores. Each
+        history is ordered oldest first (ties in ingestion order) and read through its last
+        ``max_len`` known events; a history with no known event gets zeros (every item
+        scores 0).
 
         at: each request's time (epoch seconds; None: the history's last event), read by a
         scorer whose time bias uses the request time (``uses_request_time``); a time before
@@ -161,9 +161,24 @@ class InterestModelBundle:
                 hidden = self.sequence_model.last_hidden(idx, ts, request)  # type: ignore[call-arg]
             else:
                 hidden = self.sequence_model.last_hidden(idx, ts)
+        hidden = hidden.float()  # bf16 under CUDA autocast: exact in fp32
+        hidden[empty] = 0.0
+        return hidden
+
+    @torch.no_grad()
+    def score_next_batch(self, histories: Sequence[Sequence[str]],
+                         timestamps: Sequence[Sequence[float]],
+                         exclude_history: bool = False,
+                         at: Sequence[float | None] | None = None) -> torch.Tensor:
+        """Next-item scores over the catalogue: FloatTensor[B, N] on the CPU, column i is
+        ``item_ids[i]``: ``query_vectors_batch(...) @ item_table[1:].T``. A history with no
+        known event gets uniform zeros (serving falls back to popularity for those); `at` as
+        in ``query_vectors_batch``."""
+        hidden = self.query_vectors_batch(histories, timestamps, at)
+        with autocast_context(self.device):  # the matmul in bf16 on CUDA, as before
             logits = self.sequence_model.item_logits(hidden).float()
         scores = logits[:, 1 : len(self.item_ids) + 1].cpu()
-        scores[empty.cpu()] = 0.0
+        scores[~hidden.any(dim=1).cpu()] = 0.0  # +0.0 whatever the signs of the table's rows
         if exclude_history:
             for b, items in enumerate(histories):
                 seen = [self._index[i] - 1 for i in items if i in self._index]

@@ -282,24 +282,32 @@ EXPLAINED_BY = 2  # history items named per recommended item
 def rank_items(model: ServedModel, *, item_ids: Sequence[str], timestamps: Sequence[float],
                k: int, exclude: set[str], strength: float,
                finding: DriftFinding | None, explain_window: int = 20,
-               at: float | None = None
+               at: float | None = None, candidates: int = 200
                ) -> tuple[list[tuple[str, float, str]], bool, Because]:
     """Top-k (item_id, score, topic) for a history, whether drift changed the ranking, and
     per ranked item the (at most two) items of the last `explain_window` events of the
     history most like it in the served model's item table (why it is recommended).
 
     With a detected change in `finding`, scores tilt toward the post-change interests.
-    `at`: the request time (epoch seconds), read by a model whose time bias uses it."""
+    `at`: the request time (epoch seconds), read by a model whose time bias uses it.
+    With a top-k index on the model, only the `candidates` rows it finds (and as many more
+    as are excluded) are scored and ranked, not the whole catalogue."""
     bundle = model.bundle
-    scores = model.score_next(item_ids, timestamps, at)
     post_change = finding.after if finding is not None and finding.change is not None else None
     item_topics = bundle.topics.item_topics
     # never recommended: retired items, items outside their availability window
     unavailable = model.availability.unavailable(datetime.now(UTC).timestamp())
     excluded = [i - 1 for i in (bundle.index_of(item) for item in exclude.union(unavailable))
                 if i is not None]
-    result = ranking.rank(scores, item_topics, k, post_change, strength,
-                          exclude=excluded, pad_index=None)
+    if model.topk is None:
+        scores = model.score_next(item_ids, timestamps, at)
+        result = ranking.rank(scores, item_topics, k, post_change, strength,
+                              exclude=excluded, pad_index=None)
+    else:  # the index's candidates, enough to fill k after every exclusion
+        wanted = max(candidates, k) + len(excluded)
+        rows, scores = model.score_candidates(item_ids, timestamps, at, wanted)
+        result = ranking.rank_subset(rows, scores, item_topics, k, post_change, strength,
+                                     exclude=excluded)
     names = ranking.explain_topics(result.indices, item_topics, bundle.topics.names)
     chosen = [(bundle.item_ids[int(i)], float(s), name)
               for i, s, name in zip(result.indices, result.scores, names, strict=True)]
@@ -471,7 +479,8 @@ def _rank_for_user(session: Session, model: ServedModel, user_id: str, total: in
     chosen, changed, because = rank_items(
         model, item_ids=history.item_ids, timestamps=history.timestamps, k=k, exclude=exclude,
         strength=settings.drift_strength, finding=finding,
-        explain_window=settings.short_term_events, at=at)
+        explain_window=settings.short_term_events, at=at,
+        candidates=settings.topk_candidates)
     valid = (bundle.request_time_validity(history.item_ids, history.timestamps, at)
              if bundle.uses_request_time else ANY_TIME)
     return chosen, changed, because, valid
@@ -495,7 +504,8 @@ def recommend_for_items(session: Session, model: ServedModel, *, item_ids: Seque
     chosen, changed, because = rank_items(
         model, item_ids=item_ids, timestamps=timestamps, k=k, exclude=exclude,
         strength=settings.drift_strength, finding=_drift_of(model, window, drift_aware),
-        explain_window=settings.short_term_events, at=at)
+        explain_window=settings.short_term_events, at=at,
+        candidates=settings.topk_candidates)
     return _recommendations(session, model, user_id, chosen, changed, because)
 
 

@@ -33,6 +33,7 @@ from app.ml.bundle import InterestModelBundle
 from app.ml.catalogue import CatalogueItem, item_text
 from app.ml.loader import load_bundle as load_bundle_dir
 from app.ml.loader import load_registered, registry_client, resolve_version
+from app.ml.topk import TopKIndex, candidates
 from app.services.batching import MicroBatcher
 from app.services.caches import LruCache as LruCache  # re-exported
 from app.services.caches import UserStateCache
@@ -41,6 +42,7 @@ from app.services.interest_state import DEFAULT_MAX_USERS as DEFAULT_STATE_USERS
 from app.services.interest_state import InterestStates
 from app.services.item_embeddings import extend_with_items
 from app.services.models import move_alias
+from app.services.served_topk import build_served_topk
 from app.store import repository
 from app.store.models import Item
 
@@ -82,10 +84,16 @@ class ServedModel:
     # Retired items and availability windows (never recommended outside them), kept in step
     # with the store by the catalogue refresher like the rows.
     availability: Availability = field(default_factory=Availability)
-    # Sizes of the batches run (kind "score" or "drift"): the metrics.
+    # Sizes of the batches run (kind "score", "query" or "drift"): the metrics.
     observe_batch: Callable[[str, int], None] | None = field(default=None, repr=False)
+    # An index over the item vectors (DRIFTREC_TOPK_INDEX, app.services.served_topk): with
+    # one, a ranking re-scores the candidates it finds instead of the whole catalogue. Built
+    # over the rows of the bundle it was made for; a catalogue swap keeps it, rows appended
+    # since are scanned exactly (app.ml.topk.candidates).
+    topk: TopKIndex | None = field(default=None, repr=False)
     # Concurrent requests share forward passes (see app.services.batching).
     scorer: MicroBatcher[ScoreRequest, np.ndarray] = field(init=False, repr=False)
+    querier: MicroBatcher[ScoreRequest, np.ndarray] = field(init=False, repr=False)
     drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
     # The drift detector's state per user, carried forward event by event
     # (app.services.interest_state); None: a new, empty one (a new bundle needs one).
@@ -109,6 +117,14 @@ class ServedModel:
                                              at=[h[2] for h in histories])
             return list(scores.numpy())
 
+        def query(histories: Sequence[ScoreRequest]) -> list[np.ndarray]:
+            if observe is not None:
+                observe("query", len(histories))
+            vectors = bundle.query_vectors_batch([h[0] for h in histories],
+                                                 [h[1] for h in histories],
+                                                 at=[h[2] for h in histories])
+            return list(vectors.cpu().numpy())
+
         def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
             if observe is not None:
                 observe("drift", len(histories))
@@ -116,6 +132,7 @@ class ServedModel:
                                              [h[1] for h in histories])
 
         object.__setattr__(self, "scorer", MicroBatcher(score, self.max_batch))
+        object.__setattr__(self, "querier", MicroBatcher(query, self.max_batch))
         object.__setattr__(self, "drift_tracer", MicroBatcher(trace, self.max_batch))
         if self.interest_states is None or self.interest_states.bundle is not bundle:
             tracer = self.drift_tracer
@@ -128,6 +145,27 @@ class ServedModel:
         """Next-item scores of one history (float32[N]) for a request at ``at`` (epoch
         seconds; None: the last event's time), batched with concurrent requests."""
         return self.scorer.submit((item_ids, timestamps, at))
+
+    def score_candidates(self, item_ids: Sequence[str], timestamps: Sequence[float],
+                         at: float | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows the top-k index finds among the n best for one history, scored exactly:
+        (int64[c] catalogue positions ascending, float32[c] scores as ``score_next`` gives
+        them); the query vector is batched with concurrent requests. Needs ``topk``."""
+        if self.topk is None:
+            raise RuntimeError("score_candidates needs a top-k index (DRIFTREC_TOPK_INDEX)")
+        query = self.querier.submit((item_ids, timestamps, at))
+        return candidates(self.topk, query, self.item_vectors(), n)
+
+    def item_vectors(self) -> np.ndarray:
+        """The bundle's item vectors on the CPU (float32[N, H]), taken once per served copy:
+        a view of the table on the CPU, a copy on CUDA that no request should make again."""
+        vectors = self.derived.get("item_vectors")
+        if vectors is None:
+            with self.derived_lock:
+                vectors = self.derived.get("item_vectors")
+                if vectors is None:
+                    vectors = self.derived["item_vectors"] = self.bundle.item_vectors()
+        return vectors
 
     def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
                      ) -> tuple[np.ndarray, ChangePoint | None]:
@@ -407,6 +445,7 @@ class ModelManager:
             catalogue={item.item_id: item.digest for item in items},
             availability=Availability().updated(states),
             observe_batch=self.observe_batch,
+            topk=build_served_topk(self.settings, bundle),
         )
 
     # ------------------------------------------------------------------ promotion
