@@ -82,18 +82,68 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return distance.masked_fill(empty, 0.0)
 
 
+# Logits held at once by `next_item_surprise` (float32 elements: 128 MiB). Below it the scores
+# of every state over every item are one matrix, as training computed them; above it (a large
+# catalogue: 200 states over a million items would be 800 MB per user) they are taken a slice
+# of the catalogue at a time.
+SURPRISE_CHUNK_ELEMENTS = 1 << 25
+
+
+def next_item_surprise(model: NextItemScorer, hidden: torch.Tensor, targets: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """How unexpected each target item was: (-log p(target | state), log(1 + rank) / log(N)),
+    each shaped like `targets`, for hidden states [..., H] (the state before each target)
+    scored over the whole catalogue; rank = items the scorer put above the target."""
+    n_rows = model.item_text.shape[0] - 1
+    flat = hidden.reshape(-1, hidden.shape[-1]).float()
+    target = targets.reshape(-1)
+    if flat.shape[0] * (n_rows + 1) <= SURPRISE_CHUNK_ELEMENTS:
+        logits = model.item_logits(flat).log_softmax(dim=-1)  # [P, N+1]
+        logp = logits.gather(-1, target.unsqueeze(-1))
+        rank = (logits > logp).sum(-1).float()
+        surprise = -logp.squeeze(-1)
+    else:
+        surprise, rank = _chunked_surprise(model.item_table().float(), flat, target)
+    log_rank = torch.log1p(rank) / math.log(n_rows)
+    return surprise.reshape(targets.shape), log_rank.reshape(targets.shape)
+
+
+def _chunked_surprise(table: torch.Tensor, flat: torch.Tensor, target: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`next_item_surprise` a slice of the item table at a time: a running log-sum-exp for the
+    softmax's normaliser and a running count of items scored above the target (whose own
+    score is the row product; the slice's entry for it is not counted)."""
+    width = max(1024, SURPRISE_CHUNK_ELEMENTS // max(1, flat.shape[0]))
+    target_score = (flat * table[target]).sum(-1)  # [P]
+    running_max = torch.full_like(target_score, -math.inf)
+    running_sum = torch.zeros_like(target_score)
+    above = torch.zeros_like(target_score)
+    for start in range(0, table.shape[0], width):
+        scores = flat @ table[start:start + width].t()  # [P, width]
+        if start == 0:
+            scores[:, 0] = -math.inf  # the padding row is no item
+        chunk_max = scores.max(dim=-1).values
+        new_max = torch.maximum(running_max, chunk_max)
+        running_sum = (running_sum * torch.exp(running_max - new_max)
+                       + torch.exp(scores - new_max.unsqueeze(-1)).sum(-1))
+        running_max = new_max
+        above += (scores > target_score.unsqueeze(-1)).sum(-1).float()
+        inside = (target >= start) & (target < start + scores.shape[1])
+        if bool(inside.any()):
+            own = scores.gather(-1, (target - start).clamp(0, scores.shape[1] - 1).unsqueeze(-1))
+            above -= (inside & (own.squeeze(-1) > target_score)).float()
+    log_normaliser = running_max + torch.log(running_sum)
+    return log_normaliser - target_score, above
+
+
 def _surprise_and_rank(model: NextItemScorer, hidden: torch.Tensor,
                        item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-log p(item_t | events < t) and log(1 + rank) / log(N): each [B, L]; t = 0 is uniform."""
     n_rows = model.item_text.shape[0] - 1
-    logits = model.item_logits(hidden[:, :-1].float()).log_softmax(dim=-1)  # [B, L-1, N+1]
-    target = item_idx[:, 1:].unsqueeze(-1)
-    logp = logits.gather(-1, target)
-    rank = (logits > logp).sum(-1).float()
+    surprise, log_rank = next_item_surprise(model, hidden[:, :-1], item_idx[:, 1:])
     uniform = torch.full_like(item_idx[:, :1], math.log(n_rows), dtype=torch.float32)
-    surprise = torch.cat([uniform, -logp.squeeze(-1)], dim=1)
-    log_rank = torch.cat([torch.ones_like(uniform), torch.log1p(rank) / math.log(n_rows)], dim=1)
-    return surprise, log_rank
+    return (torch.cat([uniform, surprise], dim=1),
+            torch.cat([torch.ones_like(uniform), log_rank], dim=1))
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from app.ml.drift_head import (
     DriftHead,
     _cos_distance,
     drift_features_and_hidden,
+    next_item_surprise,
 )
 from app.ml.parts.protocols import DriftDetector, NextItemScorer
 
@@ -191,15 +192,12 @@ class IncrementalDrift:
         later = [b for b, s in enumerate(states) if s.n > 0]
         if later:
             previous = torch.stack([states[b].hidden[-1] for b in later]).to(device)
-            logits = scorer.item_logits(previous.float()).log_softmax(dim=-1)
-            target = torch.tensor([items[b] for b in later], device=device).unsqueeze(-1)
-            logp = logits.gather(-1, target)
-            rank = (logits > logp).sum(-1).float()
-            logp_list = logp.squeeze(-1).cpu().tolist()
-            rank_list = (torch.log1p(rank) / math.log(n_rows)).cpu().tolist()
-            for k, b in enumerate(later):
-                surprise[b] = -logp_list[k]
-                log_rank[b] = rank_list[k]
+            target = torch.tensor([items[b] for b in later], device=device)
+            new_surprise, new_rank = next_item_surprise(scorer, previous, target)
+            for k, (value, rank) in enumerate(zip(new_surprise.cpu().tolist(),
+                                                  new_rank.cpu().tolist(), strict=True)):
+                surprise[later[k]] = value
+                log_rank[later[k]] = rank
         text = scorer.item_text.float().cpu()
         table = scorer.item_table().float().cpu()
         features = torch.stack([
