@@ -110,29 +110,23 @@ def next_item_surprise(model: NextItemScorer, hidden: torch.Tensor, targets: tor
 
 def _chunked_surprise(table: torch.Tensor, flat: torch.Tensor, target: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`next_item_surprise` a slice of the item table at a time: a running log-sum-exp for the
-    softmax's normaliser and a running count of items scored above the target (whose own
+    """`next_item_surprise` a slice of the item table at a time: the softmax's normaliser as
+    a log-sum-exp of each slice's, and a running count of items scored above the target (whose own
     score is the row product; the slice's entry for it is not counted)."""
     width = max(1024, SURPRISE_CHUNK_ELEMENTS // max(1, flat.shape[0]))
     target_score = (flat * table[target]).sum(-1)  # [P]
-    running_max = torch.full_like(target_score, -math.inf)
-    running_sum = torch.zeros_like(target_score)
+    log_normaliser = torch.full_like(target_score, -math.inf)
     above = torch.zeros_like(target_score)
     for start in range(0, table.shape[0], width):
         scores = flat @ table[start:start + width].t()  # [P, width]
         if start == 0:
             scores[:, 0] = -math.inf  # the padding row is no item
-        chunk_max = scores.max(dim=-1).values
-        new_max = torch.maximum(running_max, chunk_max)
-        running_sum = (running_sum * torch.exp(running_max - new_max)
-                       + torch.exp(scores - new_max.unsqueeze(-1)).sum(-1))
-        running_max = new_max
+        log_normaliser = torch.logaddexp(log_normaliser, torch.logsumexp(scores, dim=-1))
         above += (scores > target_score.unsqueeze(-1)).sum(-1).float()
         inside = (target >= start) & (target < start + scores.shape[1])
         if bool(inside.any()):
             own = scores.gather(-1, (target - start).clamp(0, scores.shape[1] - 1).unsqueeze(-1))
             above -= (inside & (own.squeeze(-1) > target_score)).float()
-    log_normaliser = running_max + torch.log(running_sum)
     return log_normaliser - target_score, above
 
 
