@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.topk_recall_served")
     parser.add_argument("--database", required=True)
     parser.add_argument("--users", type=int, default=150)
-    parser.add_argument("--candidates", default="200,1000,5000")
+    parser.add_argument("--candidates", default="200,1000")
+    parser.add_argument("--nprobes", default="32,128,512",
+                        help="IVF lists scanned per query (DRIFTREC_TOPK_NPROBE), each with "
+                        "the first candidate count; the other counts at the first nprobe")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
     url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     build_seconds = time.perf_counter() - started
     indexed = dataclasses.replace(served, topk=index)
     counts = [int(c) for c in args.candidates.split(",")]
+    probes = [int(p) for p in args.nprobes.split(",")]
     rng = np.random.default_rng(args.seed)
     users = [str(u) for u in rng.permutation(np.arange(1, 944))[: args.users]]
     hits: dict[str, list[float]] = {}
@@ -67,10 +71,15 @@ def main(argv: list[str] | None = None) -> None:
             exclude = set(history.item_ids)
             for tilt in (False, True):
                 used = finding if tilt else None
-                variants: dict[str, Any] = {"exact": (served, 0)}
-                variants.update({f"faiss {c}": (indexed, c) for c in counts})
+                variants: dict[str, Any] = {"exact": (served, 0, None)}
+                variants.update({f"faiss nprobe {probes[0]}, {c} candidates":
+                                 (indexed, c, probes[0]) for c in counts})
+                variants.update({f"faiss nprobe {p}, {counts[0]} candidates":
+                                 (indexed, counts[0], p) for p in probes[1:]})
                 answers: dict[str, list[str]] = {}
-                for name, (model, candidates) in variants.items():
+                for name, (model, candidates, nprobe) in variants.items():
+                    if nprobe is not None:
+                        index.index.nprobe = nprobe  # type: ignore[union-attr]
                     begun = time.perf_counter()
                     chosen, _, _ = interests.rank_items(
                         model, item_ids=history.item_ids, timestamps=history.timestamps,
