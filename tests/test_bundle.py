@@ -12,14 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from app.ml.bundle import MODEL_FORMAT, BundleError, DriftSettings, InterestModelBundle
-from app.ml.drift_head import N_FEATURES, DriftHead
+from app.ml.bundle import MODEL_FORMAT, BundleError, InterestModelBundle
 from app.ml.encoder import ItemTextEncoder
-from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
-from app.ml.topics import topics_from_categories
 from app.services.model_manager import ServedModel
+from tests.bundles import small_bundle
 
-GENRES = [("Action",), ("Comedy",), ("Drama",), ("Action", "Sci-Fi"), ("Horror",)]
 N_ITEMS = 25
 HISTORY = [f"m{i}" for i in (3, 7, 1, 12, 4, 9, 20, 2, 15, 6, 11, 0)]
 TIMES = [1_000_000_000.0 + 5_000.0 * i for i in range(len(HISTORY))]
@@ -33,21 +30,7 @@ def encoder() -> ItemTextEncoder:
 @pytest.fixture()
 def bundle(encoder: ItemTextEncoder) -> InterestModelBundle:
     """A small untrained bundle over 25 items: real modules, random (seeded) weights."""
-    torch.manual_seed(0)
-    item_ids = [f"m{i}" for i in range(N_ITEMS)]
-    categories = [GENRES[i % len(GENRES)] for i in range(N_ITEMS)]
-    texts = [f"Film {i}. Genres: {', '.join(c)}." for i, c in enumerate(categories)]
-    embeddings = encoder.embed(texts)
-    config = SequenceModelConfig(hidden_size=16, num_layers=1, ff_size=32, max_len=8)
-    model = SequenceInterestModel(config, N_ITEMS, encoder.dim)
-    model.set_item_text_embeddings(torch.cat([torch.zeros(1, encoder.dim), embeddings]))
-    return InterestModelBundle(
-        encoder=encoder, sequence_model=model, drift_detector=DriftHead(N_FEATURES, 8),
-        drift=DriftSettings(threshold=0.5, min_events=3, cooldown=2, max_events=30),
-        item_ids=item_ids, topics=topics_from_categories(embeddings.numpy(), categories),
-        dataset_fingerprint="test-fingerprint", training_config={"seed": 0},
-        metrics={"ours": {"ndcg@10": 0.01}},
-    )
+    return small_bundle(encoder, N_ITEMS, metrics={"ours": {"ndcg@10": 0.01}})
 
 
 def test_round_trip_gives_identical_scores_drift_and_topics(bundle: InterestModelBundle,

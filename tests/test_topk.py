@@ -15,18 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.domain import ranking
 from app.domain.drift import ChangePoint
 from app.main import create_app
-from app.ml.bundle import DriftSettings, InterestModelBundle
-from app.ml.drift_head import N_FEATURES, DriftHead
+from app.ml.bundle import InterestModelBundle
 from app.ml.encoder import ItemTextEncoder
-from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
-from app.ml.topics import topics_from_categories
 from app.ml.topk import (
     ExactTopK,
     TopKUnavailable,
@@ -40,10 +36,10 @@ from app.services.interests import DriftFinding, History
 from app.services.model_manager import ServedModel
 from app.services.served_topk import TopKSettingError, build_served_topk
 from app.store.db import make_engine, make_session_factory
+from tests.bundles import small_bundle
 from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
 from training.data.importer import import_movielens
 
-GENRES = [("Action",), ("Comedy",), ("Drama",), ("Action", "Sci-Fi"), ("Horror",)]
 N_ITEMS = 120
 HISTORY = [f"m{i}" for i in (3, 7, 1, 12, 4, 9, 20, 2, 15, 6, 11, 0)]
 TIMES = [1_000_000_000.0 + 5_000.0 * i for i in range(len(HISTORY))]
@@ -149,19 +145,7 @@ def encoder() -> ItemTextEncoder:
 @pytest.fixture(scope="module")
 def bundle(encoder: ItemTextEncoder) -> InterestModelBundle:
     """A small untrained bundle over 120 items: real modules, random (seeded) weights."""
-    torch.manual_seed(0)
-    item_ids = [f"m{i}" for i in range(N_ITEMS)]
-    categories = [GENRES[i % len(GENRES)] for i in range(N_ITEMS)]
-    texts = [f"Film {i}. Genres: {', '.join(c)}." for i, c in enumerate(categories)]
-    embeddings = encoder.embed(texts)
-    config = SequenceModelConfig(hidden_size=16, num_layers=1, ff_size=32, max_len=8)
-    model = SequenceInterestModel(config, N_ITEMS, encoder.dim)
-    model.set_item_text_embeddings(torch.cat([torch.zeros(1, encoder.dim), embeddings]))
-    return InterestModelBundle(
-        encoder=encoder, sequence_model=model, drift_detector=DriftHead(N_FEATURES, 8),
-        drift=DriftSettings(threshold=0.5, min_events=3, cooldown=2, max_events=30),
-        item_ids=item_ids, topics=topics_from_categories(embeddings.numpy(), categories),
-        dataset_fingerprint="test-fingerprint", training_config={"seed": 0})
+    return small_bundle(encoder, N_ITEMS)
 
 
 def _served(bundle: InterestModelBundle, topk: Any = None) -> ServedModel:
