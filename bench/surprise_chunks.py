@@ -3,10 +3,11 @@
 `python -m bench.surprise_chunks [--items 1000000]` → bench/results/surprise_chunks.json.
 The drift features score every event's preceding state over the whole catalogue (the event's
 surprise and rank). At a million items one history of 200 events is 200 million logits; the
-features now take them a slice of the item table at a time (app.ml.drift_head,
-SURPRISE_CHUNK_ELEMENTS). Each variant runs in a fresh process (its peak resident memory is
-its own): a scorer shaped like the ml-100k one (hidden 64, 2 layers, windows of 50, text 384),
-random weights (the cost does not depend on them), histories of 200 events, 1 and 4 at once.
+features now take them in blocks of states against slices of the item table above
+SURPRISE_WHOLE_MAX_ROWS items (app.ml.drift_head). Each variant runs in a fresh process (its
+peak resident memory is its own): a scorer shaped like the ml-100k one (hidden 64, 2 layers,
+windows of 50, text 384), random weights (the cost does not depend on them), histories of
+200 events, 1 and 4 at once.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 
 from bench.common import ROOT, machine, write_result
 
-VARIANTS = {"one matrix (before)": 1 << 62, "slices of 2^25 logits (now)": 1 << 25}
+# SURPRISE_WHOLE_MAX_ROWS of each variant
+VARIANTS = {"one matrix (before)": 1 << 62,
+            "blocks of 512 states x slices of 65,536 items (now)": 1 << 17}
 
 
-def run_variant(items: int, chunk: int, batch: int, repeats: int) -> dict[str, Any]:
+def run_variant(items: int, whole_max_rows: int, batch: int, repeats: int) -> dict[str, Any]:
     import torch
 
     from app.ml import drift_head
@@ -41,7 +44,7 @@ def run_variant(items: int, chunk: int, batch: int, repeats: int) -> dict[str, A
     text[0] = 0
     model.set_item_text_embeddings(text, copy=False)
     model.item_table()  # cached, as serving has it
-    drift_head.SURPRISE_CHUNK_ELEMENTS = chunk
+    drift_head.SURPRISE_WHOLE_MAX_ROWS = whole_max_rows
     idx = torch.randint(1, items + 1, (batch, 200))
     times = (torch.arange(200, dtype=torch.float64) * 3600 + 1e9).repeat(batch, 1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -351,7 +351,7 @@ def test_remembered_answers_skip_the_database_and_follow_other_workers_writes(
         with monkeypatch.context() as patch:
             patch.setattr(repository, "user_event_state", no_database)
             patch.setattr(repository, "user_history_rows", no_database)
-            patch.setattr(repository, "items_by_id", no_database)
+            patch.setattr(repository, "catalogue_rows", no_database)
             again = served.client.get(f"/recommend/{user}", params={"k": 5}).json()
             assert again.pop("recommendation_id") != first["recommendation_id"]
             assert again == {k: v for k, v in first.items() if k != "recommendation_id"}

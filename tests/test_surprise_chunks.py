@@ -31,8 +31,10 @@ def test_a_slice_at_a_time_gives_the_whole_matrix_answer(
     hidden = torch.randn(5, 7, 16, generator=generator) * 3
     targets = torch.randint(1, N_ITEMS + 1, (5, 7), generator=generator)
     whole = next_item_surprise(model, hidden, targets)
-    # slices of 1,024 items: the target falls in every slice position, the padding in the first
-    monkeypatch.setattr(drift_head, "SURPRISE_CHUNK_ELEMENTS", 35 * 1024)
+    # blocks of 16 states, slices of 1,024 items: the target falls in every slice position,
+    # the padding in the first
+    monkeypatch.setattr(drift_head, "SURPRISE_WHOLE_MAX_ROWS", 1024)
+    monkeypatch.setattr(drift_head, "SURPRISE_SLICE", (16, 1024))
     sliced = next_item_surprise(model, hidden, targets)
     assert torch.allclose(sliced[0], whole[0], atol=1e-4)
     assert torch.allclose(sliced[1], whole[1], atol=1e-3)
@@ -47,7 +49,8 @@ def test_drift_features_are_the_same_either_way(monkeypatch: pytest.MonkeyPatch)
     idx[2, 20:] = 0  # a shorter history, right-padded
     times = torch.arange(25, dtype=torch.float64).repeat(3, 1) * 3600 + 1e9
     whole = drift_features(model, idx, times)
-    monkeypatch.setattr(drift_head, "SURPRISE_CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(drift_head, "SURPRISE_WHOLE_MAX_ROWS", 1024)
+    monkeypatch.setattr(drift_head, "SURPRISE_SLICE", (32, 512))
     sliced = drift_features(model, idx, times)
     real = (idx > 0).unsqueeze(-1).expand_as(whole)
     assert torch.allclose(sliced[real], whole[real], atol=1e-3)

@@ -82,11 +82,13 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return distance.masked_fill(empty, 0.0)
 
 
-# Logits held at once by `next_item_surprise` (float32 elements: 128 MiB). Below it the scores
-# of every state over every item are one matrix, as training computed them; above it (a large
-# catalogue: 200 states over a million items would be 800 MB per user) they are taken a slice
-# of the catalogue at a time.
-SURPRISE_CHUNK_ELEMENTS = 1 << 25
+# How `next_item_surprise` scores states over the catalogue. Up to SURPRISE_WHOLE_MAX_ROWS
+# item rows, every state of a batch against every item in one matrix, as training computed it
+# (ml-100k and ML-1M always take this path, whatever the batch). Above it (200 states over a
+# million items would be 800 MB per user) blocks of SURPRISE_SLICE states against slices of
+# items, fixed sizes so a state's answer does not depend on what shares its batch.
+SURPRISE_WHOLE_MAX_ROWS = 1 << 17
+SURPRISE_SLICE = (512, 65_536)  # (states, items) per product: 128 MiB of float32 logits
 
 
 def next_item_surprise(model: NextItemScorer, hidden: torch.Tensor, targets: torch.Tensor
@@ -97,23 +99,30 @@ def next_item_surprise(model: NextItemScorer, hidden: torch.Tensor, targets: tor
     n_rows = model.item_text.shape[0] - 1
     flat = hidden.reshape(-1, hidden.shape[-1]).float()
     target = targets.reshape(-1)
-    if flat.shape[0] * (n_rows + 1) <= SURPRISE_CHUNK_ELEMENTS:
+    if n_rows + 1 <= SURPRISE_WHOLE_MAX_ROWS:
         logits = model.item_logits(flat).log_softmax(dim=-1)  # [P, N+1]
         logp = logits.gather(-1, target.unsqueeze(-1))
         rank = (logits > logp).sum(-1).float()
         surprise = -logp.squeeze(-1)
     else:
-        surprise, rank = _chunked_surprise(model.item_table().float(), flat, target)
+        table = model.item_table().float()
+        states = SURPRISE_SLICE[0]
+        parts = [_sliced_surprise(table, flat[start:start + states],
+                                  target[start:start + states])
+                 for start in range(0, flat.shape[0], states)]
+        surprise = torch.cat([p[0] for p in parts])
+        rank = torch.cat([p[1] for p in parts])
     log_rank = torch.log1p(rank) / math.log(n_rows)
     return surprise.reshape(targets.shape), log_rank.reshape(targets.shape)
 
 
-def _chunked_surprise(table: torch.Tensor, flat: torch.Tensor, target: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`next_item_surprise` a slice of the item table at a time: the softmax's normaliser as
-    a log-sum-exp of each slice's, and a running count of items scored above the target (whose own
-    score is the row product; the slice's entry for it is not counted)."""
-    width = max(1024, SURPRISE_CHUNK_ELEMENTS // max(1, flat.shape[0]))
+def _sliced_surprise(table: torch.Tensor, flat: torch.Tensor, target: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`next_item_surprise` of a block of states, a slice of the item table at a time: the
+    softmax's normaliser as a log-sum-exp of each slice's, and a running count of items
+    scored above the target (whose own score is the row product; the slice's entry for it is
+    not counted)."""
+    width = SURPRISE_SLICE[1]
     target_score = (flat * table[target]).sum(-1)  # [P]
     log_normaliser = torch.full_like(target_score, -math.inf)
     above = torch.zeros_like(target_score)

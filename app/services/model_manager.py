@@ -44,7 +44,6 @@ from app.services.item_embeddings import extend_with_items
 from app.services.models import move_alias
 from app.services.served_topk import build_served_topk
 from app.store import repository
-from app.store.models import Item
 
 logger = logging.getLogger("driftrec.models")
 
@@ -184,7 +183,7 @@ class ReloadOutcome:
 def read_catalogue(factory: sessionmaker[Session], item_ids: Iterable[str] | None = None
                    ) -> tuple[list[CatalogueItem], dict[str, tuple[bool, Window]]]:
     """The stored catalogue (`item_ids`: only these) as the served model needs it: what each
-    row is embedded from, and each item's lifecycle state (`lifecycle_states`). Streamed."""
+    row is embedded from, and each item's lifecycle state (`lifecycle_state`). Streamed."""
     items: list[CatalogueItem] = []
     states: dict[str, tuple[bool, Window]] = {}
     with factory() as session:
@@ -198,11 +197,6 @@ def read_catalogue(factory: sessionmaker[Session], item_ids: Iterable[str] | Non
 def lifecycle_state(item: Any) -> tuple[bool, Window]:
     """An item's (active, window), for `Availability.updated` (an Item or a catalogue row)."""
     return bool(item.active), (_epoch(item.available_from), _epoch(item.available_until))
-
-
-def lifecycle_states(items: Sequence[Item]) -> dict[str, tuple[bool, Window]]:
-    """Each stored item's (active, window), for `Availability.updated`."""
-    return {i.item_id: lifecycle_state(i) for i in items}
 
 
 def _epoch(value: datetime | None) -> float | None:

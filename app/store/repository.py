@@ -273,12 +273,6 @@ def user_history_rows(session: Session, user_id: str, limit: int
     return [tuple(row) for row in reversed(session.execute(query).all())]  # type: ignore[misc]
 
 
-def all_items(session: Session) -> list[Item]:
-    """The whole catalogue, by item_id, as ORM objects (small catalogues; serving streams
-    `catalogue_rows` instead)."""
-    return list(session.scalars(select(Item).order_by(Item.item_id)))
-
-
 CATALOGUE_COLUMNS = (Item.item_id, Item.title, Item.text, Item.categories, Item.active,
                      Item.available_from, Item.available_until)
 
@@ -294,15 +288,6 @@ def catalogue_rows(session: Session, item_ids: Iterable[str] | None = None,
         return
     query = select(*CATALOGUE_COLUMNS).order_by(Item.item_id)
     yield from session.execute(query, execution_options={"yield_per": chunk})
-
-
-def items_by_id(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
-    wanted = sorted(set(item_ids))
-    found: dict[str, Item] = {}
-    for chunk in _chunks(wanted):
-        found.update((i.item_id, i) for i in session.scalars(select(Item).where(
-            Item.item_id.in_(chunk))))
-    return found
 
 
 def item_titles(session: Session, item_ids: Iterable[str]) -> dict[str, str]:
