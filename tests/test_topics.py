@@ -75,3 +75,17 @@ def test_json_round_trip_keeps_assignments() -> None:
     assert again.names == table.names
     assert np.array_equal(again.item_topics, table.item_topics)
     assert again.assign(points[5]) == table.assign(points[5])
+
+
+def test_assigning_many_items_at_once_equals_assigning_each() -> None:
+    points, _ = _clustered_points()
+    categories = [("Horror",), ("Comedy",), ("Drama", "Horror")] * 8
+    rng = np.random.default_rng(3)
+    new = rng.normal(size=(40, points.shape[1])).astype(np.float32)
+    new_categories = [(), ("Horror",), ("Unknown",), ("Comedy", "Drama")] * 10
+    for table in (topics_from_categories(points, categories),
+                  build_topics(points, [()] * 24, [f"t{i}" for i in range(24)],
+                               n_clusters=3, seed=0)):
+        each = [table.assign(e, c) for e, c in zip(new, new_categories, strict=True)]
+        assert table.assign_many(new, new_categories).tolist() == each
+        assert len(set(each)) > 1

@@ -76,10 +76,7 @@ class TopicTable:
                 nearest.append(n)
         for start in range(0, len(nearest), 65_536):
             rows = nearest[start:start + 65_536]
-            vectors = np.asarray(embeddings[rows], dtype=np.float32)
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms > 0, norms, 1.0)
-            topics[rows] = np.argmax(vectors @ self.centroids.T, axis=1)
+            topics[rows] = np.argmax(_unit(embeddings[rows]) @ self.centroids.T, axis=1)
         return topics
 
     def to_json(self) -> dict[str, Any]:
