@@ -77,17 +77,13 @@ def write_rows(factory: sessionmaker[Session], key: str, bundle: InterestModelBu
                items: Sequence[CatalogueItem]) -> int:
     """Store `bundle`'s text rows of these items under `key`; best effort (logged)."""
     rows = bundle.item_text_embeddings
+    known = [(i, n) for i in items if (n := bundle.index_of(i.item_id)) is not None]
     try:
         written = 0
-        with factory() as session:
-            for start in range(0, len(items), 5_000):
-                part = items[start:start + 5_000]
-                index = [bundle.index_of(i.item_id) for i in part]
-                vectors = rows[[int(n) for n in index if n is not None]].float().cpu().numpy()
-                kept = [i for i, n in zip(part, index, strict=True) if n is not None]
-                written += stored.write_vectors(session, key, [i.item_id for i in kept],
-                                                [i.digest for i in kept], vectors)
-                session.commit()
+        for start in range(0, len(known), 5_000):
+            part = known[start:start + 5_000]
+            vectors = rows[[n for _, n in part]].float().cpu().numpy()
+            written += store_batch(factory, key, [i for i, _ in part], vectors)
         return written
     except Exception:
         logger.exception("could not store %d item embedding(s)", len(items))
