@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
-from app.services import interests
 from app.services.model_manager import ModelManager
+from app.services.recommender import Recommender
 from app.services.served_topk import build_served_topk
+from app.services.user_history import load_history
 from app.store.db import make_engine, make_session_factory
 from bench.common import PG_ADMIN_URL, machine, write_result
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     index = build_served_topk(settings.model_copy(update={"topk_index": "faiss"}),
                               served.bundle)
     build_seconds = time.perf_counter() - started
-    indexed = dataclasses.replace(served, topk=index)
+    indexed = Recommender(dataclasses.replace(served.model, topk=index), settings)
     counts = [int(c) for c in args.candidates.split(",")]
     probes = [int(p) for p in args.nprobes.split(",")]
     rng = np.random.default_rng(args.seed)
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     drifted = 0
     with factory() as session:
         for user in users:
-            history = interests.load_history(session, user, 200)
-            finding = interests.find_drift(served, history, user)
+            history = load_history(session, user, 200)
+            finding = served.find_drift(history, user)
             drifted += finding.change is not None
             exclude = set(history.item_ids)
             for tilt in (False, True):
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                     if nprobe is not None:
                         index.index.nprobe = nprobe  # type: ignore[union-attr]
                     begun = time.perf_counter()
-                    chosen, _, _ = interests.rank_items(
-                        model, item_ids=history.item_ids, timestamps=history.timestamps,
+                    chosen, _, _ = model.rank_items(
+                        item_ids=history.item_ids, timestamps=history.timestamps,
                         k=10, exclude=exclude, strength=settings.drift_strength,
                         finding=used, explain_window=settings.short_term_events,
                         candidates=candidates or 200)

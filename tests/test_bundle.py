@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 
 from app.ml.bundle import MODEL_FORMAT, BundleError, InterestModelBundle
 from app.ml.encoder import ItemTextEncoder
-from app.services.model_manager import ServedModel
+from app.services.inference import Inference
 from tests.bundles import small_bundle
 
 N_ITEMS = 25
@@ -160,8 +159,7 @@ def test_load_refuses_a_bundle_written_by_incompatible_model_code(
 
 def test_served_model_batches_score_like_the_bundle_alone(bundle: InterestModelBundle) -> None:
     """Padding histories of different lengths into one batch must not change any score."""
-    served = ServedModel(bundle=bundle, name="m", version="1", alias="champion", run_id=None,
-                         device="cpu", loaded_at=datetime.now(UTC))
+    served = Inference(bundle, max_batch=64)
     rng = np.random.default_rng(0)
     histories = []
     for length in (1, 3, 7, 12, 20):
@@ -171,7 +169,7 @@ def test_served_model_batches_score_like_the_bundle_alone(bundle: InterestModelB
     traces = [bundle.detect_drift(items, times)[0] for items, times in histories]
     with ThreadPoolExecutor(max_workers=len(histories)) as pool:
         batched = list(pool.map(lambda h: served.score_next(*h), histories * 4))
-        drifts = list(pool.map(lambda h: served.detect_drift(*h)[0], histories * 4))
+        drifts = list(pool.map(lambda h: served.replay_drift(*h)[0], histories * 4))
     for n, scores in enumerate(batched):
         np.testing.assert_allclose(scores, alone[n % len(histories)], rtol=1e-5, atol=1e-5)
     for n, probs in enumerate(drifts):

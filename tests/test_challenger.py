@@ -38,7 +38,7 @@ from app.core.config import Settings
 from app.domain.assignment import serves_challenger
 from app.main import create_app
 from app.ml.bundle import InterestModelBundle
-from app.services import interests
+from app.services.ranking_options import RankingOptions
 from tests.conftest import TinyModel, tiny_model_database, tiny_store
 from tests.live_server import free_port, plain_pg_url
 from tests.test_dashboard import Tab, browser  # noqa: F401  (the browser fixture)
@@ -215,9 +215,8 @@ def _taste(experiment: Experiment, user: str) -> list[str]:
     simulated users follow, whichever version served them)."""
     runtime = experiment.a.app.state.runtime
     with runtime.session_factory() as session:
-        ranked = interests.recommend_for_user(
-            session, runtime.models.current, user_id=user, k=10, exclude_seen=True,
-            drift_aware=True, settings=experiment.settings)
+        ranked = runtime.models.current.recommend_for_user(
+            session, user, RankingOptions(k=10, exclude_seen=True, drift_aware=True))
     return [item.item_id for item in ranked.items]
 
 

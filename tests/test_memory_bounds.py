@@ -25,9 +25,9 @@ from app.main import create_app
 from app.schemas.serving import Reason, RecommendationsOut, RecommendedItem
 from app.services.caches import UserStateCache
 from app.services.change_feed import ChangeFeed
-from app.services.interests import (
+from app.services.remembered import (
+    RememberedDrift,
     RememberedRanking,
-    _RememberedDrift,
     drift_size,
     ranking_size,
 )
@@ -129,8 +129,8 @@ def _ranking(n: int, k: int = 100) -> RememberedRanking:
     return RememberedRanking(("feed", 1, n), chosen, True, response, because)
 
 
-def _drift(n: int) -> _RememberedDrift:
-    return _RememberedDrift(np.random.default_rng(n).random(200).astype(np.float32),
+def _drift(n: int) -> RememberedDrift:
+    return RememberedDrift(np.random.default_rng(n).random(200).astype(np.float32),
                             ChangePoint(150, 0.9, "abrupt"), 50, np.zeros(18),
                             np.ones(18) / 18)
 

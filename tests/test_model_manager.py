@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from app.services.model_manager import LruCache
+from app.services.caches import LruCache
 
 
 def test_lru_keeps_the_most_recently_used() -> None:

@@ -7,7 +7,6 @@ import ast
 import dataclasses
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from app.ml.parts import (
     register_part,
     registered_kinds,
 )
-from app.services.model_manager import ServedModel
+from app.services.inference import Inference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORMAT1 = FIXTURES / "bundle_format1"  # written by the format-1 code (make_bundle_format1.py)
@@ -164,9 +163,8 @@ def test_a_drift_detector_of_another_kind_is_saved_loaded_and_served_beside_the_
     np.testing.assert_allclose(s_zscore, s_default, rtol=1e-5, atol=1e-5)
     assert change is None or 0 <= change.index < len(HISTORY)
     # and serving drives it through the same bundle API
-    served = ServedModel(bundle=loaded, name="m", version="1", alias="champion", run_id=None,
-                         device="cpu", loaded_at=datetime.now(UTC))
-    np.testing.assert_allclose(served.detect_drift(HISTORY, TIMES)[0], probs, atol=1e-6)
+    served = Inference(loaded, max_batch=64)
+    np.testing.assert_allclose(served.replay_drift(HISTORY, TIMES)[0], probs, atol=1e-6)
     # the scoring parts are untouched by the detector swap
     assert np.array_equal(loaded.score_next(HISTORY, TIMES), default.score_next(HISTORY, TIMES))
 

@@ -26,26 +26,16 @@ from app.core.config import Settings
 from app.domain.drift import ChangePoint
 from app.ml.bundle import DriftSettings
 from app.schemas.events import EventIn
-from app.services import ingestion, interests
+from app.services import ingestion
 from app.services.drift_scan import scan_users
+from app.services.recommender import Recommender
+from app.services.served_model import ServedModel
 from app.store import repository
 from app.store.db import transaction
 from app.store.models import DriftCheck, DriftRecord, User
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 TOPICS = ["A", "B"]
-
-
-class _Cache:
-    def __init__(self) -> None:
-        self.entries: dict[Any, Any] = {}
-
-    # the shape of app.services.caches.UserStateCache: one state per user
-    def get(self, user_id: str, state: Any, variant: Any) -> Any:
-        return self.entries.get((user_id, state, variant))
-
-    def put(self, user_id: str, state: Any, variant: Any, value: Any) -> None:
-        self.entries[(user_id, state, variant)] = value
 
 
 @dataclass
@@ -69,24 +59,36 @@ class _Bundle:
     def item_topic(self, item_id: str) -> int | None:
         return None if item_id not in self.known else int(item_id.startswith("b"))
 
+    # No incremental engine for this stand-in (app.ml.incremental.supports): the served
+    # path replays the window's known items through drift_traces_batch.
+    sequence_model = None
+    drift_detector = None
 
-@dataclass
-class _Model:
-    """A served model whose drift head alarms at the first known "b" event."""
+    def drift_traces_batch(self, histories: Sequence[Sequence[str]],
+                           timestamps: Sequence[Sequence[float]]
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The head alarms (0.9) at the first "b" item once min_events are seen; the
+        histories hold known items only, as the served path passes them."""
+        traces = []
+        for items in histories:
+            probs = np.zeros(len(items))
+            for j, item_id in enumerate(items):
+                if item_id.startswith("b") and j >= self.drift.min_events - 1:
+                    probs[j] = 0.9
+                    break
+            traces.append((probs, np.zeros(len(items))))
+        return traces
 
-    bundle: _Bundle
-    version: str = "1"
-    drift_cache: _Cache = field(default_factory=_Cache)
+    def change_point(self, probs: np.ndarray, surprise: np.ndarray) -> ChangePoint | None:
+        alarms = np.flatnonzero(probs >= self.drift.threshold)
+        return None if not len(alarms) else ChangePoint(int(alarms[0]), 0.9, "abrupt")
 
-    def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
-                     ) -> tuple[np.ndarray, ChangePoint | None]:
-        encoded = [i for i in item_ids if self.bundle.index_of(i) is not None]
-        probs = np.zeros(len(encoded))
-        for j, item_id in enumerate(encoded):
-            if item_id.startswith("b") and j >= self.bundle.drift.min_events - 1:
-                probs[j] = 0.9
-                return probs, ChangePoint(j, 0.9, "abrupt")
-        return probs, None
+
+def _Model(bundle: _Bundle, version: str = "1") -> Recommender:
+    """The served-version object over the stand-in bundle: the path every check serves."""
+    return Recommender(ServedModel(bundle=bundle, name="m", version=version,  # type: ignore[arg-type]
+                                   alias="champion", run_id=None, device="cpu",
+                                   loaded_at=datetime.now(UTC)))
 
 
 A_ITEMS = [f"a{i}" for i in range(6)]
@@ -117,10 +119,10 @@ def _store(factory: sessionmaker[Session], user_id: str, items: list[str]) -> li
     return [row["event_id"] for row in rows]
 
 
-def _check(factory: sessionmaker[Session], model: _Model, user_id: str) -> dict[str, Any]:
+def _check(factory: sessionmaker[Session], model: Recommender, user_id: str
+           ) -> dict[str, Any]:
     with transaction(factory) as session:
-        return interests.check_drift(  # type: ignore[arg-type]
-            session, model, user_id=user_id).model_dump()
+        return model.check_drift(session, user_id).model_dump()
 
 
 @pytest.mark.parametrize("case", list(HISTORIES))
@@ -187,8 +189,7 @@ def test_the_drift_scan_skips_and_counts_users_without_events(
         factory: sessionmaker[Session]) -> None:
     _store(factory, "u1", [*A_ITEMS, *B_ITEMS])
     # the factory fixture's users u2 and u3 have no events: ghosts, as an older release left
-    report = scan_users(factory, _Model(_Bundle(KNOWN)),  # type: ignore[arg-type]
-                        ["u1", "u2", "u3"], backfill=True)
+    report = scan_users(factory, _Model(_Bundle(KNOWN)), ["u1", "u2", "u3"], backfill=True)
     assert (report.users, report.drifts, report.skipped) == (1, 1, 2)
 
 

@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.ml.bundle import InterestModelBundle
 from app.ml.sequence import SequenceInterestModel
-from app.services.model_manager import new_drift_cache, new_ranking_cache
 from app.store.db import make_engine, make_session_factory
 from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
 from training.data.importer import import_movielens
@@ -63,9 +62,8 @@ def served(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> I
             manager = client.app.state.runtime.models
             current = manager.current
             bundle = request_time_bundle(current.bundle)
-            manager.champion.served = dataclasses.replace(  # in place of the champion
-                current, bundle=bundle, ranking_cache=new_ranking_cache(None),
-                drift_cache=new_drift_cache(None), interest_states=None)
+            manager.champion.served = current.with_catalogue(  # in place of the champion
+                bundle, current.model.catalogue, current.model.availability)
             assert manager.current.bundle.uses_request_time
             yield Served(client, bundle, [seq.user_id for seq in split.train])
 
@@ -111,11 +109,11 @@ def test_served_ranking_at_a_request_time_is_the_bundles(served: Served) -> None
 
 def test_a_remembered_ranking_holds_only_while_the_buckets_hold(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.services import interests
+    from app.services.recommender import Recommender
 
     calls: list[int] = []
-    real = interests._rank_for_user
-    monkeypatch.setattr(interests, "_rank_for_user",
+    real = Recommender._rank_for_user
+    monkeypatch.setattr(Recommender, "_rank_for_user",
                         lambda *args: calls.append(1) or real(*args))
     user = served.users[2]
     items, times = _history(served, user)

@@ -277,11 +277,11 @@ def test_items_added_after_loading_are_recommendable(served: Served) -> None:
 
 def test_drift_is_computed_once_per_new_event(served: Served,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.services import interests
+    from app.services.recommender import Recommender
 
     calls: list[str] = []
-    real = interests.find_drift
-    monkeypatch.setattr(interests, "find_drift",
+    real = Recommender.find_drift
+    monkeypatch.setattr(Recommender, "find_drift",
                         lambda model, history, user_id=None: calls.append("run")
                         or real(model, history, user_id))
     user = _user(served, 6)
@@ -301,11 +301,11 @@ def test_drift_is_computed_once_per_new_event(served: Served,
 
 def test_a_ranking_is_reused_until_the_user_has_a_new_event(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.services import interests
+    from app.services.recommender import Recommender
 
     calls: list[int] = []
-    real = interests._rank_for_user
-    monkeypatch.setattr(interests, "_rank_for_user",
+    real = Recommender._rank_for_user
+    monkeypatch.setattr(Recommender, "_rank_for_user",
                         lambda *args: calls.append(1) or real(*args))
     user = _user(served, 7)
     first = served.client.get(f"/recommend/{user}", params={"k": 7}).json()

@@ -5,7 +5,6 @@ API; faiss finds the true top 10 on clustered data; faiss stays optional."""
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import importlib.util
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +30,11 @@ from app.ml.topk import (
     candidates,
     recall_at_k,
 )
-from app.services import interests
-from app.services.interests import DriftFinding, History
-from app.services.model_manager import ServedModel
+from app.services.recommender import Recommender
+from app.services.remembered import DriftFinding
+from app.services.served_model import ServedModel
 from app.services.served_topk import TopKSettingError, build_served_topk
+from app.services.user_history import History
 from app.store.db import make_engine, make_session_factory
 from tests.bundles import small_bundle
 from tests.conftest import TinyModel, tiny_model_database, tiny_users_data
@@ -148,9 +148,10 @@ def bundle(encoder: ItemTextEncoder) -> InterestModelBundle:
     return small_bundle(encoder, N_ITEMS)
 
 
-def _served(bundle: InterestModelBundle, topk: Any = None) -> ServedModel:
-    return ServedModel(bundle=bundle, name="m", version="1", alias="champion", run_id=None,
-                       device="cpu", loaded_at=datetime.now(UTC), topk=topk)
+def _served(bundle: InterestModelBundle, topk: Any = None) -> Recommender:
+    return Recommender(ServedModel(bundle=bundle, name="m", version="1", alias="champion",
+                                   run_id=None, device="cpu", loaded_at=datetime.now(UTC),
+                                   topk=topk))
 
 
 def _drift(bundle: InterestModelBundle) -> DriftFinding:
@@ -161,8 +162,8 @@ def _drift(bundle: InterestModelBundle) -> DriftFinding:
                         np.zeros(len(after)), after)
 
 
-def _ranked(model: ServedModel, finding: DriftFinding | None, **options: Any) -> Any:
-    return interests.rank_items(model, item_ids=HISTORY, timestamps=TIMES, k=15,
+def _ranked(model: Recommender, finding: DriftFinding | None, **options: Any) -> Any:
+    return model.rank_items(item_ids=HISTORY, timestamps=TIMES, k=15,
                                 exclude=set(HISTORY[:6]), strength=1.0, finding=finding,
                                 candidates=10_000, **options)
 
@@ -187,7 +188,8 @@ def test_served_rankings_with_an_index_equal_the_exact_path(
     # `replace`) does not hold them; they are scanned exactly
     grown = bundle.with_items(["new-1", "new-2"], ["Film new. Genres: Horror.",
                                                    "Another new film about space."])
-    grown_indexed = dataclasses.replace(indexed, bundle=grown)
+    grown_indexed = indexed.with_catalogue(grown, indexed.model.catalogue,
+                                           indexed.model.availability)
     assert grown_indexed.topk is indexed.topk and grown_indexed.topk is not None
     assert grown_indexed.topk.rows == N_ITEMS < len(grown.item_ids)
     for finding in (None, _drift(grown)):
@@ -277,11 +279,14 @@ def test_concurrent_requests_share_query_passes_and_find_the_same_candidates(
     pytest.importorskip("faiss")
     served = _served(bundle, build_topk_index("faiss", bundle.item_vectors()))
     histories = [(HISTORY[:n], TIMES[:n]) for n in (1, 4, 8, 12)]
-    alone = [served.score_candidates(items, times, None, 30) for items, times in histories]
+    topk = served.model.topk
+    assert topk is not None
+    alone = [served.inference.score_candidates(topk, items, times, None, 30)
+             for items, times in histories]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        together = list(pool.map(lambda h: served.score_candidates(*h, None, 30),
+        together = list(pool.map(lambda h: served.inference.score_candidates(topk, *h, None, 30),
                                  histories * 4))
     for n, (rows, scores) in enumerate(together):
         assert np.array_equal(rows, alone[n % len(histories)][0])
         np.testing.assert_allclose(scores, alone[n % len(histories)][1], rtol=1e-5, atol=1e-6)
-    assert served.querier.requests == len(histories) * 5
+    assert served.inference.querier.requests == len(histories) * 5

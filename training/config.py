@@ -5,7 +5,7 @@ A file has three sections, each optional::
 
     run:          RunConfig (seed, MLflow experiment, outputs, topics)
     recommender:  training.recommender.RecommenderConfig (flat keys)
-    drift:        training.drift.pipeline.DriftConfig (``splice`` and ``head`` sub-sections)
+    drift:        training.drift.config.DriftConfig (``splice`` and ``head`` sub-sections)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from training.drift.pipeline import DriftConfig
+from training.drift.config import DriftConfig
 from training.recommender import RecommenderConfig
 
 SECTIONS = ("run", "recommender", "drift")

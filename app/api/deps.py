@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -15,9 +16,12 @@ from app.core.errors import ApiError
 from app.core.metrics import Metrics
 from app.core.middleware import HEAD_SCOPE_KEY
 from app.core.security import ApiKey, authenticate
-from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
-from app.services.model_manager import ModelUnavailable, ServedModel
-from app.services.runtime import ServingRuntime
+from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, Timestamp
+from app.schemas.serving import AT_HELP, MAX_K
+from app.services.ranking_options import RankingOptions, request_time
+from app.services.recommender import Recommender
+from app.services.runtime import Role, ServingRuntime
+from app.services.served_model import ModelUnavailable
 
 
 # The only reader of `app.state` (routers take these typed dependencies instead): the settings,
@@ -41,8 +45,9 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-async def get_model(request: Request) -> ServedModel:
-    """The served model, taken once per request (a reload never changes it mid-request)."""
+async def get_model(request: Request) -> Recommender:
+    """The champion's served version, taken once per request (a reload never changes it
+    mid-request)."""
     try:
         return request.app.state.runtime.models.current
     except ModelUnavailable as error:
@@ -60,9 +65,41 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SessionDep = Annotated[Session, Depends(get_session)]
-ModelDep = Annotated[ServedModel, Depends(get_model)]
+ModelDep = Annotated[Recommender, Depends(get_model)]
 BodySentDep = Annotated[bool, Depends(body_is_sent)]
 UserIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedFor:
+    """The served version that answers one user (the challenger for its share of users,
+    while one is served), and its role."""
+
+    recommender: Recommender
+    role: Role
+
+
+def served_for(runtime: ServingRuntime, champion: Recommender, user_id: str | None
+               ) -> ServedFor:
+    return ServedFor(*runtime.model_for(user_id, champion))
+
+
+async def get_served_for_user(runtime: RuntimeDep, champion: ModelDep, user_id: UserIdPath
+                              ) -> ServedFor:
+    return served_for(runtime, champion, user_id)
+
+
+async def get_ranking_options(
+        settings: SettingsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+        exclude_seen: bool = True, drift_aware: bool = True,
+        at: Annotated[Timestamp | None, Query(description=AT_HELP)] = None) -> RankingOptions:
+    """A ranking request's options from its query, `k` checked against `max_k`."""
+    return RankingOptions.checked(k, exclude_seen, drift_aware, settings.max_k,
+                                  request_time(at))
+
+
+ServedForUserDep = Annotated[ServedFor, Depends(get_served_for_user)]
+RankingOptionsDep = Annotated[RankingOptions, Depends(get_ranking_options)]
 
 
 def presented_key(header: str) -> str | None:

@@ -35,7 +35,8 @@ from app.core.metrics import Metrics
 from app.domain.availability import Availability, Window
 from app.ml.catalogue import CatalogueItem
 from app.services.item_embeddings import extend_with_items
-from app.services.model_manager import ModelManager, ServedModel, read_catalogue
+from app.services.model_manager import ModelManager, read_catalogue
+from app.services.recommender import Recommender
 
 logger = logging.getLogger("driftrec.catalogue")
 
@@ -160,9 +161,10 @@ class CatalogueRefresher:
         return sum(self._refresh_model(served, item_ids, items, states)
                    for served in served_models)
 
-    def _refresh_model(self, served: ServedModel, item_ids: list[str] | None,
+    def _refresh_model(self, version: Recommender, item_ids: list[str] | None,
                        items: list[CatalogueItem], states: dict[str, tuple[bool, Window]]
                        ) -> int:
+        served = version.model
         # Retired and windowed items: from what was read; an item the store no longer holds
         # (deleted) is retired, its row stays (other histories may name it).
         wanted = set(served.catalogue) if item_ids is None else set(item_ids)
@@ -172,7 +174,7 @@ class CatalogueRefresher:
         changed = [i for i in items if served.catalogue.get(i.item_id) != i.digest]
         if not changed:
             if availability != served.availability and not self._manager.swap_catalogue(
-                    served, served.bundle, served.catalogue, availability):
+                    version, served.bundle, served.catalogue, availability):
                 with self._cond:
                     self._submit_locked(list(wanted))
             return 0
@@ -193,7 +195,7 @@ class CatalogueRefresher:
         # rows another worker (or the embedding job) stored are read, not embedded again
         extended = (extend_with_items(self._factory, bundle, embed, replace=True).bundle
                     if embed else bundle)
-        if not self._manager.swap_catalogue(served, extended, catalogue, availability):
+        if not self._manager.swap_catalogue(version, extended, catalogue, availability):
             # another version was swapped in meanwhile: compare these again with that one
             with self._cond:
                 self._submit_locked([i.item_id for i in changed])

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.exceptions import UnknownUser
-from app.services import interests
-from app.services.model_manager import ServedModel
+from app.services.recommender import Recommender
 from app.store import drift_records
 from app.store.db import transaction
 
@@ -37,7 +36,7 @@ def all_user_ids(factory: sessionmaker[Session], unchecked_only: bool = False) -
         return drift_records.user_ids_to_scan(session, unchecked_only)
 
 
-def scan_users(factory: sessionmaker[Session], model: ServedModel, user_ids: list[str],
+def scan_users(factory: sessionmaker[Session], model: Recommender, user_ids: list[str],
                on_user: Callable[[], None] = lambda: None, backfill: bool = False
                ) -> ScanReport:
     """Check each user (one transaction per user, so progress survives an interruption).
@@ -48,7 +47,7 @@ def scan_users(factory: sessionmaker[Session], model: ServedModel, user_ids: lis
     for user_id in user_ids:
         try:
             with transaction(factory) as session:
-                result = interests.check_drift(session, model, user_id=user_id, backfill=backfill)
+                result = model.check_drift(session, user_id, backfill=backfill)
                 drifts += result.drift_detected
         except UnknownUser:  # a user row without events (e.g. left by an earlier release)
             skipped += 1
@@ -56,7 +55,7 @@ def scan_users(factory: sessionmaker[Session], model: ServedModel, user_ids: lis
     return ScanReport(users=len(user_ids) - skipped, drifts=drifts, skipped=skipped)
 
 
-def scan_batch(factory: sessionmaker[Session], model: ServedModel, user_ids: Sequence[str],
+def scan_batch(factory: sessionmaker[Session], model: Recommender, user_ids: Sequence[str],
                backfill: bool = True) -> ScanReport:
     """Check a batch of users in one transaction: their checks and records are written and
     committed together (the Ray scan's unit of work, app.services.drift_scan_ray). The
@@ -66,8 +65,7 @@ def scan_batch(factory: sessionmaker[Session], model: ServedModel, user_ids: Seq
     with transaction(factory) as session:
         for user_id in user_ids:
             try:
-                result = interests.check_drift(session, model, user_id=str(user_id),
-                                               backfill=backfill)
+                result = model.check_drift(session, str(user_id), backfill=backfill)
                 drifts += result.drift_detected
             except UnknownUser:  # raised before anything of the user is written
                 skipped += 1

@@ -12,165 +12,34 @@ incremental states), so a user never gets another version's remembered answer.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.domain.assignment import serves_challenger
 from app.domain.availability import Availability, Window
-from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
 from app.ml.catalogue import CatalogueItem, item_text
 from app.ml.loader import load_bundle as load_bundle_dir
 from app.ml.loader import load_registered, registry_client, resolve_version
-from app.ml.topk import TopKIndex, candidates
-from app.services.batching import MicroBatcher
-from app.services.caches import LruCache as LruCache  # re-exported
-from app.services.caches import UserStateCache
-from app.services.interest_state import DEFAULT_MAX_BYTES as DEFAULT_STATE_BYTES
-from app.services.interest_state import DEFAULT_MAX_USERS as DEFAULT_STATE_USERS
-from app.services.interest_state import InterestStates
+from app.services.change_feed import ChangeFeed
 from app.services.item_embeddings import extend_with_items
 from app.services.models import move_alias
+from app.services.recommender import Recommender
+from app.services.served_model import ModelUnavailable as ModelUnavailable  # re-exported
+from app.services.served_model import ServedModel
 from app.services.served_topk import build_served_topk
 from app.store import repository
 
 logger = logging.getLogger("driftrec.models")
-
-
-DEFAULT_MAX_BATCH = 64  # histories per forward pass
-
-EventWindow = tuple[Sequence[str], Sequence[float]]  # item ids, timestamps; oldest first
-ScoreRequest = tuple[Sequence[str], Sequence[float], float | None]  # + the request time
-DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
-
-
-class ModelUnavailable(RuntimeError):
-    """No model is loaded (no champion yet, or the first load failed)."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    bundle: InterestModelBundle
-    name: str
-    version: str
-    alias: str
-    run_id: str | None
-    device: str
-    loaded_at: datetime
-    metrics: dict[str, Any] = field(default_factory=dict)
-    # Drift findings per user, for the latest state of their events (last event, count): the
-    # drift head over 200 events is the costliest part of a request, and its answer only
-    # changes when the user has a new event.
-    drift_cache: UserStateCache[Any] = field(default_factory=lambda: new_drift_cache(None))
-    # Rankings per user (a few request-option variants), for the latest state of their events.
-    ranking_cache: UserStateCache[Any] = field(
-        default_factory=lambda: new_ranking_cache(None))
-    max_batch: int = DEFAULT_MAX_BATCH
-    # What each catalogue row was embedded from (item id -> CatalogueItem.digest): the
-    # catalogue refresher re-embeds an item whose stored text or categories differ.
-    catalogue: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    # Retired items and availability windows (never recommended outside them), kept in step
-    # with the store by the catalogue refresher like the rows.
-    availability: Availability = field(default_factory=Availability)
-    # Sizes of the batches run (kind "score", "query" or "drift"): the metrics.
-    observe_batch: Callable[[str, int], None] | None = field(default=None, repr=False)
-    # An index over the item vectors (DRIFTREC_TOPK_INDEX, app.services.served_topk): with
-    # one, a ranking re-scores the candidates it finds instead of the whole catalogue. Built
-    # over the rows of the bundle it was made for; a catalogue swap keeps it, rows appended
-    # since are scanned exactly (app.ml.topk.candidates).
-    topk: TopKIndex | None = field(default=None, repr=False)
-    # Concurrent requests share forward passes (see app.services.batching).
-    scorer: MicroBatcher[ScoreRequest, np.ndarray] = field(init=False, repr=False)
-    querier: MicroBatcher[ScoreRequest, np.ndarray] = field(init=False, repr=False)
-    drift_tracer: MicroBatcher[EventWindow, DriftTrace] = field(init=False, repr=False)
-    # The drift detector's state per user, carried forward event by event
-    # (app.services.interest_state); None: a new, empty one (a new bundle needs one).
-    interest_states: InterestStates | None = field(default=None, repr=False)
-    interest_state_limits: tuple[int, int] = (DEFAULT_STATE_USERS, DEFAULT_STATE_BYTES)
-    # Tables derived from this bundle on first use (the similar-items index): new per copy.
-    derived: dict[str, Any] = field(init=False, repr=False, compare=False)
-    derived_lock: threading.Lock = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        bundle = self.bundle
-        object.__setattr__(self, "derived", {})
-        object.__setattr__(self, "derived_lock", threading.Lock())
-        observe = self.observe_batch
-
-        def score(histories: Sequence[ScoreRequest]) -> list[np.ndarray]:
-            if observe is not None:
-                observe("score", len(histories))
-            scores = bundle.score_next_batch([h[0] for h in histories],
-                                             [h[1] for h in histories],
-                                             at=[h[2] for h in histories])
-            return list(scores.numpy())
-
-        def query(histories: Sequence[ScoreRequest]) -> list[np.ndarray]:
-            if observe is not None:
-                observe("query", len(histories))
-            vectors = bundle.query_vectors_batch([h[0] for h in histories],
-                                                 [h[1] for h in histories],
-                                                 at=[h[2] for h in histories])
-            return list(vectors.cpu().numpy())
-
-        def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
-            if observe is not None:
-                observe("drift", len(histories))
-            return bundle.drift_traces_batch([h[0] for h in histories],
-                                             [h[1] for h in histories])
-
-        object.__setattr__(self, "scorer", MicroBatcher(score, self.max_batch))
-        object.__setattr__(self, "querier", MicroBatcher(query, self.max_batch))
-        object.__setattr__(self, "drift_tracer", MicroBatcher(trace, self.max_batch))
-        if self.interest_states is None or self.interest_states.bundle is not bundle:
-            tracer = self.drift_tracer
-            object.__setattr__(self, "interest_states", InterestStates(
-                bundle, *self.interest_state_limits, max_batch=self.max_batch,
-                replay=lambda items, times: tracer.submit((items, times))))
-
-    def score_next(self, item_ids: Sequence[str], timestamps: Sequence[float],
-                   at: float | None = None) -> np.ndarray:
-        """Next-item scores of one history (float32[N]) for a request at ``at`` (epoch
-        seconds; None: the last event's time), batched with concurrent requests."""
-        return self.scorer.submit((item_ids, timestamps, at))
-
-    def score_candidates(self, item_ids: Sequence[str], timestamps: Sequence[float],
-                         at: float | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows the top-k index finds among the n best for one history, scored exactly:
-        (int64[c] catalogue positions ascending, float32[c] scores as ``score_next`` gives
-        them); the query vector is batched with concurrent requests. Needs ``topk``."""
-        if self.topk is None:
-            raise RuntimeError("score_candidates needs a top-k index (DRIFTREC_TOPK_INDEX)")
-        query = self.querier.submit((item_ids, timestamps, at))
-        return candidates(self.topk, query, self.item_vectors(), n)
-
-    def item_vectors(self) -> np.ndarray:
-        """The bundle's item vectors on the CPU (float32[N, H]), taken once per served copy:
-        a view of the table on the CPU, a copy on CUDA that no request should make again."""
-        vectors = self.derived.get("item_vectors")
-        if vectors is None:
-            with self.derived_lock:
-                vectors = self.derived.get("item_vectors")
-                if vectors is None:
-                    vectors = self.derived["item_vectors"] = self.bundle.item_vectors()
-        return vectors
-
-    def detect_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
-                     ) -> tuple[np.ndarray, ChangePoint | None]:
-        """Drift probabilities and change point of one history, batched like `score_next`."""
-        probs, surprise = self.drift_tracer.submit((item_ids, timestamps))
-        return probs, self.bundle.change_point(probs, surprise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,26 +72,6 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def new_ranking_cache(settings: Settings | None) -> UserStateCache[Any]:
-    from app.services.interests import ranking_size
-
-    settings = settings or _DEFAULTS
-    return UserStateCache(settings.ranking_cache_size, settings.ranking_cache_mb * MIB,
-                          settings.ranking_cache_variants, ranking_size)
-
-
-def new_drift_cache(settings: Settings | None) -> UserStateCache[Any]:
-    from app.services.interests import drift_size
-
-    settings = settings or _DEFAULTS
-    return UserStateCache(settings.drift_cache_size, settings.drift_cache_mb * MIB, 1,
-                          drift_size)
-
-
-MIB = 1024 * 1024
-_DEFAULTS = Settings.model_construct()  # the documented defaults (no environment read)
-
-
 class NoChallenger(LookupError):
     """There is no challenger this worker serves that could be promoted (or its alias moved
     since it was loaded)."""
@@ -233,7 +82,7 @@ class AliasSlot:
     """One alias of the registered model and what this worker serves for it."""
 
     alias: str
-    served: ServedModel | None = None
+    served: Recommender | None = None
     last_error: str | None = None
     last_checked_at: datetime | None = None
     reload_failures: int = 0
@@ -263,9 +112,11 @@ class ModelManager:
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
                  load_bundle: Callable[[Path, str], InterestModelBundle] | None = None,
-                 with_challenger: bool | None = None) -> None:
+                 with_challenger: bool | None = None, feed: ChangeFeed | None = None) -> None:
         self.settings = settings
         self.factory = factory
+        # what the served versions ask whether a user's events changed (None: the store)
+        self.feed = feed
         self._load_bundle = load_bundle or load_bundle_dir
         self.champion = AliasSlot(settings.model_alias)
         wanted = settings.challenger_share > 0 if with_challenger is None else with_challenger
@@ -286,14 +137,14 @@ class ModelManager:
 
     # ------------------------------------------------------------------ what is served
     @property
-    def current(self) -> ServedModel:
+    def current(self) -> Recommender:
         model = self.champion.served
         if model is None:
             raise ModelUnavailable(self.champion.last_error or "no model loaded")
         return model
 
     @property
-    def loaded(self) -> ServedModel | None:
+    def loaded(self) -> Recommender | None:
         return self.champion.served
 
     @property
@@ -309,12 +160,12 @@ class ModelManager:
         return self.champion.reload_failures
 
     @property
-    def serving_challenger(self) -> ServedModel | None:
+    def serving_challenger(self) -> Recommender | None:
         """The challenger version served to its share of users (None: everyone gets the
         champion)."""
         return None if self.challenger is None else self.challenger.served
 
-    def for_user(self, user_id: str | None, champion: ServedModel) -> ServedModel:
+    def for_user(self, user_id: str | None, champion: Recommender) -> Recommender:
         """What serves this user: the challenger when one is served and the user's stable
         hash falls in its share, else `champion` (taken by the caller for this request)."""
         challenger = self.serving_challenger
@@ -323,9 +174,9 @@ class ModelManager:
             return champion
         return challenger
 
-    def served_models(self) -> list[ServedModel]:
+    def served_models(self) -> list[Recommender]:
         """Every distinct version served now (the champion first)."""
-        found: list[ServedModel] = []
+        found: list[Recommender] = []
         for slot in self._slots():
             if slot.served is not None and all(slot.served is not m for m in found):
                 found.append(slot.served)
@@ -402,7 +253,7 @@ class ModelManager:
         return ReloadOutcome(False, served.version if served else None, slot.last_error)
 
     def _loaded_elsewhere(self, slot: AliasSlot, version: str, force: bool
-                          ) -> ServedModel | None:
+                          ) -> Recommender | None:
         """The version, when another alias serves it already (a promoted challenger becomes
         the champion without a second load)."""
         if force:
@@ -416,7 +267,7 @@ class ModelManager:
         if self.on_reload is not None:
             self.on_reload(self)
 
-    def _prepare(self, version: Any, alias: str) -> ServedModel:
+    def _prepare(self, version: Any, alias: str) -> Recommender:
         loaded = load_registered(version, self.settings.mlflow_tracking_uri,
                                  self.settings.model_download_dir, self.settings.device,
                                  alias, self._load_bundle)
@@ -427,20 +278,17 @@ class ModelManager:
             logger.info("v%s: %d catalogue item(s) from stored embeddings, %d embedded",
                         version.version, extension.from_store, extension.embedded)
         bundle.smoke_test()
-        return ServedModel(
+        model = ServedModel(
             bundle=bundle, name=version.name, version=str(version.version),
             alias=alias, run_id=version.run_id, device=str(bundle.device),
             loaded_at=datetime.now(UTC), metrics=dict(bundle.metrics),
-            drift_cache=new_drift_cache(self.settings),
-            ranking_cache=new_ranking_cache(self.settings),
             max_batch=self.settings.max_inference_batch,
-            interest_state_limits=(self.settings.interest_state_users,
-                                   self.settings.interest_state_mb * MIB),
             catalogue={item.item_id: item.digest for item in items},
             availability=Availability().updated(states),
             observe_batch=self.observe_batch,
             topk=build_served_topk(self.settings, bundle),
         )
+        return Recommender(model, self.settings, self.factory, self.feed)
 
     # ------------------------------------------------------------------ promotion
     def promote_challenger(self) -> Promotion:
@@ -473,32 +321,28 @@ class ModelManager:
         return Promotion(served.version, previous)
 
     # ------------------------------------------------------------------ catalogue swaps
-    def swap_catalogue(self, expected: ServedModel, bundle: InterestModelBundle,
+    def swap_catalogue(self, expected: Recommender, bundle: InterestModelBundle,
                        catalogue: Mapping[str, bytes],
                        availability: Availability | None = None) -> bool:
         """Serve `bundle` (a copy of `expected`'s with catalogue rows added or replaced) and
         `availability` (None: unchanged) wherever `expected` is still served; False when
-        another version was swapped in meanwhile."""
-        availability = expected.availability if availability is None else availability
+        another version was swapped in meanwhile. What survives is the served object's
+        call (`Recommender.with_catalogue`)."""
+        availability = expected.model.availability if availability is None else availability
         with self._reload_lock:
             slots = [slot for slot in self._slots() if slot.served is expected]
             if not slots:
                 return False
-            if bundle is expected.bundle:  # same rows: only what they were embedded from
-                if availability == expected.availability:
-                    replaced = dataclasses.replace(expected, catalogue=catalogue)
-                else:  # remembered rankings may hold items retired now
-                    replaced = dataclasses.replace(
-                        expected, catalogue=catalogue, availability=availability,
-                        ranking_cache=new_ranking_cache(self.settings))
-            else:  # a fresh copy: new caches (the catalogue changed) and batchers
-                replaced = dataclasses.replace(
-                    expected, bundle=bundle, catalogue=catalogue, availability=availability,
-                    drift_cache=new_drift_cache(self.settings),
-                    ranking_cache=new_ranking_cache(self.settings), interest_states=None)
+            replaced = expected.with_catalogue(bundle, catalogue, availability)
             for slot in slots:
                 slot.served = replaced
             return True
+
+    def forget_users(self, user_ids: Sequence[str] | None) -> None:
+        """What every served version (champion and challenger) remembers of these users
+        (None: of everyone) is dropped."""
+        for served in self.served_models():
+            served.forget(user_ids)
 
     # ------------------------------------------------------------------ polling
     def start_polling(self) -> None:

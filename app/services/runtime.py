@@ -12,14 +12,14 @@ metrics, and it runs every effect that follows a commit:
   catalogue refresher, which embeds them in the background; other processes get the same
   from the NOTIFY.
 
-Routers call the service functions below and map their errors; nothing reads `app.state`
-but `app.api.deps` (and `create_app`, which stores the runtime there).
+The runtime is the composition root: it builds the use-case objects (`events`, `items`,
+`erasure`) and wires their post-commit effects; the answers themselves come from the served
+version for the user (`app.services.recommender.Recommender`). Nothing reads `app.state` but
+`app.api.deps` (and `create_app`, which stores the runtime there).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,26 +32,25 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.core.exceptions import UnknownUser
 from app.core.metrics import Metrics
-from app.schemas.events import EventIn
-from app.schemas.items import ItemIn
 from app.schemas.serving import OnlineMetricsOut, RecommendationsOut
-from app.services import ingestion
-from app.services import interests as interest_service
 from app.services.catalogue_refresh import CatalogueRefresher
+from app.services.catalogue_writes import CatalogueWrites
 from app.services.change_feed import (
     ChangeFeed,
     PostgresChangeListener,
     SqliteDataVersionWatcher,
 )
 from app.services.drift_queue import DriftQueue
+from app.services.event_intake import EventIntake
 from app.services.impressions import ImpressionLog
-from app.services.model_manager import ModelManager, Promotion, ReloadOutcome, ServedModel
+from app.services.model_manager import ModelManager, Promotion, ReloadOutcome
 from app.services.online_metrics import Windows, online_metrics
-from app.store import catalogue as catalogue_store
-from app.store import drift_records, erasure, repository
+from app.services.recommender import Recommender
+from app.services.user_erasure import UserErasure
+from app.services.user_history import load_history
+from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
 from app.store.impressions import ImpressionRow
-from app.store.models import Item
 
 logger = logging.getLogger("driftrec")
 
@@ -91,26 +90,6 @@ def _observe_models(metrics: Metrics, manager: ModelManager) -> None:
         metrics.observe_challenger(manager.challenger.served, manager.challenger.reload_failures)
 
 
-@dataclass(frozen=True, slots=True)
-class EventsOutcome:
-    accepted: int
-    duplicates: int
-    drift_checks_queued: int | None
-    conflicts: list[ingestion.Conflict] = field(default_factory=list)
-
-
-class InvalidWindow(ValueError):
-    """available_until would not be after available_from."""
-
-
-@dataclass(frozen=True, slots=True)
-class ErasureOutcome:
-    events: int
-    drift_records: int
-    drift_checks: int
-    impressions: int
-
-
 Role = Literal["champion", "challenger"]
 
 
@@ -128,6 +107,10 @@ class ServingRuntime:
     sqlite_watcher: SqliteDataVersionWatcher | None = None
     state_queue: DriftQueue | None = None
     impressions: ImpressionLog | None = None
+    # the write use cases, built by `start` with their post-commit effects
+    events: EventIntake = field(init=False)
+    items: CatalogueWrites = field(init=False)
+    erasure: UserErasure = field(init=False)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -137,28 +120,28 @@ class ServingRuntime:
         factory = make_session_factory(engine)
         metrics.count_committed_drifts(factory, drift_records.take_new_records,
                                        drift_records.forget_new_records)
-        manager = ModelManager(settings, factory)
+        feed = ChangeFeed(settings.change_feed_users)
+        manager = ModelManager(settings, factory, feed=feed)
         manager.on_reload = lambda observed: _observe_models(metrics, observed)
         manager.observe_batch = metrics.observe_batch
-        feed = ChangeFeed(settings.change_feed_users)
         refresher = CatalogueRefresher(manager, factory, settings.catalogue_embed_batch,
                                        metrics)
 
         def check_user(user_id: str) -> None:
             try:
                 with transaction(factory) as session:
-                    interest_service.check_drift(session, manager.current, user_id=user_id)
+                    manager.current.check_drift(session, user_id)
             except UnknownUser:
                 pass  # erased since it was queued: nothing to check, and nothing to log
 
         def advance_user(user_id: str) -> None:
-            model = manager.current
-            bundle = model.bundle
+            served = manager.current
+            bundle = served.bundle
             with factory() as session:
-                history = interest_service.load_history(
+                history = load_history(
                     session, user_id, max(bundle.drift.max_events, bundle.sequence_model.max_len))
-            model.interest_states.trace(user_id, history.event_ids, history.item_ids,
-                                        history.timestamps, history.total)
+            served.interest_states.trace(user_id, history.event_ids, history.item_ids,
+                                         history.timestamps, history.total)
 
         runtime = cls(settings, metrics, engine, factory, manager, feed,
                       DriftQueue(check_user, settings.drift_queue_size, _QueueMetrics(metrics)),
@@ -172,12 +155,16 @@ class ServingRuntime:
                 factory, settings.impression_queue_size, settings.impression_batch_size,
                 settings.impression_flush_seconds, _ImpressionMetrics(metrics))
             runtime.impressions.start()
+        runtime.events = EventIntake(factory, settings, metrics, feed, runtime.drift_queue,
+                                     runtime.state_queue)
+        runtime.items = CatalogueWrites(factory, settings, runtime.after_items_changed)
+        runtime.erasure = UserErasure(factory, settings, feed.users_erased)
         manager.reload()
         # another version read the catalogue when it loaded: items written since then are
         # compared again; the feed reports items written by any process
         manager.on_new_version = lambda: refresher.submit(None)
         feed.on_items_changed = refresher.submit
-        feed.on_users_erased = runtime.forget_users
+        feed.on_users_erased = manager.forget_users
         refresher.start()
         manager.start_polling()
         runtime.drift_queue.start()
@@ -215,112 +202,10 @@ class ServingRuntime:
             self.impressions.stop()
         self.engine.dispose()
 
-    # ------------------------------------------------------------------ writes
-    def ingest_events(self, events: Sequence[EventIn], detect_drift: bool) -> EventsOutcome:
-        """Store a batch of events (atomic, idempotent), then run the post-commit effects."""
-        with transaction(self.session_factory) as session:
-            result = ingestion.ingest_events(session, events, self.settings)
-        return self.after_events_ingested(result, detect_drift)
-
-    def after_events_ingested(self, result: ingestion.EventIngestResult,
-                              detect_drift: bool = False) -> EventsOutcome:
-        self.metrics.count_events(result.accepted, result.duplicates)
-        # before the acknowledgement: this process never answers from a ranking it knows is
-        # stale (other processes: the NOTIFY sent with the commit)
-        self.change_feed.users_changed(result.user_ids)
-        queued = self.drift_queue.submit(result.user_ids) if detect_drift else None
-        if self.state_queue is not None and not detect_drift and result.accepted:
-            self.state_queue.submit(result.user_ids)  # a drift check brings it forward too
-        return EventsOutcome(result.accepted, result.duplicates, queued, result.conflicts)
-
-    def upsert_items(self, items: Sequence[ItemIn]) -> int:
-        """Insert or update items (atomic); they are embedded in the background after it."""
-        with transaction(self.session_factory) as session:
-            count = ingestion.upsert_items(session, items, self.settings)
-        self.after_items_upserted(sorted({item.item_id for item in items}))
-        return count
-
-    def after_items_upserted(self, item_ids: Sequence[str]) -> None:
+    # ------------------------------------------------------------------ effects
+    def after_items_changed(self, item_ids: Sequence[str]) -> None:
         self.change_feed.everything_changed()  # titles in remembered answers
-        self.catalogue.submit(item_ids)
-
-    def update_item_lifecycle(self, item_id: str, changes: dict[str, Any]) -> Item | None:
-        """Retire an item, bring it back or set its window (None: no such item). Every worker
-        stops (or starts) recommending it once its refresher has re-read it, normally well
-        within a second of the commit."""
-        with transaction(self.session_factory) as session:
-            item = catalogue_store.lock_item(session, item_id)
-            if item is None:
-                return None
-            start = changes.get("available_from", item.available_from)
-            end = changes.get("available_until", item.available_until)
-            if start is not None and end is not None and end <= start:
-                raise InvalidWindow("available_until must be after available_from")
-            catalogue_store.set_lifecycle(session, item, changes)
-            repository.announce_item_changes(session, [item_id])
-        self.after_items_upserted([item_id])
-        return item
-
-    def delete_item(self, item_id: str, retire: bool
-                    ) -> Literal["deleted", "retired", "in_use"] | None:
-        """Delete an item no event references; one that events reference is refused
-        ("in_use"), or retired with `retire` (its events stay in the histories). None: no
-        such item."""
-        with transaction(self.session_factory) as session:
-            item = catalogue_store.lock_item(session, item_id)
-            if item is None:
-                return None
-            outcome: Literal["deleted", "retired", "in_use"]
-            if catalogue_store.has_events(session, item_id):
-                if not retire:
-                    return "in_use"
-                catalogue_store.set_lifecycle(session, item, {"active": False})
-                outcome = "retired"
-            else:
-                catalogue_store.delete_item(session, item_id)
-                outcome = "deleted"
-            repository.announce_item_changes(session, [item_id])
-        self.after_items_upserted([item_id])
-        return outcome
-
-    def erase_user(self, user_id: str) -> ErasureOutcome | None:
-        """Delete the user's events, drift records, drift checks and impressions in one
-        transaction (None: no such user), then forget what this process remembers of the user
-        before answering (other processes: the NOTIFY sent with the commit). The log line
-        names a salted digest of the user, never the id."""
-        with transaction(self.session_factory) as session:
-            counts = erasure.erase_user(session, user_id)
-            salt = self.settings.erasure_salt or (
-                erasure.erasure_salt(session) if counts is not None else "")
-        if counts is None:
-            return None
-        self.change_feed.users_erased([user_id])
-        digest = hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
-        logger.info("user data erased", extra={
-            "subject_digest": digest, "events_removed": counts.events,
-            "drift_records_removed": counts.drift_records,
-            "drift_checks_removed": counts.drift_checks,
-            "impressions_removed": counts.impressions})
-        return ErasureOutcome(counts.events, counts.drift_records, counts.drift_checks,
-                              counts.impressions)
-
-    def forget_users(self, user_ids: Sequence[str] | None) -> None:
-        """Drop the remembered rankings, drift findings and incremental drift states of these
-        users (an erasure; None: of every user, when erasures may have been missed), in
-        every served version (champion and challenger)."""
-        for served in self.models.served_models():
-            states = served.interest_states
-            if user_ids is None:
-                served.ranking_cache.clear()
-                served.drift_cache.clear()
-                if states is not None:
-                    states.forget(None)
-                continue
-            for user_id in user_ids:
-                served.ranking_cache.forget(user_id)
-                served.drift_cache.forget(user_id)
-                if states is not None:  # its events' traces (a rebuild would also notice)
-                    states.forget(user_id)
+        self.catalogue.submit(list(item_ids))
 
     # ------------------------------------------------------------------ models
     def reload_model(self, force: bool = False) -> ReloadOutcome:
@@ -330,7 +215,8 @@ class ServingRuntime:
         """The challenger becomes the champion (model_manager.ModelManager.promote_challenger)."""
         return self.models.promote_challenger()
 
-    def model_for(self, user_id: str | None, champion: ServedModel) -> tuple[ServedModel, Role]:
+    def model_for(self, user_id: str | None, champion: Recommender
+                  ) -> tuple[Recommender, Role]:
         """The version that serves this user (the challenger for its share, while one is
         served) and its role; `champion` is the one the request took."""
         model = self.models.for_user(user_id, champion)

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.domain.timeline import rolling_topic_shares
 from app.schemas.timeline import InterestTimelineOut, TimelinePoint
-from app.services.interests import load_history
-from app.services.model_manager import ServedModel
+from app.services.served_model import ServedModel
+from app.services.user_history import load_history
 from app.store import repository
 
 

@@ -19,7 +19,8 @@ import torch
 
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
 from training.data.sequences import LeaveOneOutSplit
-from training.drift.pipeline import DriftConfig, HeldOutScorer
+from training.drift.config import DriftConfig
+from training.drift.pipeline import HeldOutScorer
 from training.sequence_trainer import SequenceTrainConfig, train_sequence_model
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -25,10 +24,9 @@ from app.ml.drift_shift import (
 )
 from app.ml.parts import DriftDetector, NextItemScorer, get_kind
 from app.ml.sequence import SequenceInterestModel
+from training.drift.config import DriftConfig
+from training.drift.config import HeadTrainConfig as HeadTrainConfig  # re-exported
 from training.drift.splicing import DriftCase
-
-if TYPE_CHECKING:
-    from training.drift.pipeline import DriftConfig
 
 # Modules holding drift trainers (imported when a trainer is first looked up).
 TRAINER_MODULES = ("training.drift.trainer",)
@@ -90,17 +88,6 @@ def trace_probabilities(detector: DriftDetector, scorer: NextItemScorer,
         probs = detector.traces(scorer, items, times).probabilities.float().cpu().numpy()
         out.extend(probs[row, : len(c.items)] for row, c in enumerate(chunk))
     return out
-
-
-@dataclass
-class HeadTrainConfig:
-    hidden_size: int = 32  # GRU width
-    epochs: int = 20
-    batch_size: int = 64  # sequences per step
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    label_window: int = 3  # events labelled 1 from the change point on
-    pos_weight: float = 5.0  # BCE weight of positive events (they are ~2% of events)
 
 
 def pad_batch(rows: Sequence[Sequence[float]], dtype: torch.dtype) -> torch.Tensor:

@@ -10,7 +10,7 @@ from app.api.deps import ModelDep, ReadScope, SessionDep, UserIdPath
 from app.domain.limits import CURSOR_MAX_LENGTH
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, Timestamp
 from app.schemas.serving import DriftHistoryOut, DriftOut, DriftSummaryOut
-from app.services import history, interests
+from app.services import history
 
 router = APIRouter(prefix="/drift", tags=["drift"])
 
@@ -52,4 +52,4 @@ def drift_summary(
 def user_drift(user_id: UserIdPath, session: SessionDep, model: ModelDep) -> DriftOut:
     """Has the user's interest drifted? A detected change point is recorded once."""
     with session.begin():
-        return interests.check_drift(session, model, user_id=user_id)
+        return model.check_drift(session, user_id)

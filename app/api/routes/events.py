@@ -23,7 +23,7 @@ def post_events(batch: EventBatch, runtime: RuntimeDep, detect_drift: bool = Fal
     With `detect_drift=true` the batch's users are checked for drift in a bounded background
     queue after the commit (`drift_checks_queued` says how many were queued).
     """
-    outcome = runtime.ingest_events(batch.events, detect_drift)
+    outcome = runtime.events.ingest(batch.events, detect_drift)
     return IngestResult(accepted=outcome.accepted, duplicates=outcome.duplicates,
                         conflicts=[ConflictOut(row=c.row, event_id=c.event_id)
                                    for c in outcome.conflicts] or None,

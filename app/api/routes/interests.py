@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import (
     BodySentDep,
     ModelDep,
+    RankingOptionsDep,
     ReadScope,
     RuntimeDep,
+    ServedForUserDep,
     SessionDep,
     SettingsDep,
     UserIdPath,
+    served_for,
 )
-from app.core.exceptions import FieldProblem, InvalidInput
-from app.schemas.common import Timestamp
-from app.schemas.serving import (
-    AT_HELP,
-    MAX_K,
-    InterestProfileOut,
-    RecommendationsOut,
-    RecommendRequest,
-)
+from app.schemas.serving import InterestProfileOut, RecommendationsOut, RecommendRequest
 from app.schemas.timeline import InterestTimelineOut
-from app.services import interests, timeline
+from app.services.ranking_options import RankingOptions
 
 router = APIRouter(tags=["interests"])
 
@@ -34,29 +29,18 @@ NOT_FOUND = {404: {"description": "Unknown user."},
              503: {"description": "No model is loaded."}}
 
 
-def _check_k(k: int, limit: int, where: str = "query") -> None:
-    """The operator's `max_k` (the schema's bound is MAX_K; a deployment may lower it)."""
-    if k > limit:
-        raise InvalidInput([FieldProblem((where, "k"), f"k must be <= {limit}",
-                                         "less_than_equal", None, "k")],
-                           f"k: at most {limit} items per request")
-
-
 @router.get("/interest-profile/{user_id}", dependencies=[ReadScope],
             response_model=InterestProfileOut, responses=NOT_FOUND)
-def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep,
-                     settings: SettingsDep) -> InterestProfileOut:
+def interest_profile(user_id: UserIdPath, session: SessionDep, model: ModelDep
+                     ) -> InterestProfileOut:
     """Long- and short-term topic weights, trends, time-of-day contexts and top items."""
-    return interests.interest_profile(session, model, user_id=user_id, settings=settings)
+    return model.profile(session, user_id)
 
 
 @router.get("/recommend/{user_id}", dependencies=[ReadScope],
             response_model=RecommendationsOut, responses=NOT_FOUND)
-async def recommend(user_id: UserIdPath, runtime: RuntimeDep, champion: ModelDep,
-                    settings: SettingsDep, shown: BodySentDep,
-                    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-                    exclude_seen: bool = True, drift_aware: bool = True,
-                    at: Annotated[Timestamp | None, Query(description=AT_HELP)] = None,
+async def recommend(user_id: UserIdPath, served: ServedForUserDep, options: RankingOptionsDep,
+                    runtime: RuntimeDep, shown: BodySentDep,
                     impression: Annotated[bool, Query(
                         description="false: a preview, not shown to the user (e.g. the "
                         "dashboard's user view): no impression is recorded")] = True
@@ -66,25 +50,10 @@ async def recommend(user_id: UserIdPath, runtime: RuntimeDep, champion: ModelDep
     evaluation scores it). With a challenger, its share of users (a stable hash of the id)
     gets its ranking; `model_version` says which version answered, and the response's
     impression is recorded under `recommendation_id` (unless `impression=false`)."""
-    _check_k(k, settings.max_k)
-    when = interests.request_time(at)
-    model, role = runtime.model_for(user_id, champion)
     # async, and no session dependency: a user whose events have not changed since the last
     # answer is served from memory on the event loop, without a thread hop or a query
-    feed = runtime.change_feed
-    response = interests.remembered_recommendations(
-        model, feed=feed, user_id=user_id, k=k, exclude_seen=exclude_seen,
-        drift_aware=drift_aware, settings=settings, at=when)
-    if response is None:
-
-        def compute() -> RecommendationsOut:
-            with runtime.session_factory() as session:
-                return interests.recommend_for_user(
-                    session, model, user_id=user_id, k=k, exclude_seen=exclude_seen,
-                    drift_aware=drift_aware, settings=settings, feed=feed, at=when)
-
-        response = await run_in_threadpool(compute)
-    runtime.recommendation_served(response, k, role, shown and impression)
+    response = await served.recommender.recommend(user_id, options)
+    runtime.recommendation_served(response, options.k, served.role, shown and impression)
     return response
 
 
@@ -95,14 +64,15 @@ def recommend_for_session(body: RecommendRequest, session: SessionDep, champion:
     """Recommendations for an anonymous or session-only history (item ids, oldest first).
     With a `user_id`, the challenger split applies as on `GET /recommend/{user_id}`, and the
     impression is recorded when the store knows the user."""
-    _check_k(body.k, settings.max_k, "body")
-    model, role = runtime.model_for(body.user_id, champion)
+    options = RankingOptions.checked(body.k, body.exclude_seen, body.drift_aware,
+                                     settings.max_k,
+                                     math.nan if body.at is None else body.at.timestamp(),
+                                     where="body")
+    served = served_for(runtime, champion, body.user_id)
     timestamps = [t.timestamp() for t in body.timestamps] if body.timestamps else None
-    response = interests.recommend_for_items(
-        session, model, item_ids=body.recent_item_ids, timestamps=timestamps, k=body.k,
-        exclude_seen=body.exclude_seen, drift_aware=body.drift_aware, settings=settings,
-        user_id=body.user_id, at=None if body.at is None else body.at.timestamp())
-    runtime.recommendation_served(response, body.k, role)
+    response = served.recommender.recommend_for_items(
+        session, body.recent_item_ids, timestamps, options, user_id=body.user_id)
+    runtime.recommendation_served(response, body.k, served.role)
     return response
 
 
@@ -115,5 +85,4 @@ def interest_timeline(user_id: UserIdPath, session: SessionDep, model: ModelDep,
                       ) -> InterestTimelineOut:
     """Topic weights after each of the user's last `limit` events: the shares of the last
     `window` events (default: the short-term profile's window), oldest first."""
-    return timeline.interest_timeline(session, model, user_id=user_id, limit=limit,
-                                      window=window or settings.short_term_events)
+    return model.timeline(session, user_id, limit, window or settings.short_term_events)

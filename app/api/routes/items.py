@@ -27,8 +27,9 @@ from app.schemas.lifecycle import (
     SimilarItemsOut,
 )
 from app.services import catalogue_listing, history
-from app.services import similar as similar_service
-from app.services.runtime import InvalidWindow
+from app.services.catalogue_writes import InvalidWindow
+from app.services.ranking_options import check_k
+from app.services.recommender import NotServed
 
 router = APIRouter(prefix="/items", tags=["items"])
 ItemIdPath = Annotated[str, Path(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
@@ -43,7 +44,7 @@ def upsert_items(batch: ItemBatch, runtime: RuntimeDep) -> UpsertResult:
     within a second for a small batch): until then `POST /recommend` may answer 422 for a new
     item, and a changed item keeps its old topic. A reloaded model embeds the whole catalogue.
     """
-    return UpsertResult(upserted=runtime.upsert_items(batch.items))
+    return UpsertResult(upserted=runtime.items.upsert(batch.items))
 
 
 @router.get("/{item_id}", dependencies=[ReadScope], response_model=ItemOut,
@@ -99,7 +100,7 @@ def patch_item(body: ItemLifecyclePatch, runtime: RuntimeDep, item_id: ItemIdPat
     Every worker stops recommending a retired item (or one outside its window) within about
     a second; its past events stay in histories and still count for profiles and drift."""
     try:
-        item = runtime.update_item_lifecycle(item_id, body.changes())
+        item = runtime.items.update_lifecycle(item_id, body.changes())
     except InvalidWindow as error:
         raise ApiError(422, "validation_error", str(error),
                        detail=[{"loc": ["body", "available_until"], "msg": str(error),
@@ -121,7 +122,7 @@ def delete_item(runtime: RuntimeDep, item_id: ItemIdPath, retire: bool = False
     """Delete an item no event references. While events reference it the answer is 409
     (deleting it would rewrite users' histories, and training reads them); with
     `retire=true` it is retired instead (as `PATCH {"active": false}`)."""
-    outcome = runtime.delete_item(item_id, retire)
+    outcome = runtime.items.delete(item_id, retire)
     if outcome is None:
         raise ApiError(404, "not_found", f"item '{item_id}' does not exist")
     if outcome == "in_use":
@@ -139,11 +140,8 @@ def similar(item_id: ItemIdPath, session: SessionDep, model: ModelDep, settings:
     """The `k` items most like this one in the served model (its learned item table; for an
     item it has not trained on, the text encoder's embeddings), retired items left out, each
     with its topic. Answered from memory but for the titles."""
-    if k > settings.max_k:
-        raise ApiError(422, "validation_error", f"k: at most {settings.max_k} items per request",
-                       detail=[{"loc": ["query", "k"], "msg": f"k must be <= {settings.max_k}",
-                                "type": "less_than_equal", "row": None, "field": "k"}])
+    check_k(k, settings.max_k)
     try:
-        return similar_service.similar_items(session, model, item_id, k)
-    except similar_service.NotServed as error:
+        return model.similar(session, item_id, k)
+    except NotServed as error:
         raise ApiError(404, "not_found", str(error)) from error

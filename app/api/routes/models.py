@@ -27,7 +27,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 @router.get("/current", dependencies=[ReadScope], response_model=ModelInfo)
 def current_model(runtime: RuntimeDep) -> ModelInfo:
     manager = runtime.models
-    served = manager.loaded
+    served = None if manager.loaded is None else manager.loaded.model
     return ModelInfo(
         name=manager.settings.model_name, alias=manager.settings.model_alias,
         version=served.version if served else None, device=served.device if served else None,
@@ -41,7 +41,7 @@ def current_model(runtime: RuntimeDep) -> ModelInfo:
 def _challenger(slot: AliasSlot | None, share: float) -> ChallengerInfo | None:
     if slot is None:
         return None
-    served = slot.served
+    served = None if slot.served is None else slot.served.model
     return ChallengerInfo(
         alias=slot.alias, share=share, status=slot.status,  # type: ignore[arg-type]
         version=served.version if served else None, device=served.device if served else None,

@@ -46,7 +46,7 @@ def erase_user(user_id: UserIdPath, runtime: RuntimeDep) -> ErasureOut:
     again). A repeated call answers 404. The log records the erasure under a salted digest of
     the user, never the id. Models trained before it still carry the user's influence until
     the next retrain (README, Privacy)."""
-    outcome = runtime.erase_user(user_id)
+    outcome = runtime.erasure.erase(user_id)
     if outcome is None:
         raise ApiError(404, "not_found", f"user '{user_id}' has no data")
     return ErasureOut(user_id=user_id, events_removed=outcome.events,
