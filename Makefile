@@ -29,7 +29,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv venv-dev lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue bench-topk clean
+.PHONY: venv venv-dev lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium promtool bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue bench-topk clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -116,7 +116,15 @@ chromium:
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: venv-dev postgres lint lint-imports chromium
+# tests/test_deploy.py checks the Prometheus rules with promtool (Debian's prometheus package;
+# its service is not started by this target and nothing needs it).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install \
+			-y -q --no-install-recommends prometheus; }
+
+test: venv-dev postgres lint lint-imports chromium promtool
 	DRIFTREC_TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) -m pytest
 
 bench-ingest: venv-dev postgres
