@@ -11,8 +11,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf 
 WORKDIR /srv/driftrec
 
 # Exactly the locked versions (as `make serve` installs them), in a layer of their own so a code
-# change does not reinstall them. torch==2.13.0 is the registry's build here, which also runs on
-# a CUDA host (it brings the CUDA libraries it needs); the lock pins everything else.
+# change does not reinstall them. requirements.lock is the service and training only: the test
+# and lint tools, Ray and faiss are in requirements-dev.lock, never in the image. torch==2.13.0
+# is the registry's build here, which also runs on a CUDA host (it brings the CUDA libraries it
+# needs); the lock pins everything else.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY pyproject.toml README.md alembic.ini Makefile ./

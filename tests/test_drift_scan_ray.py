@@ -2,7 +2,7 @@
 resumable, on a local cluster of 2 CPUs (`ray.init(num_cpus=2)`), against PostgreSQL (where
 Ray Data reads the users in hash shards).
 
-Not skipped: `ray` is in the `ray` extra, which `make test` installs (requirements.lock).
+Not skipped: `ray` is in the `ray` extra, which `make test` installs (requirements-dev.lock).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ray Train (issue 17): the sequence model trained data-parallel (TorchTrainer, DDP on gloo,
 2 workers of a local cluster) reaches what one process reaches on the same tiny split and seed.
 
-Not skipped: `ray` is in the `ray` extra, which `make test` installs (requirements.lock).
+Not skipped: `ray` is in the `ray` extra, which `make test` installs (requirements-dev.lock).
 """
 
 from __future__ import annotations

@@ -138,6 +138,21 @@ class Settings(BaseSettings):
     online_metrics_time_window_seconds: float = Field(default=86_400.0, gt=0,
                                                       le=366 * 86_400)
 
+    # Drift webhooks (README "Operations"): each drift record a worker commits is POSTed,
+    # signed with HMAC-SHA256 under the secret, to this URL by a background sender (bounded
+    # backlog, retried; never on the request path). Empty URL: off.
+    drift_webhook_url: str = Field(default="", max_length=2000)
+    drift_webhook_secret: str = Field(default="", repr=False)
+    drift_webhook_queue_size: int = Field(default=1_000, ge=1)
+    drift_webhook_attempts: int = Field(default=5, ge=1, le=20)
+    drift_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Online hit rates per role as gauges (for the challenger alert): recomputed from the
+    # impressions of the last `online_gauge_window_seconds` this often, while a challenger is
+    # enabled (0: never).
+    online_gauge_seconds: float = Field(default=300.0, ge=0)
+    online_gauge_window_seconds: float = Field(default=86_400.0, gt=0, le=366 * 86_400)
+    online_gauge_k: int = Field(default=10, ge=1, le=100)
+
     # Salt of the digest an erasure's log line carries instead of the user id; empty: the
     # deployment's random salt, created in the store by migration 0003.
     erasure_salt: str = Field(default="", repr=False)
@@ -164,6 +179,16 @@ class Settings(BaseSettings):
             raise ValueError("DRIFTREC_TOPK_INDEX=faiss needs faiss, which is not installed: "
                              "pip install 'driftrec[ann]' (faiss-cpu), or set "
                              "DRIFTREC_TOPK_INDEX=exact")
+        return self
+
+    @model_validator(mode="after")
+    def _signed_webhooks(self) -> Settings:
+        # an unsigned drift notification could be forged by anyone who can reach the receiver
+        if self.drift_webhook_url and not self.drift_webhook_secret:
+            raise ValueError("DRIFTREC_DRIFT_WEBHOOK_URL needs DRIFTREC_DRIFT_WEBHOOK_SECRET")
+        if self.drift_webhook_url and not self.drift_webhook_url.startswith(("http://",
+                                                                             "https://")):
+            raise ValueError("DRIFTREC_DRIFT_WEBHOOK_URL must be an http:// or https:// URL")
         return self
 
     @model_validator(mode="after")

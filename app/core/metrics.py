@@ -151,6 +151,39 @@ class Metrics:
         self.impression_queue_depth = Gauge(
             "driftrec_impression_queue_depth", "Impressions waiting to be written.",
             multiprocess_mode="livesum", registry=registry)
+        # Drift checks logged by any path (request, background queue), counted at commit: the
+        # denominator of the drift rate that the drift-wave alert watches.
+        self.drift_checks_logged = Counter(
+            "driftrec_drift_checks_logged",
+            "Drift checks logged (committed), whichever path made them.", registry=registry)
+        self.webhook_deliveries = Counter(
+            "driftrec_webhook_deliveries",
+            "Drift webhook deliveries by outcome (delivered; failed: every try refused or "
+            "unanswered; dropped: the backlog was full or the worker stopped).", ["outcome"],
+            registry=registry)
+        self.webhook_retries = Counter(
+            "driftrec_webhook_retries", "Drift webhook tries that failed and were retried.",
+            registry=registry)
+        self.webhook_queue_depth = Gauge(
+            "driftrec_webhook_queue_depth", "Drift records waiting to be sent to the webhook.",
+            multiprocess_mode="livesum", registry=registry)
+        # Online hit rate@k per role over a trailing window (app.services.operations), for the
+        # challenger alert; every worker computes the same numbers from the store.
+        self.online_impressions = Gauge(
+            "driftrec_online_impressions",
+            "Impressions whose outcome is known, per role, in the online-metrics window.",
+            ["role"], multiprocess_mode="max", registry=registry)
+        self.online_hit_rate = Gauge(
+            "driftrec_online_hit_rate", "Online hit rate@k per role in the window.",
+            ["role"], multiprocess_mode="max", registry=registry)
+        self.online_hit_rate_low = Gauge(
+            "driftrec_online_hit_rate_low",
+            "Lower end of the online hit rate's 95 % (Wilson) interval per role.",
+            ["role"], multiprocess_mode="max", registry=registry)
+        self.online_hit_rate_high = Gauge(
+            "driftrec_online_hit_rate_high",
+            "Upper end of the online hit rate's 95 % (Wilson) interval per role.",
+            ["role"], multiprocess_mode="max", registry=registry)
         if multiprocess_dir() is None:
             # Process metrics (CPU, memory, open files) are per process: not in multiprocess mode.
             ProcessCollector(registry=registry)

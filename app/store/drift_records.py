@@ -48,8 +48,11 @@ _SQLITE_BUCKET = {
 }
 
 
-# session.info key: drift records this session's open transaction created (app.core.metrics).
+# session.info keys: drift records this session's open transaction created (app.core.metrics
+# counts them), their ids (the drift webhook sends them) and the drift checks it logged.
 NEW_DRIFT_RECORDS = "driftrec.new_drift_records"
+NEW_DRIFT_RECORD_IDS = "driftrec.new_drift_record_ids"
+NEW_DRIFT_CHECKS = "driftrec.new_drift_checks"
 
 
 def take_new_records(session: Session) -> int:
@@ -58,8 +61,21 @@ def take_new_records(session: Session) -> int:
     return int(session.info.pop(NEW_DRIFT_RECORDS, 0))
 
 
+def take_new_record_ids(session: Session) -> list[int]:
+    """Ids of the drift records created in the session's transaction since the last call
+    (for post-commit listeners: read at commit, they are stored)."""
+    return list(session.info.pop(NEW_DRIFT_RECORD_IDS, ()))
+
+
+def take_new_checks(session: Session) -> int:
+    """Drift checks logged in the session's transaction since the last call."""
+    return int(session.info.pop(NEW_DRIFT_CHECKS, 0))
+
+
 def forget_new_records(session: Session) -> None:
-    session.info.pop(NEW_DRIFT_RECORDS, None)
+    """Drop the notes of a transaction that ended without committing them."""
+    for key in (NEW_DRIFT_RECORDS, NEW_DRIFT_RECORD_IDS, NEW_DRIFT_CHECKS):
+        session.info.pop(key, None)
 
 
 def user_ids_to_scan(session: Session, unchecked_only: bool = False) -> list[str]:
@@ -107,9 +123,11 @@ def record_drift(
                                                 DriftRecord.change_event_id])
         .returning(DriftRecord.id)
     )
-    created = session.execute(statement).scalar_one_or_none() is not None
-    if created:  # counted by the metrics when (if) the transaction commits
+    created_id = session.execute(statement).scalar_one_or_none()
+    created = created_id is not None
+    if created:  # counted by the metrics (and sent) when (if) the transaction commits
         session.info[NEW_DRIFT_RECORDS] = session.info.get(NEW_DRIFT_RECORDS, 0) + 1
+        session.info.setdefault(NEW_DRIFT_RECORD_IDS, []).append(int(created_id))
     record = session.scalars(
         select(DriftRecord)
         .where(DriftRecord.user_id == user_id, DriftRecord.change_event_id == change_event_id)
@@ -133,6 +151,7 @@ def record_check(
                        checked_at=checked_at or utcnow())
     session.add(check)
     session.flush()
+    session.info[NEW_DRIFT_CHECKS] = session.info.get(NEW_DRIFT_CHECKS, 0) + 1
     return check
 
 
