@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.main import create_app
-from app.services import interests, operations
+from app.services import operations
+from app.services.recommender import Recommender
 from app.services.webhooks import DriftWebhook
 from app.store.db import make_engine, make_session_factory
 from app.store.drift_records import record_drift
@@ -99,24 +100,21 @@ def served(tiny_model: TinyModel, receiver: Receiver,
         engine.dispose()
         with TestClient(create_app(settings)) as client:
             runtime = client.app.state.runtime  # type: ignore[attr-defined]
-            # what ServingRuntime.start does once it is wired in
-            ops = operations.start(runtime)
+            ops = runtime.operations  # started by ServingRuntime.start
             ops.webhook.first_wait_seconds = 0.1  # type: ignore[union-attr]
-            try:
-                yield Served(client, split.train[0].user_id, ops)
-            finally:
-                ops.stop()
+            yield Served(client, split.train[0].user_id, ops)
 
 
 @pytest.fixture
 def drift_writes_a_record(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """GET /drift/{user} also writes a drift record of a fresh change point, in the request's
     own transaction (the tiny model may or may not find one itself)."""
-    real = interests.check_drift
+    real = Recommender.check_drift
     written: list[str] = []
 
-    def check_drift(session: Session, model: Any, *, user_id: str) -> Any:
-        result = real(session, model, user_id=user_id)
+    def check_drift(model: Any, session: Session, user_id: str, backfill: bool = False
+                    ) -> Any:
+        result = real(model, session, user_id, backfill)
         change = f"hook-{len(written)}-{time.monotonic_ns()}"
         record_drift(session, user_id=user_id, change_event_id=change,
                      change_at=datetime(2024, 1, 1, tzinfo=UTC), change_index=3, score=0.9,
@@ -125,7 +123,7 @@ def drift_writes_a_record(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]
         written.append(change)
         return result
 
-    monkeypatch.setattr(interests, "check_drift", check_drift)
+    monkeypatch.setattr(Recommender, "check_drift", check_drift)
     yield written
 
 

@@ -33,6 +33,7 @@ from app.core.config import Settings
 from app.core.exceptions import UnknownUser
 from app.core.metrics import Metrics
 from app.schemas.serving import OnlineMetricsOut, RecommendationsOut
+from app.services import operations
 from app.services.catalogue_refresh import CatalogueRefresher
 from app.services.catalogue_writes import CatalogueWrites
 from app.services.change_feed import (
@@ -107,6 +108,8 @@ class ServingRuntime:
     sqlite_watcher: SqliteDataVersionWatcher | None = None
     state_queue: DriftQueue | None = None
     impressions: ImpressionLog | None = None
+    # drift webhooks and the online hit-rate gauges (app.services.operations)
+    operations: operations.Operations | None = None
     # the write use cases, built by `start` with their post-commit effects
     events: EventIntake = field(init=False)
     items: CatalogueWrites = field(init=False)
@@ -186,9 +189,13 @@ class ServingRuntime:
                                                                   feed)
                 feed.guard = runtime.sqlite_watcher.check
             feed.set_live(True)
+        # after count_committed_drifts: its commit listener reads what that one collects
+        runtime.operations = operations.start(runtime)
         return runtime
 
     def stop(self) -> None:
+        if self.operations is not None:
+            self.operations.stop()
         if self.listener is not None:
             self.listener.stop()
         if self.sqlite_watcher is not None:
