@@ -16,8 +16,8 @@ from app.core.errors import ApiError
 from app.core.metrics import Metrics
 from app.core.middleware import HEAD_SCOPE_KEY
 from app.core.security import ApiKey, authenticate
-from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, Timestamp
-from app.schemas.serving import AT_HELP, MAX_K
+from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN
+from app.schemas.serving import RankingParams
 from app.services.ranking_options import RankingOptions, request_time
 from app.services.recommender import Recommender
 from app.services.runtime import Role, ServingRuntime
@@ -89,13 +89,11 @@ async def get_served_for_user(runtime: RuntimeDep, champion: ModelDep, user_id: 
     return served_for(runtime, champion, user_id)
 
 
-async def get_ranking_options(
-        settings: SettingsDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-        exclude_seen: bool = True, drift_aware: bool = True,
-        at: Annotated[Timestamp | None, Query(description=AT_HELP)] = None) -> RankingOptions:
-    """A ranking request's options from its query, `k` checked against `max_k`."""
-    return RankingOptions.checked(k, exclude_seen, drift_aware, settings.max_k,
-                                  request_time(at))
+async def get_ranking_options(settings: SettingsDep,
+                              params: Annotated[RankingParams, Query()]) -> RankingOptions:
+    """A ranking request's options from its query, `k` checked against `max_k`; the request
+    time is fixed here (now, unless the query gives one)."""
+    return RankingOptions.of_request(params, settings.max_k, at=request_time(params.at))
 
 
 ServedForUserDep = Annotated[ServedFor, Depends(get_served_for_user)]

@@ -145,7 +145,19 @@ class RecommendationsOut(BaseModel):
     items: list[RecommendedItem]
 
 
-class RecommendRequest(BaseModel):
+class RankingParams(BaseModel):
+    """What a request may ask of a ranking: the query parameters of `GET /recommend/{user_id}`
+    and the same fields of the `POST /recommend` body, declared once
+    (`app.services.ranking_options.RankingOptions` is the typed value made from them)."""
+
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    exclude_seen: bool = True
+    drift_aware: bool = Field(default=True, description="false: the model's ranking alone, "
+                              "exactly as offline evaluation scores it")
+    at: Timestamp | None = Field(default=None, description=AT_HELP)
+
+
+class RecommendRequest(RankingParams):
     model_config = ConfigDict(extra="forbid")
 
     recent_item_ids: list[EntityId] = Field(min_length=1, max_length=1000,
@@ -153,12 +165,7 @@ class RecommendRequest(BaseModel):
     timestamps: list[Timestamp] | None = Field(
         default=None, description="one per item; without them events are taken as one "
         "minute apart, ending now")
-    k: int = Field(default=10, ge=1, le=MAX_K)
-    exclude_seen: bool = True
-    drift_aware: bool = Field(default=True, description="false: the model's ranking alone, "
-                              "exactly as offline evaluation scores it")
     user_id: EntityId | None = None
-    at: Timestamp | None = Field(default=None, description=AT_HELP)
 
     @model_validator(mode="after")
     def _aligned(self) -> RecommendRequest:

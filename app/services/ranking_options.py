@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from app.core.exceptions import FieldProblem, InvalidInput
+from app.schemas.serving import RankingParams
 
 Where = Literal["query", "body"]
 
@@ -42,12 +43,17 @@ class RankingOptions:
     at: float = field(default=math.nan, compare=False, hash=False)
 
     @classmethod
-    def checked(cls, k: int, exclude_seen: bool, drift_aware: bool, max_k: int,
-                at: float = math.nan, where: Where = "query") -> RankingOptions:
-        """The options of a request, `k` checked against the operator's limit (`at`: the
-        request time, NaN for now)."""
-        check_k(k, max_k, where)
-        return cls(k, exclude_seen, drift_aware, at)
+    def of_request(cls, params: RankingParams, max_k: int, where: Where = "query",
+                   at: float | None = None) -> RankingOptions:
+        """The options a request asks for (every field of `RankingParams` this class has),
+        `k` checked against the operator's limit. `at`: the request time in epoch seconds;
+        None: the one the request gives, else NaN (now, when the ranking is made)."""
+        check_k(params.k, max_k, where)
+        given = {name: getattr(params, name) for name in cls.__dataclass_fields__
+                 if name != "at"}
+        if at is None:
+            at = math.nan if params.at is None else params.at.timestamp()
+        return cls(**given, at=at)
 
     def at_time(self) -> float:
         """The request time: the one given, else now."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -64,10 +63,7 @@ def recommend_for_session(body: RecommendRequest, session: SessionDep, champion:
     """Recommendations for an anonymous or session-only history (item ids, oldest first).
     With a `user_id`, the challenger split applies as on `GET /recommend/{user_id}`, and the
     impression is recorded when the store knows the user."""
-    options = RankingOptions.checked(body.k, body.exclude_seen, body.drift_aware,
-                                     settings.max_k,
-                                     math.nan if body.at is None else body.at.timestamp(),
-                                     where="body")
+    options = RankingOptions.of_request(body, settings.max_k, "body")
     served = served_for(runtime, champion, body.user_id)
     timestamps = [t.timestamp() for t in body.timestamps] if body.timestamps else None
     response = served.recommender.recommend_for_items(
