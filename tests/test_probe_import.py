@@ -1,0 +1,121 @@
+"""Importer faults found by the outsider probe: rows Python cannot represent or parse (a
+Parquet time past year 9999, JSON nested deeper than the parser goes) are row-level errors,
+never a traceback; rows reusing an ``event_id`` with other content are conflicts; a ``--map``
+onto a column the file already has is an error."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core import config
+from app.core.config import Settings
+from app.store.db import make_engine, make_session_factory
+from app.store.models import Event, Item
+from training.data.__main__ import main
+
+DEEP = 5_000  # far deeper than Python's recursion limit
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[tuple[sessionmaker[Session], Settings]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine), Settings(database_url=database_url)
+    engine.dispose()
+
+
+@pytest.fixture
+def cli(store: tuple[sessionmaker[Session], Settings], monkeypatch: pytest.MonkeyPatch
+        ) -> Iterator[sessionmaker[Session]]:
+    """``main`` runs against the test store."""
+    monkeypatch.setenv("DRIFTREC_DATABASE_URL", store[1].database_url)
+    config.get_settings.cache_clear()
+    yield store[0]
+    config.get_settings.cache_clear()
+
+
+def _stored(factory: sessionmaker[Session]) -> tuple[set[str], list[Event]]:
+    with factory() as session:
+        items = set(session.scalars(select(Item.item_id)))
+        events = list(session.scalars(select(Event).order_by(Event.seq)))
+        session.expunge_all()
+    return items, events
+
+
+def _items_file(tmp_path: Path) -> Path:
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title\nb1,One\nb2,Two\n")
+    return path
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_parquet_time_past_year_9999_is_a_row_error(
+        cli: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        skip_bad: bool) -> None:
+    items = _items_file(tmp_path)
+    assert main(["import", "--items", str(items), "--no-progress"]) == 0
+    capsys.readouterr()
+    # Row 1: fine. Row 2: an instant (20:00 UTC on the last day) that a +14:00 column shows
+    # as year 10000: read, then refused as any future time. Row 3: past year 9999 in UTC.
+    late = int(datetime(9999, 12, 31, 20, tzinfo=UTC).timestamp()) * 1_000_000
+    beyond = late + 86_400 * 1_000_000
+    first = int(datetime(2024, 5, 1, tzinfo=UTC).timestamp()) * 1_000_000
+    table = pa.table({
+        "user_id": ["u1", "u1", "u1"], "item_id": ["b1", "b2", "b1"],
+        "timestamp": pa.array([first, late, beyond], type=pa.timestamp("us", tz="+14:00")),
+    })
+    events = tmp_path / "events.parquet"
+    pq.write_table(table, events)
+    args = ["import", "--events", str(events), "--no-progress"]
+    if skip_bad:
+        args += ["--skip-bad", "--rejects", str(tmp_path / "rejects.jsonl")]
+    status = main(args)
+    out = capsys.readouterr()
+    assert status == 1
+    assert "Traceback" not in out.err
+    assert "events.parquet:3: timestamp: timestamp out of range" in out.err, out.err
+    stored = _stored(cli)[1]
+    if skip_bad:
+        assert "events.parquet:2: timestamp: timestamp is in the future" in out.err, out.err
+        assert [e.item_id for e in stored] == ["b1"]
+        refused = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text()
+                   .splitlines()]
+        assert sorted(r["line"] for r in refused) == [2, 3]
+    else:
+        assert stored == []  # the batch with the bad row wrote nothing
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_json_nested_deeper_than_the_parser_goes_is_a_row_error(
+        cli: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        skip_bad: bool) -> None:
+    deep = "[" * DEEP + "]" * DEEP
+    items_csv = tmp_path / "items.csv"
+    with items_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item_id", "title", "attributes"])
+        writer.writerow(["c1", "Fine", '{"a": 1}'])
+        writer.writerow(["c2", "Deep", '{"a": ' + deep + "}"])
+    items_jsonl = tmp_path / "items.jsonl"
+    items_jsonl.write_text('{"item_id": "j1", "title": "Fine"}\n'
+                           '{"item_id": "j2", "title": "Deep", "attributes": {"a": '
+                           + deep + "}}\n")
+    for path, line, field in ((items_csv, 3, "attributes"), (items_jsonl, 2, "row")):
+        args = ["import", "--items", str(path), "--no-progress"]
+        if skip_bad:
+            args += ["--skip-bad", "--rejects", str(tmp_path / f"{path.stem}.rejects.jsonl")]
+        status = main(args)
+        out = capsys.readouterr()
+        assert status == 1
+        assert "Traceback" not in out.err
+        assert f"{path.name}:{line}: {field}: " in out.err and "nest" in out.err, out.err
+    assert _stored(cli)[0] == ({"c1", "j1"} if skip_bad else set())
