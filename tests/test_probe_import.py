@@ -119,3 +119,44 @@ def test_json_nested_deeper_than_the_parser_goes_is_a_row_error(
         assert "Traceback" not in out.err
         assert f"{path.name}:{line}: {field}: " in out.err and "nest" in out.err, out.err
     assert _stored(cli)[0] == ({"c1", "j1"} if skip_bad else set())
+
+
+def test_rows_reusing_an_event_id_with_other_content_are_conflicts(
+        cli: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = _items_file(tmp_path)
+    first = tmp_path / "first.csv"
+    first.write_text("event_id,user_id,item_id,timestamp,value\n"
+                     "e1,u1,b1,2024-05-01T10:00:00Z,1\n"
+                     "e2,u1,b2,2024-05-01T11:00:00Z,2\n")
+    assert main(["import", "--items", str(items), "--events", str(first),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    # line 2: e1 again as stored (a duplicate); line 3: e2 with another value (a conflict with
+    # the store); line 4: new e3; line 5: e3 again with another item (a conflict in the file)
+    second = tmp_path / "second.csv"
+    second.write_text("event_id,user_id,item_id,timestamp,value\n"
+                      "e1,u1,b1,2024-05-01T10:00:00Z,1\n"
+                      "e2,u1,b2,2024-05-01T11:00:00Z,5\n"
+                      "e3,u2,b1,2024-05-02T10:00:00Z,\n"
+                      "e3,u2,b2,2024-05-02T10:00:00Z,\n")
+    rejects = tmp_path / "rejects.jsonl"
+    status = main(["import", "--events", str(second), "--no-progress", "--rejects",
+                   str(rejects)])
+    out = capsys.readouterr()
+    assert status == 1, out
+    assert "second.csv:3: event_id: event_id 'e2' is already taken" in out.err, out.err
+    assert "second.csv:5: event_id: event_id 'e3' is already taken" in out.err, out.err
+    assert "second.csv:2:" not in out.err and "second.csv:4:" not in out.err
+    assert "2 row(s) reuse an event_id with other content" in out.err
+    assert ("events: 4 rows read, 1 stored, 1 already stored, 2 conflicting" in out.out), out
+    assert sorted(json.loads(line)["line"] for line in rejects.read_text().splitlines()) == [
+        3, 5]
+    stored = {e.event_id: e for e in _stored(cli)[1]}
+    assert set(stored) == {"e1", "e2", "e3"}
+    assert stored["e2"].value == 2 and stored["e3"].item_id == "b1"  # the first kept
+
+    status = main(["import", "--events", str(second), "--no-progress", "--accept-conflicts"])
+    out = capsys.readouterr()
+    assert status == 0, out
+    assert "2 conflicting" in out.out and "second.csv:3: event_id:" in out.err
+    assert len(_stored(cli)[1]) == 3
