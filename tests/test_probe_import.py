@@ -160,3 +160,32 @@ def test_rows_reusing_an_event_id_with_other_content_are_conflicts(
     assert status == 0, out
     assert "2 conflicting" in out.out and "second.csv:3: event_id:" in out.err
     assert len(_stored(cli)[1]) == 3
+
+
+def test_a_map_onto_a_column_the_file_already_has_is_an_error(
+        cli: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = _items_file(tmp_path)
+    assert main(["import", "--items", str(items), "--no-progress"]) == 0
+    events_csv = tmp_path / "events.csv"
+    events_csv.write_text("u,user_id,item_id,timestamp\nu1,u2,b1,2024-05-01T10:00:00Z\n")
+    events_pq = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"u": ["u1"], "user_id": ["u2"], "item_id": ["b1"],
+                             "timestamp": ["2024-05-01T10:00:00Z"]}), events_pq)
+    for path in (events_csv, events_pq):
+        capsys.readouterr()
+        assert main(["import", "--events", str(path), "--map", "u=user_id",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "column(s) ['u', 'user_id'] would all become 'user_id' (--map u=user_id)" in err
+    events_jsonl = tmp_path / "events.jsonl"
+    events_jsonl.write_text(
+        '{"u": "u1", "item_id": "b1", "timestamp": "2024-05-01T10:00:00Z"}\n'
+        '{"u": "u1", "user_id": "u2", "item_id": "b2", "timestamp": "2024-05-01T10:00:00Z"}\n')
+    assert main(["import", "--events", str(events_jsonl), "--map", "u=user_id",
+                 "--skip-bad", "--rejects", str(tmp_path / "r.jsonl"), "--no-progress"]) == 1
+    assert "events.jsonl:2: row: column(s) ['u', 'user_id'] would all become" in (
+        capsys.readouterr().err)
+    assert [(e.user_id, e.item_id) for e in _stored(cli)[1]] == [("u1", "b1")]
+    # renaming the file's own column away is the way out
+    assert main(["import", "--events", str(events_csv), "--map", "u=user_id", "--map",
+                 "user_id=other", "--no-progress"]) == 0

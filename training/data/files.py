@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,12 +85,29 @@ class SourceFile:
     def check_columns(self, names: list[str]) -> list[str]:
         """The file's columns after renaming; missing required ones are an error."""
         renamed = [self.mapping.get(name, name) for name in names]
+        clash = self.clashes(names)
+        if clash:
+            raise FileImportError(f"{self.path}: {clash}")
         missing = [c for c in REQUIRED[self.kind] if c not in renamed]
         if missing:
             raise FileImportError(
                 f"{self.path}: {self.kind} need column(s) {missing}; the file has {names} "
                 "(rename with --map SOURCE=TARGET)")
         return renamed
+
+    def clashes(self, names: Iterable[str]) -> str | None:
+        """What is wrong when two of a row's columns would land on one contract column (a
+        ``--map u=user_id`` while the file also has ``user_id``): one would silently win."""
+        sources: dict[str, list[str]] = {}
+        for name in names:
+            sources.setdefault(self.mapping.get(name, name), []).append(name)
+        doubled = {target: found for target, found in sources.items() if len(found) > 1}
+        if not doubled:
+            return None
+        target, found = next(iter(doubled.items()))
+        maps = [f"--map {name}={target}" for name in found if name in self.mapping]
+        return (f"column(s) {found} would all become {target!r} ({', '.join(maps)}); drop "
+                "the --map, or rename the file's own column away with another --map")
 
     def ignored(self, renamed: list[str]) -> list[str]:
         return [name for name in renamed if name not in self.columns]
@@ -161,6 +178,11 @@ class SourceFile:
                 if not isinstance(values, dict):
                     row.errors.append(FieldError("row", "a line must be a JSON object",
                                                  "json_not_object"))
+                    yield row
+                    continue
+                clash = self.clashes(values)
+                if clash:
+                    row.errors.append(FieldError("row", clash, "column_clash"))
                     yield row
                     continue
                 renamed = {self.mapping.get(k, k): v for k, v in values.items()}
