@@ -115,3 +115,23 @@ def test_any_cursor_on_any_listing_is_200_or_a_422_naming_it(
                                                 response.text[:300])
     if response.status_code == 422:
         _refused_naming(response, "cursor")
+
+
+# ---------------------------------------------------------------------------- strict types
+@pytest.mark.parametrize("active", ["no", "false", "False", 0, 1, "0", "true"])
+def test_an_item_patch_takes_only_a_json_boolean(client: TestClient, active: object) -> None:
+    response = client.patch(f"/items/{ITEMS[0]}", json={"active": active})
+    _refused_naming(response, "active")
+    assert client.get(f"/items/{ITEMS[0]}").json()["active"] is True
+    assert client.patch(f"/items/{ITEMS[0]}", json={"active": True}).status_code == 200
+
+
+@pytest.mark.parametrize("value", [False, True, "4.5", "1"])
+def test_an_event_value_takes_only_a_json_number(client: TestClient, value: object) -> None:
+    event = {"event_id": "strict-refused", "user_id": "u1", "item_id": ITEMS[0],
+             "type": "rate", "timestamp": 1_700_000_100, "value": value}
+    _refused_naming(client.post("/events", json={"events": [event]}), "value")
+    for number in (4, 4.5):
+        event_id = f"strict-{type(value).__name__}-{value}-{number}"
+        event = {**event, "event_id": event_id, "value": number}
+        assert client.post("/events", json={"events": [event]}).json()["accepted"] == 1

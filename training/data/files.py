@@ -296,4 +296,15 @@ def to_event(row: SourceRow, from_csv: bool) -> SourceRow:
     if from_csv:
         values = {k: v.strip() if k in ("user_id", "item_id", "event_id", "type", "value",
                                         "timestamp") else v for k, v in values.items()}
+        if isinstance(values.get("value"), str):  # a CSV cell is text; the schema wants a number
+            values["value"] = _number(values["value"])
     return validated(row, EventIn, values)
+
+
+def _number(text: str) -> float | str:
+    """A CSV cell's number; the text itself when it is none (refused by the schema, which
+    names the field)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
