@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from app.core.config import Settings
 from app.main import create_app
+from tests.app_routes import endpoints
 from tests.conftest import scratch_pg_database
 
 ITEMS = [f"p{i}" for i in range(5)]
@@ -135,3 +137,22 @@ def test_an_event_value_takes_only_a_json_number(client: TestClient, value: obje
         event_id = f"strict-{type(value).__name__}-{value}-{number}"
         event = {**event, "event_id": event_id, "value": number}
         assert client.post("/events", json={"events": [event]}).json()["accepted"] == 1
+
+
+# ------------------------------------------------------------------------------------ 405
+def test_every_405_lists_every_method_of_its_path_in_allow(client: TestClient) -> None:
+    by_path: dict[str, set[str]] = {}
+    for endpoint in endpoints(client.app):  # type: ignore[arg-type]
+        by_path.setdefault(endpoint.path, set()).add(endpoint.method)
+    assert by_path["/items"] == {"GET", "POST"}  # two routes share the path
+    for template, methods in by_path.items():
+        path = re.sub(r"\{[^}]+\}", "x", template)
+        expected = methods | ({"HEAD"} if "GET" in methods else set())
+        for method in ("OPTIONS", "TRACE", *({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+                                             - expected)):
+            response = client.request(method, path)
+            assert response.status_code == 405, (method, path, response.status_code)
+            allow = {m.strip() for m in response.headers.get("allow", "").split(",")}
+            assert allow == expected, (method, path, response.headers.get("allow"))
+            if method != "HEAD":  # headers only
+                assert response.json()["error"] == "method_not_allowed"
