@@ -6,7 +6,9 @@ onto a column the file already has is an error."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import select
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core import config
@@ -189,3 +193,61 @@ def test_a_map_onto_a_column_the_file_already_has_is_an_error(
     # renaming the file's own column away is the way out
     assert main(["import", "--events", str(events_csv), "--map", "u=user_id", "--map",
                  "user_id=other", "--no-progress"]) == 0
+
+
+# ---------------------------------------------------------------- fuzz: hostile event rows
+USER_CHOICES = ["u", "v", "", "{t} space", "{t}" + "x" * 200]
+TIME_CHOICES = ["2024-05-01T10:00:00Z", "2024-05-01T10:00:00", "1714557600", "0", "-1",
+                "253402300800", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00",
+                "2999-01-01T00:00:00Z", "nan", "yesterday", ""]
+VALUE_CHOICES = ["", "1", "4.5", "nan", "inf", "1e309", "true", "loud"]
+TEXT_CHOICES = ["", "é", "<a href=x>", "\u2028", "x" * 30_000, "[" * 3_000]
+ROWS = st.lists(st.tuples(st.sampled_from(USER_CHOICES), st.sampled_from(["b1", "b2", "nope"]),
+                          st.sampled_from(TIME_CHOICES), st.sampled_from(VALUE_CHOICES),
+                          st.sampled_from(TEXT_CHOICES), st.sampled_from(["", "e1", "e2"])),
+                min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=ROWS, skip_bad=st.booleans())
+def test_hostile_rows_are_row_errors_and_a_refused_batch_stores_nothing(
+        cli: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        rows: list[tuple[str, str, str, str, str, str]], skip_bad: bool) -> None:
+    token = f"f{next(_EXAMPLES)}"
+    items = tmp_path / "items.csv"
+    if not items.exists():
+        items.write_text("item_id,title\nb1,One\nb2,Two\n")
+        assert main(["import", "--items", str(items), "--no-progress"]) == 0
+    events = tmp_path / f"{token}.csv"
+    with events.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "item_id", "timestamp", "value", "text", "event_id"])
+        for user, item, moment, value, text, event_id in rows:
+            user = user.format(t=token) if "{t}" in user else (f"{token}-{user}" if user
+                                                                else "")
+            writer.writerow([user, item, moment, value, text,
+                             f"{token}-{event_id}" if event_id else ""])
+    capsys.readouterr()
+    args = ["import", "--events", str(events), "--no-progress"]
+    if skip_bad:
+        args += ["--skip-bad", "--rejects", str(tmp_path / f"{token}.rejects.jsonl")]
+    status = main(args)
+    out = capsys.readouterr()
+    assert status in (0, 1), (status, out.err)
+    assert "Traceback" not in out.err
+    problems = [line for line in out.err.splitlines()
+                if re.match(rf"{events.name}:\d+:", line)]
+    assert all(re.match(rf"{events.name}:\d+: [a-z_]+: .+", line) for line in problems), problems
+    with cli() as session:
+        stored = session.scalar(select(func.count()).select_from(Event)
+                                .where(Event.user_id.like(f"{token}%")))
+    if status == 0:
+        assert not problems
+    elif not skip_bad and "refused" in out.err:
+        assert stored == 0, out  # one batch: a refused row writes nothing of it
+    if status == 1:
+        assert problems, out
+
+
+_EXAMPLES = itertools.count()
