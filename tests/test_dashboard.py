@@ -397,3 +397,80 @@ def test_user_view_opened_directly_gets_its_data(live: LiveService, browser: Any
         assert "nobody" in tab.page.inner_text("#error")
     finally:
         tab.close()
+
+
+# Plotly reads labels, legend names and hover text as pseudo-HTML: data must reach it as text.
+HOSTILE_TITLE = '<a href="https://evil.example/title">Evil &amp; <b>bold</b></a>'
+HOSTILE_TOPIC = '<a href="https://evil.example/topic">Topic</a>'
+HOSTILE_USER = "probe:user@evil.example"  # ids cannot hold markup; this one is shown too
+
+
+def _anchors_to_evil(tab: Tab) -> list[str]:
+    return tab.page.evaluate(
+        "[...document.querySelectorAll('a')].map((a) => a.outerHTML)"
+        ".filter((html) => html.includes('evil.example'))")
+
+
+def test_titles_topics_and_user_ids_are_plain_text_in_the_charts(live: LiveService,
+                                                                  browser: Any) -> None:
+    """Runs last in this module: it adds a user, an item and a record to the live store."""
+    write = {"Authorization": "Bearer writer-key"}
+    item = {"item_id": "probe-evil", "title": HOSTILE_TITLE, "categories": [HOSTILE_TOPIC]}
+    assert httpx.post(f"{live.base_url}/items", json={"items": [item]}, headers=write,
+                      timeout=30).status_code == 200
+    start = datetime(1998, 3, 1, tzinfo=UTC)
+    events = [{"event_id": f"probe-{i}", "user_id": HOSTILE_USER, "item_id": item_id,
+               "type": "rate", "value": 4, "timestamp": (start + timedelta(hours=i)).isoformat()}
+              for i, item_id in enumerate(["1", "2", "probe-evil", "3", "4"])]
+    # the catalogue refresher embeds the new item in the background: until then, a 422
+    deadline = time.monotonic() + 60
+    while True:
+        posted = httpx.post(f"{live.base_url}/events", json={"events": events}, headers=write,
+                            timeout=30)
+        if posted.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert posted.status_code == 200, posted.text
+    deadline = time.monotonic() + 60
+    while True:
+        points = live.get(f"/interest-profile/{HOSTILE_USER}/timeline")["points"]
+        if any(p["item_id"] == "probe-evil" for p in points) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    evil_point = next(i for i, p in enumerate(points) if p["item_id"] == "probe-evil")
+    with transaction(live.app.state.runtime.session_factory) as session:
+        drift_records.record_drift(
+            session, user_id=HOSTILE_USER, change_event_id="probe-2", change_at=start,
+            change_index=2, score=0.9, threshold=0.5, kind="abrupt", model_version="1",
+            # its topics are data too (a model's topics come from item categories)
+            interests_before={HOSTILE_TOPIC: 1.0}, interests_after={"Drama": 1.0},
+            detected_at=start + timedelta(hours=5))
+
+    tab = Tab(browser, live.base_url)
+    try:
+        tab.page.goto(f"{live.base_url}/dashboard/users/{HOSTILE_USER}")
+        tab.wait_ready()
+        assert tab.page.inner_text("#user-id") == HOSTILE_USER
+        # hover the planted event, then the change point
+        tab.page.evaluate(f"Plotly.Fx.hover('chart-timeline', "
+                          f"[{{curveNumber: 0, pointNumber: {evil_point}}}])")
+        hover = tab.page.locator("#chart-timeline .hoverlayer").text_content() or ""
+        assert HOSTILE_TITLE in hover, hover
+        assert not _anchors_to_evil(tab), _anchors_to_evil(tab)
+        marks = next(i for i, t in enumerate(tab.chart("chart-timeline"))
+                     if t["name"] == "change point")
+        tab.page.wait_for_timeout(300)  # Plotly ignores a hover within 50 ms of the last
+        tab.page.evaluate(f"Plotly.Fx.hover('chart-timeline', "
+                          f"[{{curveNumber: {marks}, pointNumber: 0}}])")
+        hover = tab.page.locator("#chart-timeline .hoverlayer").text_content() or ""
+        assert HOSTILE_TOPIC in hover, hover
+        assert not _anchors_to_evil(tab), _anchors_to_evil(tab)
+
+        tab.page.goto(f"{live.base_url}/dashboard")
+        tab.wait_ready()
+        sankey = tab.page.locator("#chart-transitions").text_content() or ""
+        assert HOSTILE_TOPIC in sankey, sankey
+        assert not _anchors_to_evil(tab), _anchors_to_evil(tab)
+        assert not tab.outside_requests(), tab.outside_requests()
+    finally:
+        tab.close()

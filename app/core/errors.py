@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.exceptions import FieldProblem, InvalidInput, UnknownUser
+from app.core.request_context import allowed_methods
 
 logger = logging.getLogger("driftrec.errors")
 
@@ -99,7 +100,7 @@ async def _on_api_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(error.status, error.code, error.message, headers, **error.extra)
 
 
-async def _on_http(_: Request, error: Exception) -> JSONResponse:
+async def _on_http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     if error.status_code == 400 and isinstance(error.__cause__, ValueError | RecursionError):
         # FastAPI's body parser: bytes that are not UTF-8, or JSON nested deeper than Python's
@@ -111,8 +112,12 @@ async def _on_http(_: Request, error: Exception) -> JSONResponse:
             [FieldProblem(("body",), f"the body {problem}", "json_invalid").as_dict()])
     code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
             403: "forbidden", 413: "payload_too_large"}.get(error.status_code, "http_error")
-    return error_response(error.status_code, code, str(error.detail),
-                          dict(error.headers) if error.headers else None)
+    headers = dict(error.headers) if error.headers else {}
+    if error.status_code == 405:  # RFC 9110: a 405 lists the methods the resource answers
+        methods = allowed_methods(request.scope, request.app.router)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
+    return error_response(error.status_code, code, str(error.detail), headers or None)
 
 
 async def _on_database(_: Request, error: Exception) -> JSONResponse:

@@ -9,6 +9,13 @@ one access line per request with the route template instead of the raw path.
 Every line passes through a `Redactor` after formatting, whatever logged it: configured API
 keys, `Authorization` values, bearer/basic credentials and passwords in URLs never reach the
 output, even if some code (ours or a library's) puts them into a message or a traceback.
+
+Logs never carry data values: every handler on the root logger gets a `DataDetailFilter`,
+which rewrites each record before any formatter sees it, dropping the SQL statements and
+parameters SQLAlchemy puts into its exceptions (`[SQL: ...]`, `[parameters: ...]`) and the
+database's error details (`DETAIL:  Key (user_id)=(...)`), from the message, the exception
+text and the stack alike. A row's values (user ids of erased users among them) are personal
+data; the error class and the constraint's name are enough to debug from.
 """
 
 from __future__ import annotations
@@ -59,6 +66,65 @@ _CREDENTIAL_PATTERNS = (
 # Runs of characters API keys are usually made of (URL-safe base64, hex): hashed and compared
 # with the configured keys' digests, which also catches keys configured as `sha256=<hex>`.
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/]{8,}={0,2}")
+
+
+# What a database error carries besides its kind: SQLAlchemy appends the statement and its
+# parameters (each to the end of the error's text: the statement may span lines, parameters
+# are a repr); PostgreSQL's DETAIL names the offending row's key values.
+_SQL_PARTS = re.compile(r"\[(?:SQL|parameters): .*?(?=\n\(Background on this error at|\n\n|\Z)",
+                        re.DOTALL)
+_DETAIL_LINE = re.compile(r"(?m)^(?P<label>[ \t]*DETAIL:)[^\n]*")
+_KEY_VALUES = re.compile(r"\b(?P<label>Key \([^()]*\)=)\(.*")  # the rest of that line
+DATA_DROPPED = "[data values dropped from the log]"
+
+
+def drop_data_values(text: str) -> str:
+    """``text`` without SQL statements, SQL parameters and database error details."""
+    if "[SQL: " in text or "[parameters: " in text:
+        text = _SQL_PARTS.sub(DATA_DROPPED, text)
+    if "DETAIL:" in text:
+        text = _DETAIL_LINE.sub(lambda m: f"{m.group('label')}  {DATA_DROPPED}", text)
+    if "Key (" in text:
+        text = _KEY_VALUES.sub(lambda m: f"{m.group('label')}{DATA_DROPPED}", text)
+    return text
+
+
+class DataDetailFilter(logging.Filter):
+    """Rewrites every record it sees so that no handler can write data values (see the
+    module docstring): the message is rendered and cleaned, the exception and the stack are
+    rendered once (as ``exc_text``, which formatters use instead of rendering their own) and
+    cleaned. Records are never dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_data_values_dropped", False):  # another handler's filter did
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: left for the formatter to report as it would
+            message = None
+        if message is not None:
+            cleaned = drop_data_values(message)
+            if cleaned != message or record.args:
+                record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = drop_data_values(record.exc_text)
+        if record.stack_info:
+            record.stack_info = drop_data_values(record.stack_info)
+        setattr(record, "_data_values_dropped", True)  # noqa: B010 -- LogRecord declares no such field
+        return True
+
+
+_PLAIN = logging.Formatter()
+_DATA_FILTER = DataDetailFilter()
+
+
+def add_data_filter(handler: logging.Handler) -> logging.Handler:
+    """Give ``handler`` the data-values filter (once)."""
+    if not any(isinstance(f, DataDetailFilter) for f in handler.filters):
+        handler.addFilter(_DATA_FILTER)
+    return handler
 
 
 def accept_request_id(presented: str | None) -> str:
@@ -150,8 +216,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in _extra_fields(record).items():
             if key not in _CORE_FIELDS:  # extras never overwrite the core fields
                 line[key] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            # exc_text: the rendering the data-values filter cleaned (Formatter.format uses it
+            # the same way)
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return self.redactor(json.dumps(line, default=str, ensure_ascii=False))
@@ -214,6 +282,8 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
     setattr(handler, _OUR_HANDLER, True)
     handler.setFormatter(make_formatter(settings))
     root.addHandler(handler)
+    for each in root.handlers:  # ours and any other (a test runner's, an operator's)
+        add_data_filter(each)
     root.setLevel(settings.log_level.upper())
     # uvicorn's loggers keep handlers of their own unless told otherwise: send them through ours.
     for name in ("uvicorn", "uvicorn.error"):
@@ -257,4 +327,4 @@ def formatter_from_environment() -> logging.Formatter:
 def marked_stdout_handler() -> logging.Handler:
     handler = StdoutHandler()
     setattr(handler, _OUR_HANDLER, True)
-    return handler
+    return add_data_filter(handler)

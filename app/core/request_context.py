@@ -54,6 +54,21 @@ def route_template(scope: Scope, router: Router) -> str:
     return template if isinstance(template, str) and template else UNMATCHED_ROUTE
 
 
+def allowed_methods(scope: Scope, router: Router) -> list[str]:
+    """Every method some route answers at the request's path (HEAD wherever GET is: the HEAD
+    middleware answers it), for the `Allow` header of a 405. Starlette's own lists only the
+    methods of the first route whose path matched, and /items has two."""
+    methods: set[str] = set()
+    for route in _flat_routes(router.routes):
+        match, _ = route.matches({**scope, "method": "GET"} if scope.get("method") == "HEAD"
+                                 else scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics, router: Router) -> None:
         self.app, self.metrics, self.router = app, metrics, router

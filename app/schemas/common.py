@@ -10,10 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.domain.limits import ID_MAX_LENGTH as ID_MAX_LENGTH  # routers import it from here
-
-# Ids travel in URL paths (`/users/{user_id}/events`), so they are restricted to characters
-# that need no escaping and cannot form path tricks ("../") or SQL/shell metacharacters.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+from app.domain.limits import ID_PATTERN as ID_PATTERN  # (defined beside the column sizes)
 
 EntityId = Annotated[
     str,

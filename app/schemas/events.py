@@ -40,7 +40,9 @@ class EventIn(BaseModel):
     item_id: EntityId
     type: str = Field(min_length=1, max_length=EVENT_TYPE_MAX_LENGTH, pattern=r"^[a-z][a-z0-9_]*$",
                       examples=["view", "click", "purchase", "rate"])
-    value: float | None = Field(default=None, description="E.g. a rating; finite.")
+    # strict: a boolean or a numeral in a string is not a number (false would be stored as 0)
+    value: float | None = Field(default=None, strict=True,
+                                description="E.g. a rating; a finite JSON number.")
     text: StorableText | None = Field(default=None, description="Optional text, e.g. a review.")
     timestamp: Timestamp
     context: dict[str, Any] = Field(default_factory=dict)

@@ -24,7 +24,9 @@ class ItemLifecyclePatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    active: bool | None = Field(default=None, description="false: retired, never recommended")
+    # strict: "no", "false", 0 are not booleans (a typo must not retire an item)
+    active: bool | None = Field(default=None, strict=True,
+                                description="false: retired, never recommended")
     available_from: Timestamp | None = Field(
         default=None, description="recommended from this time on (null: no start)")
     available_until: Timestamp | None = Field(

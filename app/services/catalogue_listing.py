@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from app.domain.availability import is_available
 from app.store import catalogue as catalogue_store
-from app.store.catalogue import InvalidItemCursor as InvalidItemCursor  # re-exported
 from app.store.models import Item
 
 

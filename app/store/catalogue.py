@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select, text
 from sqlalchemy.orm import Session
 
-from app.store import repository
+from app.store import cursors, repository
 from app.store.models import Event, Item, utcnow
-
-
-class InvalidItemCursor(ValueError):
-    """A cursor this API did not return."""
 
 
 def lock_item(session: Session, item_id: str) -> Item | None:
@@ -64,28 +58,15 @@ def _json_list(value: str) -> str:
     return json.dumps([value])
 
 
-def encode_cursor(item_id: str) -> str:
-    return base64.urlsafe_b64encode(item_id.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        item_id = base64.urlsafe_b64decode(cursor.encode()).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
-        raise InvalidItemCursor("invalid cursor") from error
-    if not item_id:
-        raise InvalidItemCursor("invalid cursor")
-    return item_id
-
-
 def list_items(session: Session, limit: int, now: datetime, active: bool | None = None,
                category: str | None = None, cursor: str | None = None
                ) -> tuple[list[Item], str | None]:
     """Items by item_id after `cursor`; `active`: only those available now (true) or only
-    those that are not (false); `category`: only items filed under it."""
+    those that are not (false); `category`: only items filed under it. A cursor the API did
+    not return raises InvalidCursor (a 422 naming `cursor`) before any query."""
     query = select(Item).order_by(Item.item_id).limit(limit + 1)
     if cursor is not None:
-        query = query.where(Item.item_id > decode_cursor(cursor))
+        query = query.where(Item.item_id > cursors.decode_id(cursors.ITEMS, cursor))
     if active is not None:
         clause = available_clause(now)
         query = query.where(clause if active else not_(clause))
@@ -93,7 +74,7 @@ def list_items(session: Session, limit: int, now: datetime, active: bool | None 
         query = query.where(_has_category(session, category))
     rows = list(session.scalars(query))
     page, more = rows[:limit], len(rows) > limit
-    return page, (encode_cursor(page[-1].item_id) if more else None)
+    return page, (cursors.encode_id(cursors.ITEMS, page[-1].item_id) if more else None)
 
 
 def count_items(session: Session) -> int:

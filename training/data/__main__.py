@@ -5,8 +5,9 @@ code. Each is idempotent (a re-run adds nothing), shows a progress bar and print
     python -m training.data import --items items.csv --events events.jsonl \\
         [--map movie=item_id --map ts=timestamp] [--skip-bad [--rejects FILE]]
 
-Exit status: 0 when every row was stored, 1 when any row was refused, 2 for a file that
-cannot be imported at all (unknown format, missing columns).
+Exit status: 0 when every row was stored, 1 when any row was refused or reused an
+``event_id`` with other content (a conflict: not stored; 0 with ``--accept-conflicts``), 2 for
+a file that cannot be imported at all (unknown format, missing columns).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="store the good rows of a batch, write bad ones to --rejects")
     files.add_argument("--rejects", type=Path, help="rejects file (JSON Lines); default "
                        "var/import/rejects-<time>.jsonl")
+    files.add_argument("--accept-conflicts", action="store_true",
+                       help="exit 0 although rows reuse an event_id with other content "
+                       "(they are still not stored, and still reported)")
     files.add_argument("--batch-size", type=int, default=None)
     for command in (movielens, files):
         command.add_argument("--no-progress", action="store_true")
@@ -89,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 report = import_files(args.items, args.events, factory, settings,
                                       parse_mapping(args.map), args.skip_bad, rejects,
-                                      not args.no_progress, args.batch_size)
+                                      not args.no_progress, args.batch_size,
+                                      accept_conflicts=args.accept_conflicts)
             except FileImportError as error:
                 print(f"import error: {error}", file=sys.stderr)
                 return 2
@@ -99,7 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.dispose()
     _print_summary(report, started)
     if not report.ok:
-        print("some rows were refused (see above); the exit status is 1", file=sys.stderr)
+        if any(not c.ok for c in report.counts):
+            print("some rows were refused (see above); the exit status is 1", file=sys.stderr)
+        if report.conflicts and not report.accept_conflicts:
+            print(f"{report.conflicts} row(s) reuse an event_id with other content and were "
+                  "not stored (see above); the exit status is 1 (--accept-conflicts: 0)",
+                  file=sys.stderr)
         return 1
     return 0
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.schemas.events import EventIn
 from app.schemas.items import ItemIn
 from training.data.ingest import FieldError, SourceRow, validated
+
+if TYPE_CHECKING:  # pyarrow is imported where Parquet is read: CSV imports start faster
+    import pyarrow as pa
 
 ITEM_COLUMNS = ("item_id", "title", "text", "categories", "attributes")
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "type", "value", "text", "event_id")
@@ -82,12 +85,29 @@ class SourceFile:
     def check_columns(self, names: list[str]) -> list[str]:
         """The file's columns after renaming; missing required ones are an error."""
         renamed = [self.mapping.get(name, name) for name in names]
+        clash = self.clashes(names)
+        if clash:
+            raise FileImportError(f"{self.path}: {clash}")
         missing = [c for c in REQUIRED[self.kind] if c not in renamed]
         if missing:
             raise FileImportError(
                 f"{self.path}: {self.kind} need column(s) {missing}; the file has {names} "
                 "(rename with --map SOURCE=TARGET)")
         return renamed
+
+    def clashes(self, names: Iterable[str]) -> str | None:
+        """What is wrong when two of a row's columns would land on one contract column (a
+        ``--map u=user_id`` while the file also has ``user_id``): one would silently win."""
+        sources: dict[str, list[str]] = {}
+        for name in names:
+            sources.setdefault(self.mapping.get(name, name), []).append(name)
+        doubled = {target: found for target, found in sources.items() if len(found) > 1}
+        if not doubled:
+            return None
+        target, found = next(iter(doubled.items()))
+        maps = [f"--map {name}={target}" for name in found if name in self.mapping]
+        return (f"column(s) {found} would all become {target!r} ({', '.join(maps)}); drop "
+                "the --map, or rename the file's own column away with another --map")
 
     def ignored(self, renamed: list[str]) -> list[str]:
         return [name for name in renamed if name not in self.columns]
@@ -150,9 +170,19 @@ class SourceFile:
                                                  f"{error.pos}", "json_invalid"))
                     yield row
                     continue
+                except RecursionError:  # deeper than Python's parser goes: a bad row
+                    row.errors.append(FieldError("row", "not JSON this importer can read: "
+                                                 "it nests too deeply", "json_invalid"))
+                    yield row
+                    continue
                 if not isinstance(values, dict):
                     row.errors.append(FieldError("row", "a line must be a JSON object",
                                                  "json_not_object"))
+                    yield row
+                    continue
+                clash = self.clashes(values)
+                if clash:
+                    row.errors.append(FieldError("row", clash, "column_clash"))
                     yield row
                     continue
                 renamed = {self.mapping.get(k, k): v for k, v in values.items()}
@@ -163,6 +193,7 @@ class SourceFile:
                 yield row
 
     def _parquet(self, warn: Any) -> Iterator[SourceRow]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
@@ -172,12 +203,64 @@ class SourceFile:
                                   ) from error
         names = self.check_columns(list(table.schema_arrow.names))
         self._announce(names, warn)
+        utc = _utc_schema(table.schema_arrow)
         number = 0
         for batch in table.iter_batches(batch_size=PARQUET_BATCH):
-            for values in batch.to_pylist():
+            if utc is not None:
+                batch = batch.cast(utc)
+            try:
+                rows: list[tuple[dict[str, Any], list[FieldError]]] = [
+                    (values, []) for values in batch.to_pylist()]
+            except (OverflowError, ValueError, ArithmeticError, pa.ArrowException):
+                rows = _parquet_rows_one_by_one(batch)
+            for values, errors in rows:
                 number += 1
                 renamed = {self.mapping.get(k, k): v for k, v in values.items()}
-                yield SourceRow(self.path.name, number, renamed)
+                yield SourceRow(self.path.name, number, renamed,
+                                errors=[FieldError(self.mapping.get(e.field, e.field),
+                                                   e.message, e.code) for e in errors])
+
+
+def _utc_schema(schema: pa.Schema) -> pa.Schema | None:
+    """The schema with every zoned timestamp column in UTC (the same instants; only the zone
+    they are shown in changes), or None when there is nothing to change. Python's datetime
+    ends at 9999-12-31 in the column's own zone: 9999-12-31T20:00Z is a valid instant that a
+    +14:00 column could not hand over."""
+    import pyarrow as pa
+
+    fields = [field.with_type(pa.timestamp(field.type.unit, tz="UTC"))
+              if pa.types.is_timestamp(field.type) and field.type.tz not in (None, "UTC")
+              else field for field in schema]
+    changed = any(new is not old for new, old in zip(fields, schema, strict=True))
+    return pa.schema(fields, metadata=schema.metadata) if changed else None
+
+
+def _parquet_rows_one_by_one(batch: pa.RecordBatch
+                             ) -> list[tuple[dict[str, Any], list[FieldError]]]:
+    """A record batch holding a value Python cannot represent (a time past year 9999, a
+    date before year 1): value by value, so that only its row is refused, naming the
+    field."""
+    import pyarrow as pa
+
+    rows: list[tuple[dict[str, Any], list[FieldError]]] = []
+    columns = list(zip(batch.schema.names, batch.columns, strict=True))
+    for index in range(batch.num_rows):
+        values: dict[str, Any] = {}
+        errors: list[FieldError] = []
+        for name, column in columns:
+            try:
+                values[name] = column[index].as_py()
+            except (OverflowError, ValueError, ArithmeticError, pa.ArrowException) as error:
+                values[name] = None
+                kind = column.type
+                if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+                    message = ("timestamp out of range: a time from 1970-01-01 to "
+                               "9999-12-31T23:59:59Z in UTC")
+                else:
+                    message = f"value this importer cannot read ({kind}): {error}"
+                errors.append(FieldError(name, message, "parquet_value"))
+        rows.append((values, errors))
+    return rows
 
 
 def _present(values: Mapping[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
@@ -197,6 +280,10 @@ def to_item(row: SourceRow, from_csv: bool) -> SourceRow:
             row.errors.append(FieldError("attributes", "attributes must be a JSON object",
                                          "dict_type"))
             return row
+        except RecursionError:  # deeper than Python's parser goes
+            row.errors.append(FieldError("attributes", "attributes nest too deeply",
+                                         "json_invalid"))
+            return row
     if from_csv:
         values = {k: v.strip() if k in ("item_id",) and isinstance(v, str) else v
                   for k, v in values.items()}
@@ -209,4 +296,15 @@ def to_event(row: SourceRow, from_csv: bool) -> SourceRow:
     if from_csv:
         values = {k: v.strip() if k in ("user_id", "item_id", "event_id", "type", "value",
                                         "timestamp") else v for k, v in values.items()}
+        if isinstance(values.get("value"), str):  # a CSV cell is text; the schema wants a number
+            values["value"] = _number(values["value"])
     return validated(row, EventIn, values)
+
+
+def _number(text: str) -> float | str:
+    """A CSV cell's number; the text itself when it is none (refused by the schema, which
+    names the field)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -38,10 +38,18 @@ class ImportReport:
     skipped: bool = False
     counts: list[Counts] = field(default_factory=list)
     rejects: Path | None = None
+    accept_conflicts: bool = False  # rows reusing an event_id with other content are no fault
+
+    @property
+    def conflicts(self) -> int:
+        return sum(c.conflicts for c in self.counts)
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.counts)
+        """Every row stored or already stored as it is: none refused, none conflicting
+        (unless conflicts were accepted)."""
+        return (all(c.ok for c in self.counts)
+                and (self.accept_conflicts or self.conflicts == 0))
 
 
 def movielens_event_id(rating: Rating, variant: str = "ml-100k") -> str:
@@ -104,11 +112,14 @@ def import_files(items: Path | None, events: Path | None, factory: sessionmaker[
                  settings: Settings, mapping: dict[str, str] | None = None,
                  skip_bad: bool = False, rejects: Path | None = None, progress: bool = True,
                  batch_size: int | None = None,
-                 err: Callable[[str], None] | None = None) -> ImportReport:
+                 err: Callable[[str], None] | None = None,
+                 accept_conflicts: bool = False) -> ImportReport:
     """A team's catalogue and/or events (CSV, JSON Lines or Parquet) into the store: items
     first, so events may name items of the same run. Raises FileImportError for a file that
     cannot be read at all; bad rows are counted, reported and (skip_bad) written to
-    ``rejects``."""
+    ``rejects``. Rows reusing an ``event_id`` with other content are not stored (the stored
+    event, or the file's first row with that id, is kept), reported as the API reports
+    ``conflicts`` and counted: the report is not ``ok`` unless ``accept_conflicts``."""
     err = err or (lambda text: print(text, file=sys.stderr))
     if items is None and events is None:
         raise FileImportError("give --items FILE, --events FILE or both")
@@ -145,4 +156,5 @@ def import_files(items: Path | None, events: Path | None, factory: sessionmaker[
         "events", Counts("events"))
     return ImportReport(items=item_counts.written, accepted=event_counts.written,
                         duplicates=event_counts.duplicates, counts=counts,
-                        rejects=rejects if rejects_file and rejects_file.count else None)
+                        rejects=rejects if rejects_file and rejects_file.count else None,
+                        accept_conflicts=accept_conflicts)

@@ -89,7 +89,8 @@ class Counts:
     kind: str  # "items" or "events"
     rows: int = 0
     written: int = 0  # items upserted / events stored
-    duplicates: int = 0  # events already stored (re-runs)
+    duplicates: int = 0  # events already stored (re-runs), the same content
+    conflicts: int = 0  # events reusing a stored (or earlier) event_id with other content
     refused: int = 0
     new_items: int = 0
     seconds: float = 0.0
@@ -110,6 +111,9 @@ class Counts:
         else:
             text = (f"events: {self.rows} rows read, {self.written} stored, "
                     f"{self.duplicates} already stored")
+            if self.conflicts:
+                text += (f", {self.conflicts} conflicting (an event_id already taken by "
+                         "other content; not stored)")
         text += f", {self.refused} refused in {self.seconds:.1f} s ({self.rate():,.0f} rows/s)"
         if self.stopped_at:
             text += f"; stopped at {self.stopped_at}: that batch wrote nothing"
@@ -221,6 +225,7 @@ class BatchWriter:
         if len(good) < len(batch):
             self._refuse(kind, [row for row in batch if row.errors], batch, counts)
         while good:
+            conflicts: list[ingestion.Conflict] = []
             try:
                 with self.factory() as session, session.begin():
                     models = [row.model for row in good]
@@ -231,7 +236,10 @@ class BatchWriter:
                         result = ingestion.ingest_events(
                             session, models, self.settings)  # type: ignore[arg-type]
                         counts.written += result.accepted
-                        counts.duplicates += result.duplicates
+                        counts.duplicates += result.duplicates - len(result.conflicts)
+                        conflicts = result.conflicts
+                counts.conflicts += len(conflicts)
+                self._report_conflicts([(good[c.row], c.event_id) for c in conflicts])
                 return
             except ingestion.BatchRejected as rejected:
                 bad_rows = {error.row for error in rejected.errors}
@@ -254,6 +262,19 @@ class BatchWriter:
         if not self.skip_bad:
             counts.stopped_at = f"{batch[0].where()}-{batch[-1].line}"
             raise ImportStopped
+
+    def _report_conflicts(self, rows: list[tuple[SourceRow, str]]) -> None:
+        """Rows the store kept out as the API does (its ``conflicts``): their event_id names
+        an event already stored, or stored by an earlier row, with other content. Reported
+        and written to the rejects file like refused rows; the batch's other rows stay."""
+        for row, event_id in rows:
+            row.errors.append(FieldError(
+                "event_id", f"event_id {event_id!r} is already taken by an event with other "
+                "content (stored, or earlier in the file); this row was not stored",
+                "event_id_conflict"))
+            self._report(row)
+            if self.rejects is not None:
+                self.rejects.write(row)
 
     def _report(self, row: SourceRow) -> None:
         if self.printed < MAX_PRINTED:

@@ -17,6 +17,7 @@ from app.api.deps import (
     WriteScope,
 )
 from app.core.errors import ApiError
+from app.domain.limits import ITEM_CURSOR_MAX_LENGTH
 from app.schemas.common import ID_MAX_LENGTH, ID_PATTERN, ErrorOut, storable_text
 from app.schemas.items import ItemBatch, ItemOut, UpsertResult
 from app.schemas.lifecycle import (
@@ -66,7 +67,8 @@ def list_items(
                       ] = None,
     category: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=ITEM_CURSOR_MAX_LENGTH)
+                      ] = None,
 ) -> CataloguePage:
     """The catalogue by item_id; follow `next_cursor` for the next page."""
     if category is not None:
@@ -78,14 +80,9 @@ def list_items(
                                     "type": "value_error", "row": None, "field": "category"}]
                            ) from error
     now = datetime.now(UTC)
-    try:
-        page, next_cursor = catalogue_listing.list_catalogue(session, limit, now, active,
-                                                             category, cursor)
-    except catalogue_listing.InvalidItemCursor as error:
-        raise ApiError(422, "validation_error", "cursor is not one this API returned",
-                       detail=[{"loc": ["query", "cursor"], "msg": str(error),
-                                "type": "invalid_cursor", "row": None, "field": "cursor"}]
-                       ) from error
+    # a cursor the API did not return: InvalidCursor, a 422 naming `cursor` (app.core.errors)
+    page, next_cursor = catalogue_listing.list_catalogue(session, limit, now, active,
+                                                         category, cursor)
     return CataloguePage(items=[CatalogueItemOut.model_validate(i) for i in page],
                          next_cursor=next_cursor)
 

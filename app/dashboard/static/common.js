@@ -71,6 +71,16 @@ const DR = (() => {
     return node;
   }
 
+  /** Text for Plotly, shown as it is. Plotly reads every label, legend name, hover text and
+   * template value as its pseudo-HTML (`<a href>`, `<b>`, `<br>`) and decodes entities: an
+   * item title `<a href=...>` would become a live link. Escaped, Plotly decodes it back to
+   * the literal text. Data never goes into a hovertemplate itself (`%{...}` in a title would
+   * be a placeholder): it goes in customdata, text or meta, escaped with this. */
+  function plain(value) {
+    return String(value ?? "").replace(/&/g, "&amp;").replace(/</g, "&lt;")
+      .replace(/>/g, "&gt;");
+  }
+
   function chip(topic) {
     return el("span", {class: "chip", style: `background:${topicColor(topic)}`}, topic);
   }
@@ -144,7 +154,7 @@ const DR = (() => {
   }
 
   return {
-    api, ApiError, el, chip, topicColor, fmtTime, isoDate, addDays, pct, validDay, plot,
+    api, ApiError, el, chip, plain, topicColor, fmtTime, isoDate, addDays, pct, validDay, plot,
     showError, clearError, showModel,
   };
 })();

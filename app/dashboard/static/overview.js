@@ -148,7 +148,7 @@
       const rate = series.map((b) => b.hit_rate);
       return {
         type: "scatter", mode: series.length > 300 ? "lines" : "lines+markers",
-        name: versionName(v), x: series.map((b) => b.bucket_start), y: rate,
+        name: DR.plain(versionName(v)), x: series.map((b) => b.bucket_start), y: rate,
         line: {color: ROLE_COLORS[v.role] || PAST_COLOR, width: 2}, marker: {size: 5},
         error_y: {
           type: "data", symmetric: false, thickness: 1, width: 3,
@@ -156,7 +156,8 @@
           arrayminus: series.map((b, i) => (b.hit_rate_ci ? rate[i] - b.hit_rate_ci.low : 0)),
         },
         customdata: series.map((b) => [b.hits, b.impressions, b.mrr]),
-        hovertemplate: `${versionName(v)}: hit rate %{y:.1%}<br>%{customdata[0]} hits / ` +
+        meta: [DR.plain(versionName(v))],
+        hovertemplate: "%{meta[0]}: hit rate %{y:.1%}<br>%{customdata[0]} hits / " +
           "%{customdata[1]} impressions, MRR %{customdata[2]:.3f}<extra></extra>",
       };
     });
@@ -176,7 +177,7 @@
     const traces = transitions.length ? [{
       type: "sankey", arrangement: "snap", valueformat: "d",
       node: {
-        label: labels, pad: 14, thickness: 16,
+        label: labels.map(DR.plain), pad: 14, thickness: 16,  // topics: plain text for Plotly
         color: labels.map(DR.topicColor), line: {width: 0},
         customdata: [...sources.map(() => "before"), ...targets.map(() => "after")],
         hovertemplate: "%{label} (%{customdata}): %{value} drifts<extra></extra>",

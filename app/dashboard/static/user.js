@@ -65,21 +65,22 @@
       series.push({topic: "other", y: points.map((p) => p.weights.slice(SHOWN_TOPICS)
         .reduce((sum, w) => sum + w, 0))});
     }
-    const events = points.map((p) => [p.title || p.item_id, p.topic, DR.fmtTime(p.timestamp),
-                                       p.index]);
+    // titles and topics are data: plain text for Plotly (DR.plain), never template text
+    const events = points.map((p) => [DR.plain(p.title || p.item_id), DR.plain(p.topic),
+                                       DR.fmtTime(p.timestamp), p.index]);
     const traces = series.map(({topic, y}, i) => ({
-      type: "scatter", mode: "lines", stackgroup: "topics", name: topic, x, y,
+      type: "scatter", mode: "lines", stackgroup: "topics", name: DR.plain(topic), x, y,
       line: {width: 0.5, color: DR.topicColor(topic)}, fillcolor: DR.topicColor(topic),
-      customdata: events,
+      customdata: events, meta: [DR.plain(topic)],
       hovertemplate: (i === 0 ? "event #%{customdata[3]}: %{customdata[0]} " +
-        "(%{customdata[1]}), %{customdata[2]}<br>" : "") + `${topic} %{y:.0%}<extra></extra>`,
+        "(%{customdata[1]}), %{customdata[2]}<br>" : "") + "%{meta[0]} %{y:.0%}<extra></extra>",
     }));
     // Change points of the recorded drifts that fall inside the shown events.
     const first = points.length ? points[0].index : 0;
     const marks = records.filter((r) => r.change_index >= first).map((r) => ({
       x: axis === "time" ? r.change_at : r.change_index,
-      text: `${r.kind} drift at event #${r.change_index}: ${r.from_topic || "–"} → ` +
-        `${r.to_topic || "–"} (score ${r.score.toFixed(2)})`,
+      text: DR.plain(`${r.kind} drift at event #${r.change_index}: ${r.from_topic || "–"} → ` +
+        `${r.to_topic || "–"} (score ${r.score.toFixed(2)})`),
     }));
     if (traces.length && marks.length) {
       traces.push({
@@ -112,8 +113,10 @@
       .sort((a, b) => Math.max(long.get(b) || 0, short.get(b) || 0) -
                       Math.max(long.get(a) || 0, short.get(a) || 0))
       .slice(0, 12).reverse();  // heaviest at the top of a horizontal bar chart
+    // topics label the axis: plain text for Plotly (DR.plain)
     const bars = (name, weights, color) => ({
-      type: "bar", orientation: "h", name, y: topics, x: topics.map((t) => weights.get(t) || 0),
+      type: "bar", orientation: "h", name, y: topics.map(DR.plain),
+      x: topics.map((t) => weights.get(t) || 0),
       marker: {color}, hovertemplate: `${name}: %{y} %{x:.1%}<extra></extra>`,
     });
     const traces = topics.length ? [
