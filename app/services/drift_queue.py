@@ -86,7 +86,8 @@ class DriftQueue:
             except Exception:  # one user's failure must not stop the worker
                 self.failed += 1
                 self._report("failed")
-                logger.exception("drift check failed for user %s", user_id)
+                # never the user id: the user may be one just erased (README, Privacy)
+                logger.exception("a background drift check failed")
             finally:
                 self._report_depth()
                 self._queue.task_done()

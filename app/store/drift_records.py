@@ -25,14 +25,17 @@ Definitions (time ranges are ``since <= t < until``; either end may be None = op
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coerce
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.exceptions import InvalidCursor as InvalidCursor  # raised by decode_cursor
+from app.core.exceptions import UnknownUser
 from app.domain.profiles import top_topic
 from app.store import cursors
 from app.store.models import DriftCheck, DriftRecord, Event, User, UTCDateTime, utcnow
@@ -88,6 +91,23 @@ def user_ids_to_scan(session: Session, unchecked_only: bool = False) -> list[str
     return list(session.scalars(query))
 
 
+@contextlib.contextmanager
+def _user_must_exist(user_id: str) -> Iterator[None]:
+    """A write naming a user erased since the check read their events: UnknownUser (a 404, a
+    skipped background check), not the database's error, whose text names the user."""
+    try:
+        yield
+    except IntegrityError as error:
+        if not _foreign_key_violation(error):
+            raise
+        raise UnknownUser(user_id) from None
+
+
+def _foreign_key_violation(error: IntegrityError) -> bool:
+    code = getattr(error.orig, "sqlstate", None)  # psycopg
+    return code == "23503" or "FOREIGN KEY constraint failed" in str(error.orig)
+
+
 def record_drift(
     session: Session,
     *,
@@ -123,7 +143,8 @@ def record_drift(
                                                 DriftRecord.change_event_id])
         .returning(DriftRecord.id)
     )
-    created_id = session.execute(statement).scalar_one_or_none()
+    with _user_must_exist(user_id):
+        created_id = session.execute(statement).scalar_one_or_none()
     created = created_id is not None
     if created:  # counted by the metrics (and sent) when (if) the transaction commits
         session.info[NEW_DRIFT_RECORDS] = session.info.get(NEW_DRIFT_RECORDS, 0) + 1
@@ -150,7 +171,8 @@ def record_check(
                        drift_detected=drift_detected, record_id=record_id,
                        checked_at=checked_at or utcnow())
     session.add(check)
-    session.flush()
+    with _user_must_exist(user_id):
+        session.flush()
     session.info[NEW_DRIFT_CHECKS] = session.info.get(NEW_DRIFT_CHECKS, 0) + 1
     return check
 

@@ -27,6 +27,7 @@ from app.schemas.lifecycle import (
     ItemLifecyclePatch,
     SimilarItemsOut,
 )
+from app.schemas.serving import MAX_K
 from app.services import catalogue_listing, history
 from app.services.catalogue_writes import InvalidWindow
 from app.services.ranking_options import check_k
@@ -133,7 +134,7 @@ def delete_item(runtime: RuntimeDep, item_id: ItemIdPath, retire: bool = False
             responses={404: {"description": "Unknown item, or not in the served catalogue."},
                        503: {"description": "No model is loaded."}})
 def similar(item_id: ItemIdPath, session: SessionDep, model: ModelDep, settings: SettingsDep,
-            k: Annotated[int, Query(ge=1)] = 10) -> dict[str, Any]:
+            k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> dict[str, Any]:
     """The `k` items most like this one in the served model (its learned item table; for an
     item it has not trained on, the text encoder's embeddings), retired items left out, each
     with its topic. Answered from memory but for the titles."""
