@@ -316,3 +316,16 @@ def test_unseen_view_scores_generator_b_through_a_held_out_scorer() -> None:
     assert result.unseen_calibration_alarms_per_1k <= config.target_alarms_per_1k
     assert all(c.user_a in result.groups["evaluation"] for c in result.cases["evaluation_b"])
     assert result.detector.spaces == ["items", "text"] and result.detector.surprise
+
+
+def test_drift_feature_columns_are_set_by_name_once() -> None:
+    """Batch and per-event features both stack through feature_matrix, which takes every
+    FEATURE_NAMES column by name and no other: a column added to one builder only fails."""
+    from app.ml.drift_head import FEATURE_NAMES, feature_matrix
+
+    columns = {name: torch.full((2,), float(n)) for n, name in enumerate(FEATURE_NAMES)}
+    assert feature_matrix(columns)[0].tolist() == list(range(len(FEATURE_NAMES)))
+    with pytest.raises(ValueError, match="log_gap"):
+        feature_matrix({name: v for name, v in columns.items() if name != "log_gap"})
+    with pytest.raises(ValueError, match="extra"):
+        feature_matrix({**columns, "extra": torch.zeros(2)})

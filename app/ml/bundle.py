@@ -36,6 +36,7 @@ import torch
 
 from app.domain.drift import COOLDOWN, MIN_EVENTS, ChangePoint, detect_change_point
 from app.ml.device import autocast_context
+from app.ml.padding import right_pad
 from app.ml.parts import (
     DEFAULT_KINDS,
     ROLES,
@@ -125,13 +126,8 @@ class InterestModelBundle:
             known = [(self._index[i], float(t)) for i, t in zip(items, times, strict=True)
                      if i in self._index][-max_len:]
             rows.append(known)
-        width = max(1, max(len(r) for r in rows))
-        idx = torch.zeros(len(rows), width, dtype=torch.long)
-        ts = torch.zeros(len(rows), width, dtype=torch.float64)
-        for b, row in enumerate(rows):
-            if row:
-                idx[b, : len(row)] = torch.tensor([i for i, _ in row])
-                ts[b, : len(row)] = torch.tensor([t for _, t in row], dtype=torch.float64)
+        idx = right_pad([[i for i, _ in row] for row in rows], torch.long)
+        ts = right_pad([[t for _, t in row] for row in rows], torch.float64)
         return idx.to(self.device), ts.to(self.device)
 
     @property

@@ -189,13 +189,29 @@ def drift_features_and_hidden(model: NextItemScorer, item_idx: torch.Tensor,
     back = hidden[:, back_index]
     gaps = torch.diff(timestamps.double(), dim=1, prepend=timestamps[:, :1].double())
     position = torch.arange(item_idx.shape[1], device=item_idx.device, dtype=torch.float32)
-    columns = [
-        surprise, surprise - past_all.squeeze(-1) * (count > 0),
-        (recent_s - past_s).squeeze(-1), log_rank, *shift,
-        _cos_distance(emb, before_t), _cos_distance(hidden, back),
-        torch.log1p(position).expand_as(surprise), torch.log1p(gaps.clamp(min=0)).float(),
-    ]
-    return torch.stack(columns, dim=-1), hidden
+    columns = {
+        "surprise": surprise,
+        "surprise_vs_past": surprise - past_all.squeeze(-1) * (count > 0),
+        "recent_surprise_vs_past": (recent_s - past_s).squeeze(-1),
+        "log_rank": log_rank,
+        "text_shift": shift[0], "text_shift_6": shift[1], "item_shift": shift[2],
+        "item_vs_past_text": _cos_distance(emb, before_t),
+        "hidden_change": _cos_distance(hidden, back),
+        "log_position": torch.log1p(position).expand_as(surprise),
+        "log_gap": torch.log1p(gaps.clamp(min=0)).float(),
+    }
+    return feature_matrix(columns), hidden
+
+
+def feature_matrix(columns: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Named feature columns stacked in FEATURE_NAMES order on the last axis: the one place
+    the order is set, for the batch features here and the per-event row of
+    app.ml.incremental alike."""
+    missing = set(FEATURE_NAMES) ^ set(columns)
+    if missing:
+        raise ValueError(f"drift features {sorted(missing)} missing or unknown")
+    return torch.stack([torch.as_tensor(columns[name], dtype=torch.float32)
+                        for name in FEATURE_NAMES], dim=-1)
 
 
 @torch.no_grad()

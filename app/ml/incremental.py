@@ -36,8 +36,10 @@ from app.ml.drift_head import (
     DriftHead,
     _cos_distance,
     drift_features_and_hidden,
+    feature_matrix,
     next_item_surprise,
 )
+from app.ml.padding import right_pad
 from app.ml.parts.protocols import DriftDetector, NextItemScorer
 
 KEEP_HIDDEN = SHORT + 1  # scorer hidden states kept: t - SHORT .. t
@@ -124,13 +126,9 @@ class IncrementalDrift:
             if not len(idx):
                 result[b] = empty_state(self._hidden_size())
         if full:
-            width = max(len(windows[b][0]) for b in full)
-            idx = torch.zeros(len(full), width, dtype=torch.long)
-            ts = torch.zeros(len(full), width, dtype=torch.float64)
-            for row, b in enumerate(full):
-                n = len(windows[b][0])
-                idx[row, :n] = torch.from_numpy(np.asarray(windows[b][0], np.int64))
-                ts[row, :n] = torch.from_numpy(np.asarray(windows[b][1], np.float64))
+            idx = right_pad([np.asarray(windows[b][0], np.int64) for b in full], torch.long)
+            ts = right_pad([np.asarray(windows[b][1], np.float64) for b in full],
+                           torch.float64)
             device = self.scorer.item_text.device
             features, hidden = drift_features_and_hidden(self.scorer, idx.to(device),
                                                          ts.to(device))
@@ -174,14 +172,12 @@ class IncrementalDrift:
         starts = [0 if s.n < self.width else self.stride * (s.n // self.stride - 1)
                   for s in states]
         lengths = [s.n - start + 1 for s, start in zip(states, starts, strict=True)]
-        width = max(lengths)
-        idx = torch.zeros(len(states), width, dtype=torch.long)
-        ts = torch.zeros(len(states), width, dtype=torch.float64)
-        for b, (s, start, n) in enumerate(zip(states, starts, lengths, strict=True)):
-            idx[b, :n - 1] = torch.from_numpy(s.item_idx[start:])
-            idx[b, n - 1] = items[b]
-            ts[b, :n - 1] = torch.from_numpy(s.times[start:])
-            ts[b, n - 1] = times[b]
+        idx = right_pad([np.append(s.item_idx[start:], np.int64(items[b]))
+                         for b, (s, start) in enumerate(zip(states, starts, strict=True))],
+                        torch.long)
+        ts = right_pad([np.append(s.times[start:], np.float64(times[b]))
+                        for b, (s, start) in enumerate(zip(states, starts, strict=True))],
+                       torch.float64)
         out = scorer(idx.to(device), ts.to(device)).float()
         rows = torch.arange(len(states), device=device)
         new_hidden = out[rows, torch.tensor(lengths, device=device) - 1].cpu()
@@ -256,9 +252,14 @@ class IncrementalDrift:
         before_t = window_mean(emb, t - LONG, t)
         back = state.hidden[max(0, t - SHORT) - t + len(state.hidden)] if t > 0 else hidden
         gap = time - float(state.times[-1]) if t > 0 else 0.0
-        row = [
-            surprise, surprise - past_all * (t > 0), recent_s - past_s, log_rank, *shifts,
-            float(_cos_distance(emb[-1], before_t)), float(_cos_distance(hidden, back)),
-            math.log1p(t), float(np.float32(math.log1p(max(gap, 0.0)))),
-        ]
-        return torch.tensor(row, dtype=torch.float32)
+        return feature_matrix({
+            "surprise": surprise,
+            "surprise_vs_past": surprise - past_all * (t > 0),
+            "recent_surprise_vs_past": recent_s - past_s,
+            "log_rank": log_rank,
+            "text_shift": shifts[0], "text_shift_6": shifts[1], "item_shift": shifts[2],
+            "item_vs_past_text": float(_cos_distance(emb[-1], before_t)),
+            "hidden_change": float(_cos_distance(hidden, back)),
+            "log_position": math.log1p(t),
+            "log_gap": float(np.float32(math.log1p(max(gap, 0.0)))),
+        })

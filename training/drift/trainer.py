@@ -22,6 +22,7 @@ from app.ml.drift_shift import (
     median_gamma,
     shift_features,
 )
+from app.ml.padding import right_pad
 from app.ml.parts import DriftDetector, NextItemScorer, get_kind
 from app.ml.sequence import SequenceInterestModel
 from training.drift.config import DriftConfig
@@ -91,11 +92,8 @@ def trace_probabilities(detector: DriftDetector, scorer: NextItemScorer,
 
 
 def pad_batch(rows: Sequence[Sequence[float]], dtype: torch.dtype) -> torch.Tensor:
-    """Right-pad 1-D rows with zeros: [B, max_len]."""
-    out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(np.asarray(row), dtype=dtype)
-    return out
+    """Right-pad 1-D rows with zeros: [B, max_len] (app.ml.padding, as serving pads)."""
+    return right_pad(rows, dtype)
 
 
 @torch.no_grad()
