@@ -121,6 +121,20 @@ def test_a_deleted_item_is_not_recommended(client: TestClient) -> None:
     _until(lambda: _session_recommended(client) == ranked)
 
 
+def test_a_deleted_item_has_no_similar_items(client: TestClient) -> None:
+    """One answer for a deleted item on every route: `GET /items/{id}` and `/similar` are
+    404 alike, and both answer again once the item is stored again."""
+    ranked = _session_recommended(client)
+    gone = next(i for i in reversed(ranked) if i not in HISTORY)  # no event references it
+    assert client.get(f"/items/{gone}/similar").status_code == 200
+    assert client.delete(f"/items/{gone}").json()["deleted"] is True
+    assert client.get(f"/items/{gone}").status_code == 404
+    _until(lambda: client.get(f"/items/{gone}/similar").status_code == 404)
+    assert client.post("/items", json={"items": [{"item_id": gone, "title": f"Movie {gone}"}]}
+                       ).status_code == 200
+    _until(lambda: client.get(f"/items/{gone}/similar").status_code == 200)
+
+
 def test_similar_items_from_the_item_table(client: TestClient) -> None:
     response = client.get("/items/1/similar", params={"k": 5})
     assert response.status_code == 200, response.text

@@ -31,6 +31,8 @@ class Availability:
 
     retired: frozenset[str] = frozenset()
     windows: Mapping[str, Window] = field(default_factory=dict)
+    # retired because the store no longer holds them: no route answers for them as items
+    deleted: frozenset[str] = frozenset()
 
     def unavailable(self, now: float) -> frozenset[str]:
         """Items not to recommend at `now`."""
@@ -55,8 +57,10 @@ class Availability:
         longer in the store) are retired."""
         retired = set(self.retired)
         windows = dict(self.windows)
+        deleted = set(self.deleted)
         for item, (active, window) in states.items():
             retired.discard(item)
+            deleted.discard(item)
             windows.pop(item, None)
             if not active:
                 retired.add(item)
@@ -65,4 +69,5 @@ class Availability:
         for item in removed:
             windows.pop(item, None)
             retired.add(item)
-        return Availability(frozenset(retired), windows)
+            deleted.add(item)
+        return Availability(frozenset(retired), windows, frozenset(deleted))

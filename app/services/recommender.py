@@ -500,7 +500,7 @@ class Recommender:
         items outside their window left out. The only database read is the titles."""
         bundle = self.bundle
         index = bundle.index_of(item_id)
-        if index is None:
+        if index is None or item_id in self.model.availability.deleted:
             raise NotServed(item_id)
         source = "item_table" if bundle.is_trained(item_id) else "text"
         table = self.inference.unit_table(source)
