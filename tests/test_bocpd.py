@@ -259,3 +259,43 @@ def test_kind_gradual() -> None:
 def test_kind_recurring() -> None:
     hits = [_kind_at_alarm([(MIX_A, 50), (MIX_B, 30), (MIX_A, 30)], s) for s in range(6)]
     assert sum(len(k) == 2 and k[1] == "recurring" and k[0] != "recurring" for k in hits) >= 5
+
+
+def test_several_change_points_per_case() -> None:
+    from training.drift.evaluation import evaluate_alarms
+
+    metrics = evaluate_alarms([np.array([11, 29, 50]), np.array([40])], [[10, 30], []],
+                              [80, 100], ["recurring", "none"])
+    assert metrics["recall"] == 1.0
+    assert metrics["precision"] == pytest.approx(2 / 4)
+    assert metrics["alarms_per_1k"] == pytest.approx(10.0)
+    # A single int still means one change point (-1: none), as before.
+    single = evaluate_alarms([np.array([11])], [10], [50])
+    assert single["f1"] == 1.0
+
+
+def test_generator_c_recurring_cases_and_pauses_everywhere() -> None:
+    from training.data.sequences import UserSequence
+    from training.drift.splicing import SpliceConfig, make_cases
+
+    rng = np.random.default_rng(0)
+    users = []
+    for u in range(12):
+        low = 1 if u % 2 == 0 else 21
+        n = int(rng.integers(90, 140))
+        items = rng.permutation(np.arange(low, low + 20).repeat(8))[:n].astype(np.int64)
+        users.append(UserSequence(f"u{u}", items, 1e9 + np.cumsum(rng.integers(5, 60, n))
+                                  .astype(np.float64)))
+    vectors = np.zeros((41, 2))
+    vectors[1:21, 0] = vectors[21:, 1] = 1.0
+    config = SpliceConfig.generator_c()
+    cases = make_cases(users, vectors, config, {"abrupt": 1, "gradual": 1, "recurring": 1,
+                                                "none": 1}, seed=3)
+    recurring = [c for c in cases if c.kind == "recurring"]
+    assert recurring
+    for case in recurring:
+        first, back = case.change_points
+        assert case.from_b[first] == 1 and case.from_b[back] == 0 and case.from_b[back - 1] == 1
+        assert case.labels(3)[back] == 1.0
+    pauses = [np.diff(c.times).max() >= config.min_gap_s for c in cases if c.kind == "none"]
+    assert any(pauses)  # controls get pauses too, so a pause alone marks no change

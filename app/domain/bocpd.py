@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy.special import gammaln, logsumexp
+from scipy.special import gammaln
 
 from app.domain.drift import COOLDOWN, MIN_EVENTS, alarm_indices
 
@@ -226,6 +226,14 @@ class BucketThresholds:
         return {"edges": list(self.edges), "values": list(self.values)}
 
 
+def _logsumexp(values: np.ndarray) -> float:
+    """log(sum(exp(values))) of a small 1-D array (scipy's costs more than the whole step)."""
+    top = float(values.max())
+    if not math.isfinite(top):
+        return top
+    return top + math.log(float(np.exp(values - top).sum()))
+
+
 def _log_student_t(x: np.ndarray, mu: np.ndarray, kappa: np.ndarray, alpha: np.ndarray,
                    beta: np.ndarray) -> np.ndarray:
     """Log Student-t predictive of a Normal-Gamma posterior, elementwise."""
@@ -328,7 +336,7 @@ class BocpdDetector:
             cap = config.max_run
             joint[cap - 1] = np.logaddexp(joint[cap - 1], joint[cap])
             joint, counts, n, mu, beta = (a[:cap] for a in (joint, counts, n, mu, beta))
-        evidence = float(logsumexp(joint))
+        evidence = _logsumexp(joint)
         post = joint - evidence
         new_state = BocpdState(state.t + 1, post, counts, n, mu, beta,
                                state.log_evidence + evidence)
@@ -345,9 +353,8 @@ class BocpdDetector:
             return -LOG_ODDS_CLIP, index
         inside = post[lo : hi + 1]
         outside = np.concatenate([post[:lo], post[hi + 1 :]])
-        log_in = float(logsumexp(inside))
-        log_out = float(logsumexp(outside)) if len(outside) else -np.inf
-        log_odds = float(np.clip(log_in - log_out, -LOG_ODDS_CLIP, LOG_ODDS_CLIP))
+        log_out = _logsumexp(outside) if len(outside) else -math.inf
+        log_odds = min(max(_logsumexp(inside) - log_out, -LOG_ODDS_CLIP), LOG_ODDS_CLIP)
         return log_odds, index - (lo + int(np.argmax(inside)))
 
     def run(self, observations: Iterable[Observation],
