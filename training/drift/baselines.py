@@ -7,6 +7,8 @@ Every detector runs per user (a fresh detector for each sequence) and gets the s
 - ADWIN and PageHinkley read the per-event surprise -log p(item_t | prefix) of the sequence
   model (online). Knobs: ADWIN ``delta`` (smaller, fewer alarms), PageHinkley ``threshold``
   (larger, fewer alarms).
+- GLR (:func:`glr_trace`): a generalised likelihood-ratio test for one change in the topic
+  (genre) mix within a sliding window; online; knob: the threshold on the statistic.
 - KernelCPD(kernel="rbf", min_size=2, jump=1) reads the item embeddings of the whole sequence
   (offline: it sees the future): the item text embeddings, and (a second row) the sequence
   model's learned item table. Knob: the penalty ``pen`` (larger, fewer change points); it has
@@ -78,3 +80,42 @@ def never_alarms(length: int) -> np.ndarray:
     """Trivial detector that never raises an alarm."""
     del length
     return np.zeros(0, dtype=np.int64)
+
+
+def _multinomial_loglik(counts: np.ndarray) -> np.ndarray:
+    """Maximised multinomial log-likelihood sum_k c_k log(c_k / n) per row of float[S, K]."""
+    total = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, counts * np.log(counts / np.maximum(total, 1e-12)), 0.0)
+    return terms.sum(axis=-1)
+
+
+def glr_trace(topic_counts: np.ndarray, window: int = 40,
+              min_segment: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """GLR statistic for one change in the topic mix among the last ``window`` events.
+
+    topic_counts: float[L, K], each event's (fractional) topic counts. At event ``t`` the window
+    is ``[max(0, t - window + 1), t]``; for every split ``s`` leaving ``min_segment`` events on
+    each side, the statistic is the log-likelihood ratio of two multinomials (before / from
+    ``s``) against one, maximised over ``s``. Returns (statistic float[L], the maximising split
+    int[L], the located change; ``t`` where no split fits).
+    """
+    length = len(topic_counts)
+    stats = np.zeros(length)
+    located = np.arange(length, dtype=np.int64)
+    for t in range(length):
+        start = max(0, t - window + 1)
+        block = topic_counts[start : t + 1]
+        n = len(block)
+        if n < 2 * min_segment:
+            continue
+        cum = np.cumsum(block, axis=0)
+        splits = np.arange(min_segment, n - min_segment + 1)  # first event of the right side
+        left = cum[splits - 1]
+        right = cum[-1][None, :] - left
+        gain = (_multinomial_loglik(left) + _multinomial_loglik(right)
+                - _multinomial_loglik(cum[-1][None, :]))
+        best = int(np.argmax(gain))
+        stats[t] = float(gain[best])
+        located[t] = start + int(splits[best])
+    return stats, located

@@ -7,6 +7,9 @@ No public benchmark labels per-user interest drift, so we make our own (docs/dri
 - ``gradual``: the first ``c`` events of A; event ``c`` is B's; afterwards each event is B's next
   event with probability ``min(1, (j + 1) / (ramp + 1))`` (``j`` = events since ``c``), else
   A's next one, so B's share ramps up over ``ramp`` events. The change point is ``c``.
+- ``recurring`` (generator C): A's first ``c`` events, a run of B's, then A's next events
+  again (A -> B -> A). Two change points: ``c`` (to B, abrupt) and ``return_point`` (back to
+  A's earlier interests, the recurring one).
 - ``none``: a real user's sequence untouched (no change point; all labels 0).
 
 Times: each event keeps the gap to its predecessor in its own user's sequence, and times are
@@ -26,7 +29,7 @@ import numpy as np
 
 from training.data.sequences import UserSequence
 
-CaseKind = Literal["abrupt", "gradual", "none"]
+CaseKind = Literal["abrupt", "gradual", "recurring", "none"]
 
 
 @dataclass(slots=True)
@@ -50,6 +53,13 @@ class SpliceConfig:
     # Partial change: after the change (and the gradual ramp) each event is still A's next one
     # with this probability (some of A's interests are kept).
     keep_a: float = 0.0
+    # join="mixed": a pause before B's first event with this probability, else the clock runs on
+    join_gap_prob: float = 1.0
+    # Per-event probability of a pause (same distribution as the join's) inserted anywhere in
+    # every case, unspliced controls included, so that a pause by itself gives nothing away.
+    pause_rate: float = 0.0
+    # recurring: A events after B's run, at least (the case is cut to max_unspliced anyway)
+    min_return: int = 10
 
     @classmethod
     def generator_b(cls) -> SpliceConfig:
@@ -57,6 +67,15 @@ class SpliceConfig:
         lengths, a pause at the join, B among A's own farthest third, partial changes."""
         return cls(min_prefix=20, max_prefix=140, min_suffix=12, max_suffix=100, ramp=5,
                    far_quantile=0.67, partner_rule="per_user", join="gap", keep_a=0.15)
+
+    @classmethod
+    def generator_c(cls) -> SpliceConfig:
+        """A third generator (issue 24): changes from event 15 to 150, B's run 15..80, a pause
+        before B half of the time, pauses of the same distribution at 2 % of all events of
+        every case (controls included), and recurring A -> B -> A cases."""
+        return cls(min_prefix=15, max_prefix=150, min_suffix=15, max_suffix=80, ramp=6,
+                   far_quantile=0.5, partner_rule="group", join="mixed", join_gap_prob=0.5,
+                   pause_rate=0.02, min_return=10)
 
 
 @dataclass(slots=True)
@@ -68,12 +87,19 @@ class DriftCase:
     items: list[int]
     times: list[float]
     from_b: list[int] = field(default_factory=list)  # 1 where the event is B's
+    return_point: int = -1  # recurring: the first event back on A's interests
+
+    @property
+    def change_points(self) -> list[int]:
+        """Every labelled change, oldest first (empty for ``none``)."""
+        points = [self.change_point] if self.change_point >= 0 else []
+        return points + ([self.return_point] if self.return_point >= 0 else [])
 
     def labels(self, window: int) -> np.ndarray:
-        """float32[L]: 1 for events ``change_point .. change_point + window - 1``, else 0."""
+        """float32[L]: 1 for events ``cp .. cp + window - 1`` of every change point, else 0."""
         out = np.zeros(len(self.items), dtype=np.float32)
-        if self.change_point >= 0:
-            out[self.change_point : self.change_point + window] = 1.0
+        for point in self.change_points:
+            out[point : point + window] = 1.0
         return out
 
 
@@ -153,10 +179,76 @@ def splice_case(a: UserSequence, b: UserSequence, kind: CaseKind, config: Splice
     draw = rng.random(4 * config.max_suffix) if kind == "gradual" else None
     # Extra draws only for generators that use them, so the default one's cases stay the same.
     keep = rng.random(4 * config.max_suffix) if config.keep_a > 0 else None
-    join_gap = (float(np.exp(rng.uniform(np.log(config.min_gap_s), np.log(config.max_gap_s))))
-                if config.join == "gap" else None)
+    join_gap = _join_gap(config, rng)
     return _assemble(a, b, cut, (b_start, b_stop), config.ramp, draw, keep, config.keep_a,
                      join_gap, config.max_unspliced)
+
+
+def _pause(config: SpliceConfig, rng: np.random.Generator) -> float:
+    """A pause of min_gap_s..max_gap_s seconds, log-uniform."""
+    return float(np.exp(rng.uniform(np.log(config.min_gap_s), np.log(config.max_gap_s))))
+
+
+def _join_gap(config: SpliceConfig, rng: np.random.Generator) -> float | None:
+    """Seconds before B's first event (None: B's own gap)."""
+    if config.join == "gap":
+        return _pause(config, rng)
+    if config.join == "mixed" and rng.random() < config.join_gap_prob:
+        return _pause(config, rng)
+    return None
+
+
+def recurring_case(a: UserSequence, b: UserSequence, config: SpliceConfig,
+                   rng: np.random.Generator) -> DriftCase | None:
+    """A -> B -> A: A's first ``c`` events, a run of B's (films A rated dropped), then A's next
+    events (films of B's run dropped). None when A has too few events left to return to."""
+    top = min(config.max_prefix, len(a.items) - config.min_return)
+    if top < config.min_prefix:
+        return None
+    cut = int(rng.integers(config.min_prefix, top + 1))
+    b_start = int(rng.integers(0, max(len(b.items) - config.min_suffix, 0) + 1))
+    b_stop = min(len(b.items), b_start + int(rng.integers(config.min_suffix,
+                                                          config.max_suffix + 1)))
+    join_gap = _join_gap(config, rng)
+    back_gap = _join_gap(config, rng)
+    a_items = set(a.items.tolist())
+    b_run = [i for i in range(b_start, b_stop) if int(b.items[i]) not in a_items]
+    b_set = {int(b.items[i]) for i in b_run}
+    a_back = [i for i in range(cut, len(a.items)) if int(a.items[i]) not in b_set]
+    if not b_run or len(a_back) < config.min_return:
+        return None
+    a_gaps, b_gaps = _gaps(a.times), _gaps(b.times)
+    items = [int(i) for i in a.items[:cut]]
+    gaps = [float(g) for g in a_gaps[:cut]]
+    for j, pos in enumerate(b_run):
+        items.append(int(b.items[pos]))
+        gaps.append(join_gap if j == 0 and join_gap is not None else float(b_gaps[pos]))
+    for j, pos in enumerate(a_back):
+        items.append(int(a.items[pos]))
+        gaps.append(back_gap if j == 0 and back_gap is not None else float(a_gaps[pos]))
+    from_b = [0] * cut + [1] * len(b_run) + [0] * len(a_back)
+    back = cut + len(b_run)
+    n = config.max_unspliced
+    if back + config.min_return > n:
+        return None
+    times = (a.times[0] + np.cumsum(gaps[:n])).tolist()
+    return DriftCase("recurring", a.user_id, b.user_id, cut, items[:n], times, from_b[:n],
+                     return_point=back)
+
+
+def insert_pauses(case: DriftCase, config: SpliceConfig,
+                  rng: np.random.Generator) -> DriftCase:
+    """The case with a pause added before each event (not the first) with probability
+    ``pause_rate``; times are rebuilt from the gaps."""
+    times = np.asarray(case.times, dtype=np.float64)
+    gaps = _gaps(times)
+    hit = rng.random(len(gaps)) < config.pause_rate
+    hit[:1] = False
+    for i in np.flatnonzero(hit):
+        gaps[i] += _pause(config, rng)
+    new_times = (times[0] + np.cumsum(gaps)).tolist() if len(times) else []
+    return DriftCase(case.kind, case.user_a, case.user_b, case.change_point, case.items,
+                     new_times, case.from_b, case.return_point)
 
 
 def unspliced_case(user: UserSequence, config: SpliceConfig) -> DriftCase:
@@ -192,6 +284,13 @@ def make_cases(users: list[UserSequence], item_vectors: np.ndarray, config: Spli
                 case = splice_case(a, b, kind, config, rng)
                 if case.change_point < len(case.items):  # B's run was not all films A rated
                     cases.append(case)
+        for _ in range(per_user.get("recurring", 0)):
+            b = users[int(rng.choice(pool))]
+            back = recurring_case(a, b, config, rng)
+            if back is not None:
+                cases.append(back)
+    if config.pause_rate > 0:  # draws only for generators with pauses: A's and B's unchanged
+        cases = [insert_pauses(c, config, rng) for c in cases]
     return cases
 
 
