@@ -37,7 +37,7 @@ from app.services.recommender import Recommender
 from app.services.served_model import ModelUnavailable as ModelUnavailable  # re-exported
 from app.services.served_model import ServedModel
 from app.services.served_topk import build_served_topk
-from app.store import repository
+from app.store import locks, repository
 
 logger = logging.getLogger("driftrec.models")
 
@@ -70,6 +70,14 @@ def lifecycle_state(item: Any) -> tuple[bool, Window]:
 
 def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
+
+
+def _alias_target(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version the alias points at now (None: no version has it)."""
+    try:
+        return str(resolve_version(client, name, alias).version)
+    except LookupError:
+        return None
 
 
 class NoChallenger(LookupError):
@@ -294,29 +302,43 @@ class ModelManager:
     def promote_challenger(self) -> Promotion:
         """Move the champion alias to the challenger's version in the registry and remove the
         challenger alias (the experiment is over), then serve it here at once (other workers
-        follow at their next poll). NoChallenger when this worker serves no challenger or the
-        alias has moved since it was loaded; RegistryUnavailable when MLflow does not answer."""
+        follow at their next poll). NoChallenger when this worker serves no challenger, the
+        alias has moved since it was loaded, or another promotion (any worker's) took it
+        first; RegistryUnavailable when MLflow does not answer.
+
+        MLflow's aliases have no compare-and-set, so the compare happens under a lock every
+        worker shares (the store's): both aliases are re-read under it, moved, and read
+        again. Two workers promoting at once: one moves the aliases, the other then finds
+        the challenger alias gone and is refused."""
         slot = self.challenger
-        with self._reload_lock:
+        name = self.settings.model_name
+        with locks.exclusive(self.factory, f"promote-challenger:{name}"), self._reload_lock:
             served = None if slot is None else slot.served
             if slot is None or served is None:
                 why = ("the challenger is off (DRIFTREC_CHALLENGER_SHARE=0)" if slot is None
                        else f"no challenger is served ({slot.status}"
                        + (f": {slot.last_error})" if slot.last_error else ")"))
                 raise NoChallenger(why)
-            client, name = self._client(), self.settings.model_name
-            try:
-                pointed = str(resolve_version(client, name, slot.alias).version)
-            except LookupError as error:
-                raise NoChallenger(str(error)) from error
+            client, champion_alias = self._client(), self.settings.model_alias
+            pointed = _alias_target(client, name, slot.alias)
+            if pointed is None:
+                raise NoChallenger(f"no version of {name!r} has alias {slot.alias!r} (promoted "
+                                   "or ended elsewhere)")
             if pointed != served.version:
                 raise NoChallenger(f"the {slot.alias} alias points at v{pointed} since v"
                                    f"{served.version} was loaded here: reload first")
-            previous = self.champion.served.version if self.champion.served else None
-            move_alias(client, name, self.settings.model_alias, served.version,
-                       remove=slot.alias)
+            # what the registry's champion is, not what this worker serves (it may lag)
+            previous = _alias_target(client, name, champion_alias)
+            move_alias(client, name, champion_alias, served.version, remove=slot.alias)
+            # a registry client outside the service takes no lock: see that nothing moved
+            now, left = (_alias_target(client, name, champion_alias),
+                         _alias_target(client, name, slot.alias))
+            if now != served.version or left is not None:
+                raise NoChallenger(
+                    f"the aliases moved during the promotion ({champion_alias}: v{now}, "
+                    f"{slot.alias}: {'v' + left if left else 'none'}): check the registry")
             logger.info("promoted %s v%s to %s (was v%s)", slot.alias, served.version,
-                        self.settings.model_alias, previous)
+                        champion_alias, previous)
         self.reload()
         return Promotion(served.version, previous)
 
