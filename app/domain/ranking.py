@@ -7,6 +7,11 @@ topic < 0 means "no topic" (the padding entry, or an item without one). For a sc
 without a padding entry (``bundle.score_next`` gives positions 0..N-1) pass ``pad_index=None``.
 
 Inputs may be numpy arrays or torch tensors (any device, any float dtype); outputs are numpy.
+
+Ties in score are broken by ``tie_key`` when given (``id_order``: each row's rank among the
+sorted item ids), else by the lower index. Row order is an accident of arrival (each process
+appends new items as it learns of them), so serving passes the key: every process then gives
+the same answer for the same scores.
 """
 
 from __future__ import annotations
@@ -103,12 +108,23 @@ def drift_aware_scores(
     return scores + strength * np.log(weight + eps)  # -inf (padding) stays -inf
 
 
-def top_k(scores: Any, k: int, exclude: Any = None, pad_index: int | None = 0
-          ) -> tuple[np.ndarray, np.ndarray]:
+def id_order(item_ids: Sequence[str]) -> np.ndarray:
+    """int64[N]: each row's rank among the sorted ids, the ``tie_key`` of scores whose entry i
+    is ``item_ids[i]`` (for scores with a padding entry, prepend one key for it)."""
+    order = sorted(range(len(item_ids)), key=item_ids.__getitem__)
+    key = np.empty(len(item_ids), np.int64)
+    key[np.asarray(order, np.int64)] = np.arange(len(item_ids), dtype=np.int64)
+    return key
+
+
+def top_k(scores: Any, k: int, exclude: Any = None, pad_index: int | None = 0,
+          tie_key: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best entries: (int64[k'] indices, float64[k'] scores), best first.
 
     Never returns ``pad_index``, an entry in ``exclude`` (e.g. items the user has seen), or a
-    non-finite score, so ``k' < k`` when fewer remain. Ties go to the lower index (stable).
+    non-finite score, so ``k' < k`` when fewer remain. Ties go to the lower ``tie_key`` (an
+    int array aligned with the scores), else to the lower index. Only the entries tied with
+    the k-th score are sorted, never the whole vector.
     """
     values = as_numpy(scores)
     allowed = np.isfinite(values)
@@ -123,7 +139,8 @@ def top_k(scores: Any, k: int, exclude: Any = None, pad_index: int | None = 0
     if k < len(candidates):  # keep everything tied with the k-th score, then sort exactly
         kth = np.partition(-values[candidates], k - 1)[k - 1]
         candidates = candidates[values[candidates] >= -kth]
-    order = np.lexsort((candidates, -values[candidates]))[:k]
+    ties = candidates if tie_key is None else np.asarray(tie_key)[candidates]
+    order = np.lexsort((ties, -values[candidates]))[:k]
     chosen = candidates[order]
     return chosen.astype(np.int64), values[chosen]
 
@@ -136,12 +153,13 @@ def rank(
     strength: float = 1.0,
     exclude: Any = None,
     pad_index: int | None = 0,
+    tie_key: np.ndarray | None = None,
 ) -> Ranking:
     """Top-k of the drift-aware scores, and whether drift awareness changed the top-k
-    (same items in the same order = not drift-aware)."""
-    base_idx, _ = top_k(base_scores, k, exclude, pad_index)
+    (same items in the same order = not drift-aware); ties as in ``top_k``."""
+    base_idx, _ = top_k(base_scores, k, exclude, pad_index, tie_key)
     adjusted = drift_aware_scores(base_scores, item_topics, post_change_weights, strength)
-    indices, scores = top_k(adjusted, k, exclude, pad_index)
+    indices, scores = top_k(adjusted, k, exclude, pad_index, tie_key)
     return Ranking(indices, scores, not np.array_equal(indices, base_idx))
 
 
@@ -153,12 +171,13 @@ def rank_subset(
     post_change_weights: Mapping[int, float] | np.ndarray | Sequence[float] | None = None,
     strength: float = 1.0,
     exclude: Any = None,
+    tie_key: np.ndarray | None = None,
 ) -> Ranking:
     """``rank`` over a subset of the catalogue (candidates an index found): `rows` int64[c]
-    ascending positions, `base_scores` float[c] their scores, `item_topics` and `exclude`
-    over the whole catalogue (positions, no padding entry). The indices returned are
-    catalogue positions; with every row in the subset this is ``rank`` over all of them
-    (ties go to the lower position in both, as the rows are ascending)."""
+    ascending positions, `base_scores` float[c] their scores, `item_topics`, `exclude` and
+    `tie_key` over the whole catalogue (positions, no padding entry). The indices returned
+    are catalogue positions; with every row in the subset this is ``rank`` over all of them
+    (ties go to the lower key, or the lower position, in both: the rows are ascending)."""
     positions = as_numpy(rows, np.int64)
     banned = None
     if exclude is not None:
@@ -166,8 +185,9 @@ def rank_subset(
     # the tilt normalises the post-change weights over every topic they name, whichever
     # topics the subset holds, so it is the same tilt as over the whole catalogue
     topics = as_numpy(item_topics, np.int64)[positions]
+    ties = None if tie_key is None else np.asarray(tie_key)[positions]
     found = rank(base_scores, topics, k, post_change_weights, strength, exclude=banned,
-                 pad_index=None)
+                 pad_index=None, tie_key=ties)
     return Ranking(positions[found.indices], found.scores, found.drift_aware)
 
 

@@ -24,15 +24,17 @@ def unit_rows(table: Any) -> np.ndarray:
     return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
 
 
-def nearest(unit: np.ndarray, position: int, k: int, exclude: Any = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def nearest(unit: np.ndarray, position: int, k: int, exclude: Any = None,
+            tie_key: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `k` rows most similar to row `position` (never itself, nor an `exclude`d row):
-    (int64[k'] positions, float64[k'] cosine similarities), most similar first."""
+    (int64[k'] positions, float64[k'] cosine similarities), most similar first; equal
+    similarities by the lower `tie_key` (int[N], e.g. ``ranking.id_order``), else the lower
+    row."""
     similarities = unit @ unit[position]
     banned = np.asarray([position], np.int64)
     if exclude is not None:
         banned = np.concatenate([banned, as_numpy(exclude, np.int64)])
-    return top_k(similarities, k, banned, pad_index=None)
+    return top_k(similarities, k, banned, pad_index=None, tie_key=tie_key)
 
 
 def explain(unit: np.ndarray, recommended: Sequence[int], history: Sequence[int],

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from app.domain import similarity
+from app.domain import ranking, similarity
 from app.ml.bundle import InterestModelBundle
 from app.ml.topk import TopKIndex, candidates
 from app.services.batching import MicroBatcher
@@ -79,6 +79,12 @@ class Inference:
         """The bundle's item vectors on the CPU (float32[N, H]), taken once per bundle: a
         view of the table on the CPU, a copy on CUDA that no request should make again."""
         return self.tables.get("item_vectors", self.bundle.item_vectors)
+
+    def tie_key(self) -> np.ndarray:
+        """int64[N]: each row's rank among the sorted item ids, built once per bundle. Equal
+        scores are ranked by it, not by row: rows are in the order this process learned of
+        the items, which differs between processes."""
+        return self.tables.get("tie_key", lambda: ranking.id_order(self.bundle.item_ids))
 
     def unit_table(self, source: str) -> np.ndarray:
         """float32[N, H] unit rows of the item table ("item_table") or text embeddings

@@ -331,13 +331,14 @@ class Recommender:
         if model.topk is None:
             scores = self.inference.score_next(item_ids, timestamps, at)
             result = ranking.rank(scores, item_topics, k, post_change, strength,
-                                  exclude=excluded, pad_index=None)
+                                  exclude=excluded, pad_index=None,
+                                  tie_key=self.inference.tie_key())
         else:  # the index's candidates, enough to fill k after every exclusion
             wanted = max(candidates, k) + len(excluded)
             rows, scores = self.inference.score_candidates(model.topk, item_ids, timestamps,
                                                            at, wanted)
             result = ranking.rank_subset(rows, scores, item_topics, k, post_change, strength,
-                                         exclude=excluded)
+                                         exclude=excluded, tie_key=self.inference.tie_key())
         names = ranking.explain_topics(result.indices, item_topics, bundle.topics.names)
         chosen = [(bundle.item_ids[int(i)], float(s), name)
                   for i, s, name in zip(result.indices, result.scores, names, strict=True)]
@@ -506,7 +507,8 @@ class Recommender:
         table = self.inference.unit_table(source)
         unavailable = self.model.availability.unavailable(datetime.now(UTC).timestamp())
         excluded = [i - 1 for i in (bundle.index_of(u) for u in unavailable) if i is not None]
-        positions, scores = similarity.nearest(table, index - 1, k, excluded)
+        positions, scores = similarity.nearest(table, index - 1, k, excluded,
+                                               tie_key=self.inference.tie_key())
         names = ranking.explain_topics(positions, bundle.topics.item_topics,
                                        bundle.topics.names)
         ids = [bundle.item_ids[int(p)] for p in positions]
