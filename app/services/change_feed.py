@@ -14,6 +14,9 @@ notification arrives, normally within a few milliseconds of the commit.
 
 An erasure sends the user's id after `ERASED_PREFIX`: every process drops the user's
 remembered rankings and drift findings (app.services.runtime.ServingRuntime.forget_users).
+The erasing process answers only once its own listener has received that notification
+(`awaiting_erasure`): PostgreSQL delivers it to every listening process at once, so by then
+the others have it too, give or take their threads' scheduling.
 
 Item upserts send the ids of the items (app.store.changes.ITEMS_PREFIX): every process then
 forgets its remembered answers (titles may have changed) and hands the ids to its catalogue
@@ -25,7 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -42,6 +47,12 @@ from app.store.changes import (
 logger = logging.getLogger("driftrec.change_feed")
 
 DEFAULT_MAX_USERS = 100_000
+
+
+@dataclass(eq=False)
+class _AwaitedErasure:
+    users: set[str]
+    arrived: threading.Event = field(default_factory=threading.Event)
 
 
 class ChangeFeed:
@@ -73,6 +84,8 @@ class ChangeFeed:
         # Users whose data was erased: the runtime drops what serving remembers of them
         # (None: any user may have been, as after notifications were lost).
         self.on_users_erased: Callable[[list[str] | None], None] | None = None
+        # erasures of this process waiting for their notification to come back
+        self._awaited: list[_AwaitedErasure] = []
 
     @property
     def live(self) -> bool:
@@ -119,11 +132,41 @@ class ChangeFeed:
         if self.on_users_erased is not None:
             self.on_users_erased(user_ids)
 
+    @contextmanager
+    def awaiting_erasure(self, user_ids: Iterable[str]) -> Iterator[threading.Event | None]:
+        """Enter before an erasure commits: the event is set once the erasure's notification
+        of all these users has come back through `apply` (the listener), or the feed stops
+        or starts (notifications may have been lost: nothing more will arrive to wait for).
+        None while the feed is not live (no listener to hear it)."""
+        if not self._live:
+            yield None
+            return
+        awaited = _AwaitedErasure(set(user_ids))
+        with self._lock:
+            self._awaited.append(awaited)
+        try:
+            yield awaited.arrived
+        finally:
+            with self._lock:
+                self._awaited.remove(awaited)
+
+    def _erasure_arrived(self, user_ids: list[str] | None) -> None:
+        with self._lock:
+            for awaited in self._awaited:
+                if user_ids is None:
+                    awaited.users.clear()
+                else:
+                    awaited.users.difference_update(user_ids)
+                if not awaited.users:
+                    awaited.arrived.set()
+
     def apply(self, payload: str) -> None:
         if payload == EVERYTHING:
             self.everything_changed()
         elif payload.startswith(ERASED_PREFIX):
-            self.users_erased(parse_erased_payload(payload))
+            erased = parse_erased_payload(payload)
+            self.users_erased(erased)
+            self._erasure_arrived(erased)
         elif payload.startswith(ITEMS_PREFIX):
             self.items_changed(parse_item_payload(payload))
         else:
@@ -136,7 +179,9 @@ class ChangeFeed:
             self.items_changed(None)
             if self.on_users_erased is not None:
                 self.on_users_erased(None)
-        self._live = live
+        changed, self._live = live != self._live, live
+        if changed:  # what was awaited will not come, or came while nobody listened
+            self._erasure_arrived(None)
 
 
 class SqliteDataVersionWatcher:

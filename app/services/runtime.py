@@ -161,7 +161,9 @@ class ServingRuntime:
         runtime.events = EventIntake(factory, settings, metrics, feed, runtime.drift_queue,
                                      runtime.state_queue)
         runtime.items = CatalogueWrites(factory, settings, runtime.after_items_changed)
-        runtime.erasure = UserErasure(factory, settings, feed.users_erased)
+        # PostgreSQL: an erasure answers once its NOTIFY reached this process's listener
+        notices = feed if engine.dialect.name == "postgresql" else None
+        runtime.erasure = UserErasure(factory, settings, feed.users_erased, notices)
         manager.reload()
         # another version read the catalogue when it loaded: items written since then are
         # compared again; the feed reports items written by any process
