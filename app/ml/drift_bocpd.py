@@ -201,8 +201,7 @@ class BocpdDrift:
             index = bocpd.t
             bocpd, out = self.detector.step(bocpd, self.observation(scorer, int(row), gap))
             bar = values[int(np.searchsorted(edges, index, side="right"))]
-            margin = out.log_odds - bar
-            probs.append(1.0 / (1.0 + math.exp(-margin)) if margin > -700 else 0.0)
+            probs.append(_probability(out.log_odds - bar))
             surprise.append(-out.log_pred)
             located.append(out.change_index)
             kinds.append(KINDS.index(classify_kind(bocpd, out.change_index, None,
@@ -264,6 +263,17 @@ class BocpdDrift:
         return cls(BocpdConfig.from_dict(config["bocpd"]),
                    BucketThresholds.from_dict(config["thresholds"]), items,
                    config.get("topic_names", []), KindRule(**config.get("kind_rule", {})))
+
+
+_BELOW_HALF = float(np.nextafter(np.float32(0.5), np.float32(0.0)))
+
+
+def _probability(margin: float) -> float:
+    """sigmoid(margin) as the float32 the trace keeps, with ``p >= 0.5`` exactly when
+    ``margin >= 0``: a margin a hair below zero (a bucket whose calibrated threshold sits just
+    above its highest score) would round to 0.5 and alarm where the calibrated rule does not."""
+    p = 1.0 / (1.0 + math.exp(-margin)) if margin > -700 else 0.0
+    return _BELOW_HALF if margin < 0 and np.float32(p) >= 0.5 else p
 
 
 class BocpdEngine:

@@ -274,6 +274,8 @@ class BocpdTrainer:
         projection = pca(text, rows, widest)
 
         def build(k: dict[str, Any], thresholds: BucketThresholds | None = None) -> BocpdDrift:
+            # no more components than the embeddings have
+            k = {**k, "vector_dim": min(int(k["vector_dim"]), len(projection[1]))}
             channels = item_channels(text, space, projection, int(k["vector_dim"]))
             return BocpdDrift(fitted_config(k, controls, space, channels),
                               thresholds or BucketThresholds(BUCKET_EDGES, (0.0, 0.0, 0.0)),

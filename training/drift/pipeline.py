@@ -374,7 +374,7 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     trainer = drift_trainer(config.kind)
     detector, threshold, traces = _fit_and_calibrate(trainer, model, feats, cases, "train",
                                                      config, seed, device, progress, catalogue)
-    lap("head+calibration")
+    lap("head_and_calibration")
 
     unseen_model: SequenceInterestModel | None = None
     if heldout is not None:
