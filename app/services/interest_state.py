@@ -5,14 +5,17 @@ the detector's trace over the user's window of events (:func:`app.ml.incremental
 drift_window_start`: the whole history up to ``max_events``, then a start that moves forward in
 steps of ``max_events // 2``). Replaying that window costs a Transformer pass per 25 events, the
 features and a GRU over up to 200 events. Instead each worker keeps, per user, the detector's
-state after the window's events (:class:`app.ml.incremental.DriftState`) and brings it up to
-date with only the events it has not seen, one step each.
+state after the window's events and brings it up to date with only the events it has not
+seen, one step each. The state and its stepping are the detector's incremental engine
+(:func:`app.ml.incremental.engine_for`: feature-gru's :class:`app.ml.incremental.DriftState`,
+bocpd's run-length posterior, or a detector's own ``incremental_engine``); a detector without
+one is replayed on every use.
 
 What is kept per user (`UserInterestState`): the window's first event and the number of the
 user's events it covers, a 64-bit fingerprint of each of those events' ids (in history order),
-where the known ones sit in the window, and the DriftState (the known events' model indices,
-times, the trace so far, the last scorer hidden states and the GRU state): about 7 KiB at 200
-events. Bounded by `DRIFTREC_INTEREST_STATE_USERS` and `_MB` (least recently used go first).
+where the known ones sit in the window, and the engine's state (for feature-gru: the known
+events' model indices, times, the trace so far, the last scorer hidden states and the GRU
+state, about 7 KiB at 200 events; for bocpd about 75 KiB at max_run 200). Bounded by `DRIFTREC_INTEREST_STATE_USERS` and `_MB` (least recently used go first).
 
 A state answers only for the history it was built from. Each use compares it with the history
 just read: the same window start, no more events than the history has, and the same event ids
