@@ -15,7 +15,8 @@ What is kept per user (`UserInterestState`): the window's first event and the nu
 user's events it covers, a 64-bit fingerprint of each of those events' ids (in history order),
 where the known ones sit in the window, and the engine's state (for feature-gru: the known
 events' model indices, times, the trace so far, the last scorer hidden states and the GRU
-state, about 7 KiB at 200 events; for bocpd about 75 KiB at max_run 200). Bounded by `DRIFTREC_INTEREST_STATE_USERS` and `_MB` (least recently used go first).
+state, about 7 KiB at 200 events; for bocpd about 75 KiB at max_run 200). Bounded by
+`DRIFTREC_INTEREST_STATE_USERS` and `_MB` (least recently used go first).
 
 A state answers only for the history it was built from. Each use compares it with the history
 just read: the same window start, no more events than the history has, and the same event ids
