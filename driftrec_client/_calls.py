@@ -34,7 +34,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 EventLike = EventIn | Mapping[str, Any]
 ItemLike = ItemIn | Mapping[str, Any]
 TimeLike = datetime | float | int | str
-DriftKind = Literal["abrupt", "gradual"]
+DriftKind = Literal["abrupt", "gradual", "recurring"]
 
 DEFAULT_BATCH_SIZE = 1_000  # rows per POST; the service takes up to 10,000 (its setting)
 

@@ -187,8 +187,8 @@ def _edit_drift_entry(format1: InterestModelBundle, tmp_path: Path, **changes: A
 
 def test_an_unregistered_kind_or_part_format_is_refused_by_name(
         format1: InterestModelBundle, tmp_path: Path) -> None:
-    directory = _edit_drift_entry(format1, tmp_path, kind="bocpd")
-    with pytest.raises(BundleError, match=r"kind 'bocpd'.*known: .*feature-gru"):
+    directory = _edit_drift_entry(format1, tmp_path, kind="cusum")
+    with pytest.raises(BundleError, match=r"kind 'cusum'.*known: .*feature-gru"):
         InterestModelBundle.load(directory)
     directory = _edit_drift_entry(format1, tmp_path / "2", format=2)
     with pytest.raises(BundleError, match="'feature-gru' has format 2; this code reads format 1"):

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.domain.drift import ChangePoint
 from app.ml.bundle import DriftSettings
+from app.ml.parts import EventTrace
 from app.schemas.events import EventIn
 from app.services import ingestion
 from app.services.drift_scan import scan_users
@@ -79,8 +80,12 @@ class _Bundle:
             traces.append((probs, np.zeros(len(items))))
         return traces
 
-    def change_point(self, probs: np.ndarray, surprise: np.ndarray) -> ChangePoint | None:
-        alarms = np.flatnonzero(probs >= self.drift.threshold)
+    def drift_event_traces(self, histories: Sequence[Sequence[str]],
+                           timestamps: Sequence[Sequence[float]]) -> list[EventTrace]:
+        return [EventTrace(p, s) for p, s in self.drift_traces_batch(histories, timestamps)]
+
+    def decide(self, trace: EventTrace) -> ChangePoint | None:
+        alarms = np.flatnonzero(trace.probabilities >= self.drift.threshold)
         return None if not len(alarms) else ChangePoint(int(alarms[0]), 0.9, "abrupt")
 
 

@@ -26,6 +26,7 @@ from app.store.db import make_engine
 from training import quality, registry
 from training.config import TrainingConfig
 from training.data.store import InteractionSnapshot, read_snapshot
+from training.drift.bocpd_fit import DriftCatalogue
 from training.drift.heldout import heldout_scorer
 from training.drift.pipeline import DriftResult, train_and_evaluate_drift
 from training.recommender import RecommenderResult, prepare_split, train_recommender
@@ -122,30 +123,62 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
     )
 
 
+class DriftParityError(RuntimeError):
+    """The bundle would serve drift decisions other than the ones the run evaluated."""
+
+
 def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: DriftResult,
                     dataset: InteractionSnapshot, config: TrainingConfig, log: Log
                     ) -> dict[str, Any]:
-    """Ranking and drift metrics recomputed through the bundle; warns on a path gap."""
+    """Ranking and drift metrics recomputed through the bundle; warns on a path gap.
+
+    The drift decisions are made the way serving makes them (quality.served_traces: the
+    detector's incremental engine, or its replay when it has none, then the bundle's rule)
+    and compared, case by case, with the decisions evaluation made; ``parity`` says which
+    differ (run_training refuses to go on when any does)."""
     _, split = prepare_split(dataset, config.recommender.max_users)
     ranking = quality.bundle_ranking_metrics(bundle, split)
-    drift_ours = quality.bundle_drift_metrics(bundle, drift.cases["evaluation"],
-                                              config.drift.margin)
+    parity: dict[str, quality.DecisionParity] = {}
+    served: dict[str, dict[str, float | None]] = {}
+    for group in ("evaluation", "evaluation_b"):
+        cases = drift.cases[group]
+        traces = quality.served_traces(bundle, cases)
+        served[group] = quality.bundle_drift_metrics(bundle, cases, config.drift.margin,
+                                                     traces)
+        if group in drift.traces:
+            parity[group] = quality.decision_parity(bundle, traces, drift.decisions(group),
+                                                    drift.traces[group])
+    drift_ours, drift_b_ours = served["evaluation"], served["evaluation_b"]
     gaps = {
         "test": quality.max_gap(ranking["test"], rec.metrics["ours"]["test"],
                                 quality.RANKING_KEYS),
         "drift": quality.max_gap(drift_ours, drift.metrics["ours"], quality.DRIFT_KEYS),
     }
     # The served detector on the generator-B cases too (the evaluated seen_b row).
-    drift_b_ours = quality.bundle_drift_metrics(bundle, drift.cases["evaluation_b"],
-                                                config.drift.margin)
     if "seen_b" in drift.by_protocol:
         gaps["drift_b"] = quality.max_gap(drift_b_ours, drift.by_protocol["seen_b"]["ours"],
                                           quality.DRIFT_KEYS)
     for name, gap in gaps.items():
         status = "ok" if gap <= PATH_GAP_TOLERANCE else "MISMATCH"
         log(f"bundle vs trainer ({name}): largest gap {gap:.5f} [{status}]")
+    for group, check in parity.items():
+        log(f"served vs evaluated drift decisions ({group}): {len(check.differing)} of "
+            f"{check.cases} cases differ, {len(check.noise)} at float noise "
+            f"[{'ok' if check.ok else 'MISMATCH'}]")
     return {"ranking": ranking, "drift_ours": drift_ours, "gaps": gaps,
-            "drift_b_ours": drift_b_ours}
+            "drift_b_ours": drift_b_ours, "parity": parity}
+
+
+def check_drift_parity(checked: dict[str, Any]) -> None:
+    """Refuse a bundle whose served drift decisions differ from the evaluated ones: its
+    report would describe another detector than the one it serves."""
+    bad = {group: check.differing for group, check in checked.get("parity", {}).items()
+           if not check.ok}
+    if bad:
+        raise DriftParityError(
+            "the bundle's served drift decisions differ from the evaluated ones on cases "
+            + "; ".join(f"{group}: {cases[:10]}" for group, cases in bad.items())
+            + " (not registered)")
 
 
 def write_outputs(bundle: InterestModelBundle, report: dict[str, Any], drift: DriftResult,
@@ -244,14 +277,19 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                               rec.item_text_embeddings, config.recommender.train_config(),
                               config.drift, torch_device, seed, progress)
                if config.drift.unseen_view else None)
+    # The topics come first: a topic-reading drift kind (bocpd) and the topic baselines read
+    # the items' categories, or these clusters where the catalogue has none.
+    topics = item_topics(dataset, rec.item_text_embeddings, config)
+    catalogue = DriftCatalogue([tuple(item.categories) for item in dataset.items], topics)
     drift = train_and_evaluate_drift(rec.model, rec.item_text_embeddings, split.train,
-                                     config.drift, seed, torch_device, progress, heldout)
+                                     config.drift, seed, torch_device, progress, heldout,
+                                     catalogue)
     done("drift head trained and compared "
          f"({', '.join(f'{k} {v:.0f} s' for k, v in drift.timings.items())})")
-    topics = item_topics(dataset, rec.item_text_embeddings, config)
     bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device)
     bundle.smoke_test()
     checked = evaluate_bundle(bundle, rec, drift, dataset, config, log)
+    check_drift_parity(checked)
     done("bundle built and evaluated")
     drift_rows = {**drift.metrics, "ours": checked["drift_ours"]}
     unseen_rows = dict(drift.metrics_unseen)

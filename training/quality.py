@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from app.domain.drift import alarm_indices
+from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
+from app.ml.incremental import engine_for
+from app.ml.parts import EventTrace
 from training.data.sequences import LeaveOneOutSplit, UserSequence
 from training.drift.evaluation import evaluate_alarms
 from training.drift.splicing import DriftCase
@@ -74,19 +77,95 @@ def bundle_ranking_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit
             for part, (inputs, targets, at) in parts.items()}
 
 
-def bundle_drift_metrics(bundle: InterestModelBundle, cases: Sequence[DriftCase], margin: int,
-                         batch_size: int = 64) -> dict[str, float | None]:
-    """Our drift detector's metrics on ``cases``, through ``bundle.drift_probabilities_batch``
-    and the served alarm rule (threshold, min_events, cooldown from the bundle)."""
-    alarms = []
+SERVED_FIRST = 10  # events a served state is first built from (one replay of them)
+SERVED_CHUNK = 16  # new events per extension (serving replays the window above this)
+PROB_TOLERANCE = 1e-4  # served vs evaluated probabilities: float noise below this
+
+
+def served_traces(bundle: InterestModelBundle, cases: Sequence[DriftCase],
+                  batch_size: int = 64) -> list[EventTrace]:
+    """Each case's trace through the path that serves it: for a detector with an incremental
+    engine (app.ml.incremental.engine_for: feature-gru, bocpd), a state built from the first
+    ``SERVED_FIRST`` events and then extended ``SERVED_CHUNK`` events at a time, as the
+    per-user states of app.services.interest_state carry it; for one without, the bundle's
+    replay of the window (what serves it). Each case is read through its last ``max_events``
+    events, as the bundle reads a history."""
+    out: list[EventTrace] = []
+    engine = engine_for(bundle.sequence_model, bundle.drift_detector)
+    width = bundle.drift.max_events
     for start in range(0, len(cases), batch_size):
         chunk = cases[start:start + batch_size]
-        histories = [[bundle.item_ids[i - 1] for i in c.items] for c in chunk]
-        probs = bundle.drift_probabilities_batch(histories, [c.times for c in chunk])
-        alarms.extend(alarm_indices(p, bundle.drift.threshold, bundle.drift.min_events,
-                                    bundle.drift.cooldown) for p in probs)
+        if engine is None:
+            histories, times = _as_strings([_sequence(c) for c in chunk], bundle.item_ids)
+            out.extend(bundle.drift_event_traces([h[-width:] for h in histories],
+                                                 [t[-width:] for t in times]))
+            continue
+        windows = [(np.asarray(c.items[-width:], np.int64),
+                    np.asarray(c.times[-width:], np.float64)) for c in chunk]
+        states = engine.start([(idx[:SERVED_FIRST], ts[:SERVED_FIRST]) for idx, ts in windows])
+        done = min(SERVED_FIRST, max(len(idx) for idx, _ in windows))
+        while any(done < len(idx) for idx, _ in windows):
+            todo = [b for b, (idx, _) in enumerate(windows) if done < len(idx)]
+            grown = engine.extend([(states[b], windows[b][0][done:done + SERVED_CHUNK],
+                                    windows[b][1][done:done + SERVED_CHUNK]) for b in todo])
+            for b, state in zip(todo, grown, strict=True):
+                states[b] = state
+            done += SERVED_CHUNK
+        out.extend(state.trace() for state in states)
+    return out
+
+
+def _sequence(case: DriftCase) -> UserSequence:
+    return UserSequence(case.user_a, np.asarray(case.items, np.int64),
+                        np.asarray(case.times, np.float64))
+
+
+def bundle_drift_metrics(bundle: InterestModelBundle, cases: Sequence[DriftCase], margin: int,
+                         traces: Sequence[EventTrace] | None = None
+                         ) -> dict[str, float | None]:
+    """Our drift detector's metrics on ``cases`` as served (``served_traces`` unless given)
+    and decided by the bundle's rule, each change scored where the detector places it."""
+    traces = served_traces(bundle, cases) if traces is None else traces
+    alarms = [np.sort(np.asarray([p.change_index for p in bundle.change_points(t)],
+                                 dtype=np.int64)) for t in traces]
     return evaluate_alarms(alarms, [c.change_point for c in cases], [len(c.items) for c in cases],
                            [c.kind for c in cases], margin)
+
+
+@dataclass
+class DecisionParity:
+    """Served vs evaluated decisions over a set of cases."""
+
+    cases: int
+    differing: list[int]  # cases whose decisions differ beyond float noise (refused)
+    noise: list[int]  # cases whose decisions differ with every probability within tolerance
+
+    @property
+    def ok(self) -> bool:
+        return not self.differing
+
+
+def decision_parity(bundle: InterestModelBundle, served: Sequence[EventTrace],
+                    evaluated: Sequence[list[ChangePoint]],
+                    evaluated_traces: Sequence[EventTrace]) -> DecisionParity:
+    """Compare every change point (alarm, located change, kind) the bundle decides on its
+    served traces with those evaluation decided. A case whose decisions differ while its two
+    traces agree within ``PROB_TOLERANCE`` everywhere is float noise at the threshold (an
+    fp32 batch against a step at a time), logged but not refused."""
+    differing, noise = [], []
+    for n, (trace, points, other) in enumerate(zip(served, evaluated, evaluated_traces,
+                                                   strict=True)):
+        if _decisions(bundle.change_points(trace)) == _decisions(points):
+            continue
+        close = (len(trace.probabilities) == len(other.probabilities) and bool(np.all(
+            np.abs(trace.probabilities.astype(np.float64) - other.probabilities) <=
+            PROB_TOLERANCE)))
+        (noise if close else differing).append(n)
+    return DecisionParity(len(served), differing, noise)
+
+
+def _decisions(points: Sequence[ChangePoint]) -> list[tuple[int, int, str]]:
+    return [(p.index, p.change_index, p.kind) for p in points]
 
 
 def describe_snapshot(summary: Mapping[str, Any]) -> str:

@@ -51,6 +51,7 @@ from scipy.special import gammaln
 from app.domain.drift import COOLDOWN, MIN_EVENTS, alarm_indices
 
 BocpdKind = Literal["abrupt", "gradual", "recurring"]
+KINDS: tuple[BocpdKind, ...] = ("abrupt", "gradual", "recurring")  # code = position
 
 LOG_ODDS_CLIP = 100.0  # keeps traces finite (JSON) when a range holds no mass yet
 
@@ -225,6 +226,11 @@ class BucketThresholds:
     def to_dict(self) -> dict[str, Any]:
         return {"edges": list(self.edges), "values": list(self.values)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BucketThresholds:
+        return cls(tuple(int(e) for e in data.get("edges", ())),
+                   tuple(float(v) for v in data.get("values", (0.0,))))
+
 
 def _logsumexp(values: np.ndarray) -> float:
     """log(sum(exp(values))) of a small 1-D array (scipy's costs more than the whole step)."""
@@ -377,24 +383,39 @@ class BocpdDetector:
 def trace_alarms(log_odds: np.ndarray, change_index: np.ndarray,
                  threshold: float | BucketThresholds, min_events: int = MIN_EVENTS,
                  cooldown: int = COOLDOWN) -> list[BocpdAlarm]:
-    """Alarms of a trace by the service's rule (:func:`app.domain.drift.alarm_indices`:
-    ``log_odds[t] >= threshold``, per-bucket thresholds allowed, at least ``min_events``
-    events, ``cooldown`` events between alarms), plus one condition: the located change must
-    also be more than ``cooldown`` events after the previous alarm's. The statistic stays high
-    for up to ``max_age - min_age`` events after one change, longer than the cooldown, and one
-    change should give one alarm. Each alarm carries its located change."""
+    """Alarms of a trace by :func:`located_alarms` on the log-odds, with one threshold or one
+    per history-length bucket."""
     log_odds = np.asarray(log_odds, dtype=np.float64)
-    change_index = np.asarray(change_index, dtype=np.int64)
     bar = (threshold.per_event(len(log_odds)) if isinstance(threshold, BucketThresholds)
            else np.full(len(log_odds), float(threshold)))
+    return located_alarms(log_odds - bar, change_index, 0.0, min_events, cooldown,
+                          scores=log_odds)
+
+
+def located_alarms(margin: np.ndarray, change_index: np.ndarray, threshold: float,
+                   min_events: int = MIN_EVENTS, cooldown: int = COOLDOWN,
+                   scores: np.ndarray | None = None) -> list[BocpdAlarm]:
+    """Alarms by the service's rule (:func:`app.domain.drift.alarm_indices`: ``margin[t] >=
+    threshold``, at least ``min_events`` events, ``cooldown`` events between alarms), plus
+    one condition: the located change must also be more than ``cooldown`` events after the
+    previous alarm's. The statistic stays high for up to ``max_age - min_age`` events after
+    one change, longer than the cooldown, and one change should give one alarm. Each alarm
+    carries its located change and its score (``scores``, default ``margin``).
+
+    ``margin`` is any per-event score that rises with the evidence: the log-odds minus their
+    bucket's threshold (threshold 0), or the probability ``sigmoid`` of that (threshold 0.5:
+    what a bundle serves, so its ``DriftSettings.threshold`` keeps its meaning)."""
+    margin = np.asarray(margin, dtype=np.float64)
+    change_index = np.asarray(change_index, dtype=np.int64)
+    scores = margin if scores is None else np.asarray(scores, dtype=np.float64)
     alarms: list[BocpdAlarm] = []
     # alarm_indices with cooldown 0 gives the crossings the service rule starts from.
-    for index in alarm_indices(log_odds - bar, 0.0, min_events, 0):
+    for index in alarm_indices(margin, threshold, min_events, 0):
         t, c = int(index), int(change_index[index])
         if alarms and (t - alarms[-1].index <= cooldown or c - alarms[-1].change_index
                        <= cooldown):
             continue
-        alarms.append(BocpdAlarm(t, c, float(log_odds[t])))
+        alarms.append(BocpdAlarm(t, c, float(scores[t])))
     return alarms
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-DriftKind = Literal["abrupt", "gradual"]
+DriftKind = Literal["abrupt", "gradual", "recurring"]
 
 MIN_EVENTS = 10  # no decision before a user has this many events
 COOLDOWN = 10  # events after an alarm during which no new alarm is raised
@@ -29,11 +29,20 @@ KIND_AFTER = 5  # events after a change point read to tell abrupt from gradual
 
 @dataclass(frozen=True, slots=True)
 class ChangePoint:
-    """A detected change: ``index`` is the event (0-based) at which the alarm was raised."""
+    """A detected change: ``index`` is the event (0-based) at which the alarm was raised;
+    ``located`` the event at which the detector places the change when that is earlier (a
+    detector that reads a run of events after the change, such as BOCPD, raises its alarm
+    some events later); None: at the alarm itself."""
 
     index: int
     score: float
     kind: DriftKind
+    located: int | None = None
+
+    @property
+    def change_index(self) -> int:
+        """The event the interests changed at: what is recorded and scored."""
+        return self.index if self.located is None else self.located
 
 
 def alarm_indices(

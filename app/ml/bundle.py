@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.domain.drift import COOLDOWN, MIN_EVENTS, ChangePoint, detect_change_point
+from app.domain.drift import COOLDOWN, MIN_EVENTS, ChangePoint, detect_change_points
 from app.ml.device import autocast_context
 from app.ml.padding import right_pad
 from app.ml.parts import (
@@ -42,6 +42,7 @@ from app.ml.parts import (
     ROLES,
     BundleError,
     DriftDetector,
+    EventTrace,
     ItemEncoder,
     NextItemScorer,
     load_part,
@@ -60,7 +61,7 @@ FORMAT1_FILES = {"encoder": ["encoder"], "scorer": ["sequence_model.pt"],
                  "drift": ["drift_head.pt"]}
 
 __all__ = ["MANIFEST", "MODEL_FORMAT", "BundleError", "DriftSettings", "InterestModelBundle",
-           "read_manifest"]
+           "drift_change_points", "read_manifest"]
 
 
 @dataclass
@@ -74,6 +75,19 @@ class DriftSettings:
     # Cut on the surprise shift around a change above which it is "gradual" (fitted on the
     # head-training splices); None falls back to how fast the drift score rose.
     kind_threshold: float | None = None
+
+
+def drift_change_points(detector: object, settings: DriftSettings, trace: EventTrace
+                        ) -> list[ChangePoint]:
+    """The decision rule of a detector over one history's trace, oldest change first: the
+    detector's own ``change_points(trace, settings)`` when it has one (a detector that places
+    a change before the event raising its alarm), else app.domain.drift's over the
+    probabilities (the change at the alarm; abrupt/gradual from the surprise)."""
+    rule = getattr(detector, "change_points", None)
+    if rule is not None:
+        return list(rule(trace, settings))
+    return detect_change_points(trace.probabilities, settings.threshold, settings.min_events,
+                                settings.cooldown, trace.surprise, settings.kind_threshold)
 
 
 @dataclass
@@ -244,24 +258,29 @@ class InterestModelBundle:
 
     # ------------------------------------------------------------------- drift
     @torch.no_grad()
-    def drift_traces_batch(self, histories: Sequence[Sequence[str]],
-                           timestamps: Sequence[Sequence[float]]
-                           ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per-event (drift probability, surprise -log p(item)) of each history's last
-        ``max_events`` known events: two float[L_b] each (causal: entry t depends on events up
-        to t only). Computed in fp32, as calibration did."""
+    def drift_event_traces(self, histories: Sequence[Sequence[str]],
+                           timestamps: Sequence[Sequence[float]]) -> list[EventTrace]:
+        """Each history's drift trace (:class:`app.ml.parts.EventTrace`) over its last
+        ``max_events`` known events (causal: entry t depends on events up to t only). Computed
+        in fp32, as calibration did."""
         idx, ts = self.encode_histories(histories, timestamps, self.drift.max_events)
         lengths = (idx > 0).sum(dim=1).tolist()
         idx[:, 0] = torch.where(idx[:, 0] == 0, 1, idx[:, 0])  # see score_next_batch
-        trace = self.drift_detector.traces(self.sequence_model, idx, ts)
-        probs = trace.probabilities.float().cpu().numpy()
-        surprise = trace.surprise.float().cpu().numpy()
-        return [(probs[b, :n], surprise[b, :n]) for b, n in enumerate(lengths)]
+        return EventTrace.rows(self.drift_detector.traces(self.sequence_model, idx, ts),
+                               lengths)
+
+    def drift_traces_batch(self, histories: Sequence[Sequence[str]],
+                           timestamps: Sequence[Sequence[float]]
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-event (drift probability, surprise) of each history: two float[L_b] each (see
+        drift_event_traces)."""
+        return [(t.probabilities, t.surprise)
+                for t in self.drift_event_traces(histories, timestamps)]
 
     def drift_probabilities_batch(self, histories: Sequence[Sequence[str]],
                                   timestamps: Sequence[Sequence[float]]) -> list[np.ndarray]:
-        """Per-event drift probabilities: float[L_b] each (see drift_traces_batch)."""
-        return [probs for probs, _ in self.drift_traces_batch(histories, timestamps)]
+        """Per-event drift probabilities: float[L_b] each (see drift_event_traces)."""
+        return [t.probabilities for t in self.drift_event_traces(histories, timestamps)]
 
     def drift_probabilities(self, item_ids: Sequence[str],
                             timestamps: Sequence[float]) -> np.ndarray:
@@ -271,13 +290,24 @@ class InterestModelBundle:
                      ) -> tuple[np.ndarray, ChangePoint | None]:
         """Drift probabilities and the latest change point of a history, by the calibrated
         rule; indices count within the last ``max_events`` known events."""
-        [(probs, surprise)] = self.drift_traces_batch([item_ids], [timestamps])
-        return probs, self.change_point(probs, surprise)
+        [trace] = self.drift_event_traces([item_ids], [timestamps])
+        return trace.probabilities, self.decide(trace)
+
+    def change_points(self, trace: EventTrace) -> list[ChangePoint]:
+        """Every change point of one history's trace, oldest first, by the calibrated rule:
+        the detector's own (``change_points(trace, settings)``, for a detector that locates
+        a change before its alarm) or app.domain.drift's over the probabilities. Serving
+        (find_drift) and the training-time evaluation both decide through here."""
+        return drift_change_points(self.drift_detector, self.drift, trace)
+
+    def decide(self, trace: EventTrace) -> ChangePoint | None:
+        """The latest change point of one history's trace (see change_points)."""
+        points = self.change_points(trace)
+        return points[-1] if points else None
 
     def change_point(self, probs: np.ndarray, surprise: np.ndarray) -> ChangePoint | None:
-        """The latest change point of one history's drift trace, by the calibrated rule."""
-        return detect_change_point(probs, self.drift.threshold, self.drift.min_events,
-                                   self.drift.cooldown, surprise, self.drift.kind_threshold)
+        """The latest change point of a trace of probabilities and surprise alone."""
+        return self.decide(EventTrace(probs, surprise))
 
     # ------------------------------------------------------------------ topics
     def item_topic(self, item_id: str) -> int | None:

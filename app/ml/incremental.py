@@ -40,7 +40,7 @@ from app.ml.drift_head import (
     next_item_surprise,
 )
 from app.ml.padding import right_pad
-from app.ml.parts.protocols import DriftDetector, NextItemScorer
+from app.ml.parts.protocols import DriftDetector, EventTrace, IncrementalEngine, NextItemScorer
 
 KEEP_HIDDEN = SHORT + 1  # scorer hidden states kept: t - SHORT .. t
 
@@ -74,6 +74,9 @@ class DriftState:
     def n(self) -> int:
         return len(self.item_idx)
 
+    def trace(self) -> EventTrace:
+        return EventTrace(self.probabilities, self.surprise)
+
     @property
     def nbytes(self) -> int:
         """Estimated bytes (arrays and the objects holding them)."""
@@ -92,6 +95,19 @@ def supports(scorer: NextItemScorer, detector: DriftDetector) -> bool:
     subclass that changes how traces are made is replayed instead)."""
     return (isinstance(detector, DriftHead) and type(detector).traces is DriftHead.traces
             and type(detector).run is DriftHead.run)
+
+
+def engine_for(scorer: NextItemScorer, detector: DriftDetector) -> IncrementalEngine | None:
+    """The incremental engine serving carries this detector's per-user state with: the
+    detector's own (``incremental_engine(scorer)``), this module's for the feature-gru head,
+    or None (the window is replayed for every new event)."""
+    own = getattr(detector, "incremental_engine", None)
+    if own is not None:
+        engine: IncrementalEngine | None = own(scorer)
+        return engine
+    if supports(scorer, detector):
+        return IncrementalDrift(scorer, detector)  # type: ignore[arg-type]
+    return None
 
 
 class IncrementalDrift:

@@ -58,7 +58,7 @@ class DriftOut(BaseModel):
     score: float = Field(description="the change point's drift probability; without one, the "
                          "highest probability among events that may alarm (after min_events)")
     threshold: float
-    kind: Literal["abrupt", "gradual", "none"]
+    kind: Literal["abrupt", "gradual", "recurring", "none"]
     change_point: ChangePointOut | None
     from_interests: list[TopicWeight]
     to_interests: list[TopicWeight]

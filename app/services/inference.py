@@ -13,13 +13,14 @@ import numpy as np
 
 from app.domain import ranking, similarity
 from app.ml.bundle import InterestModelBundle
+from app.ml.parts import EventTrace
 from app.ml.topk import TopKIndex, candidates
 from app.services.batching import MicroBatcher
 from app.services.lazy_tables import LazyTables
 
 EventWindow = tuple[Sequence[str], Sequence[float]]  # item ids, timestamps; oldest first
 ScoreRequest = tuple[Sequence[str], Sequence[float], float | None]  # + the request time
-DriftTrace = tuple[np.ndarray, np.ndarray]  # per-event drift probability and surprise
+DriftTrace = EventTrace  # per-event drift probability, surprise (and located change, kind)
 Observe = Callable[[str, int], None]
 
 
@@ -48,7 +49,7 @@ class Inference:
         def trace(histories: Sequence[EventWindow]) -> list[DriftTrace]:
             if observe is not None:
                 observe("drift", len(histories))
-            return bundle.drift_traces_batch([h[0] for h in histories],
+            return bundle.drift_event_traces([h[0] for h in histories],
                                              [h[1] for h in histories])
 
         self.scorer: MicroBatcher[ScoreRequest, np.ndarray] = MicroBatcher(score, max_batch)

@@ -5,14 +5,18 @@ the detector's trace over the user's window of events (:func:`app.ml.incremental
 drift_window_start`: the whole history up to ``max_events``, then a start that moves forward in
 steps of ``max_events // 2``). Replaying that window costs a Transformer pass per 25 events, the
 features and a GRU over up to 200 events. Instead each worker keeps, per user, the detector's
-state after the window's events (:class:`app.ml.incremental.DriftState`) and brings it up to
-date with only the events it has not seen, one step each.
+state after the window's events and brings it up to date with only the events it has not
+seen, one step each. The state and its stepping are the detector's incremental engine
+(:func:`app.ml.incremental.engine_for`: feature-gru's :class:`app.ml.incremental.DriftState`,
+bocpd's run-length posterior, or a detector's own ``incremental_engine``); a detector without
+one is replayed on every use.
 
 What is kept per user (`UserInterestState`): the window's first event and the number of the
 user's events it covers, a 64-bit fingerprint of each of those events' ids (in history order),
-where the known ones sit in the window, and the DriftState (the known events' model indices,
-times, the trace so far, the last scorer hidden states and the GRU state): about 7 KiB at 200
-events. Bounded by `DRIFTREC_INTEREST_STATE_USERS` and `_MB` (least recently used go first).
+where the known ones sit in the window, and the engine's state (for feature-gru: the known
+events' model indices, times, the trace so far, the last scorer hidden states and the GRU
+state, about 7 KiB at 200 events; for bocpd about 75 KiB at max_run 200). Bounded by
+`DRIFTREC_INTEREST_STATE_USERS` and `_MB` (least recently used go first).
 
 A state answers only for the history it was built from. Each use compares it with the history
 just read: the same window start, no more events than the history has, and the same event ids
@@ -34,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from app.ml.bundle import InterestModelBundle
-from app.ml.incremental import DriftState, IncrementalDrift, drift_window_start, supports
+from app.ml.incremental import drift_window_start, engine_for
+from app.ml.parts import EngineState, EventTrace
 from app.services.batching import MicroBatcher
 
 DEFAULT_MAX_USERS = 20_000
@@ -49,7 +54,7 @@ class UserInterestState:
     total: int  # the user's events it covers: the window is events start..total-1
     fingerprints: np.ndarray  # int64[total - start]: hash of each window event's id
     positions: np.ndarray  # int32[n]: where in the window each known (scored) event is
-    drift: DriftState
+    drift: EngineState  # the detector's engine's state (app.ml.parts.IncrementalEngine)
 
     @property
     def nbytes(self) -> int:
@@ -63,9 +68,16 @@ class WindowTrace:
 
     start: int  # index in the history's event lists (History.item_ids) of the window's first
     positions: np.ndarray  # int[n]: history index of each traced event
-    probabilities: np.ndarray  # float32[n]
-    surprise: np.ndarray  # float32[n]
+    events: EventTrace  # the trace over the traced events (what the decision rule reads)
     rebuilt: bool = False  # whether this call replayed the window (for tests and metrics)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.events.probabilities
+
+    @property
+    def surprise(self) -> np.ndarray:
+        return self.events.surprise
 
 
 def _fingerprints(event_ids: Sequence[str]) -> np.ndarray:
@@ -82,18 +94,19 @@ class InterestStates:
 
     def __init__(self, bundle: InterestModelBundle, max_users: int = DEFAULT_MAX_USERS,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_batch: int = 64,
-                 replay: Callable[[list[str], list[float]], tuple[np.ndarray, np.ndarray]]
-                 | None = None) -> None:
+                 replay: Callable[[list[str], list[float]], EventTrace] | None = None
+                 ) -> None:
         self.bundle = bundle
         # a whole window through the detector (default: the bundle, unbatched)
-        self._replay = replay or (lambda items, times: bundle.drift_traces_batch([items],
+        self._replay = replay or (lambda items, times: bundle.drift_event_traces([items],
                                                                                  [times])[0])
         self.max_users = max_users
         self.max_bytes = max_bytes
-        self.enabled = (max_users > 0 and max_bytes > 0
-                        and supports(bundle.sequence_model, bundle.drift_detector))
-        self._engine = (IncrementalDrift(bundle.sequence_model, bundle.drift_detector)
-                        if self.enabled else None)  # type: ignore[arg-type]
+        # The detector's incremental engine (feature-gru's, bocpd's own, ...); a detector
+        # without one is replayed for every new event.
+        self._engine = (engine_for(bundle.sequence_model, bundle.drift_detector)
+                        if max_users > 0 and max_bytes > 0 else None)
+        self.enabled = self._engine is not None
         self._data: OrderedDict[str, UserInterestState] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
@@ -101,15 +114,15 @@ class InterestStates:
         self.extensions = 0  # states brought forward by new events only
         self.evictions = 0
         # concurrent requests share one batched pass, as the replay's batcher does
-        self._batcher: MicroBatcher[_Work, DriftState] = MicroBatcher(self._run, max_batch)
+        self._batcher: MicroBatcher[_Work, EngineState] = MicroBatcher(self._run, max_batch)
 
     def __len__(self) -> int:
         return len(self._data)
 
     # ------------------------------------------------------------------ engine
-    def _run(self, work: Sequence[_Work]) -> list[DriftState]:
+    def _run(self, work: Sequence[_Work]) -> list[EngineState]:
         assert self._engine is not None
-        results: list[DriftState | None] = [None] * len(work)
+        results: list[EngineState | None] = [None] * len(work)
         starts = [n for n, w in enumerate(work) if w[0] == "start"]
         extends = [n for n, w in enumerate(work) if w[0] == "extend"]
         if starts:
@@ -174,8 +187,8 @@ class InterestStates:
         if not self.enabled or user_id is None:
             known = [window_items[k] for k in positions]
             times = [timestamps[first + k] for k in positions]
-            probs, surprise = self._replay(known, times)
-            return WindowTrace(first, positions + first, probs, surprise, rebuilt=True)
+            return WindowTrace(first, positions + first, self._replay(known, times),
+                               rebuilt=True)
         fingerprints = _fingerprints(event_ids[first:])
         entry = self.get(user_id)
         covered = 0 if entry is None else entry.total - start
@@ -202,5 +215,4 @@ class InterestStates:
             rebuilt = True
         if entry is None or drift is not entry.drift or entry.total != total:
             self.put(user_id, UserInterestState(start, total, fingerprints, positions, drift))
-        return WindowTrace(first, positions + first, drift.probabilities, drift.surprise,
-                           rebuilt=rebuilt)
+        return WindowTrace(first, positions + first, drift.trace(), rebuilt=rebuilt)

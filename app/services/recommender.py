@@ -221,12 +221,12 @@ class Recommender:
         trace = self.interest_states.trace(user_id, history.event_ids, history.item_ids,
                                            history.timestamps, history.total)
         probs = trace.probabilities
-        change = bundle.change_point(probs, trace.surprise)
+        change = bundle.decide(trace.events)
         n_topics = len(bundle.topics.names)
         before = after = np.zeros(n_topics)
         position = None
-        if change is not None:
-            position = int(trace.positions[change.index])
+        if change is not None:  # the change as the detector places it (its alarm may be later)
+            position = int(trace.positions[change.change_index])
             window = history.item_ids[trace.start:]
             event_topics = [[t] if t >= 0 else [] for t in self._topics_of(window)]
             before, after = drift_domain.interests_around(event_topics,

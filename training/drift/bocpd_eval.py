@@ -51,6 +51,7 @@ from app.domain.bocpd import (
 )
 from app.domain.drift import COOLDOWN, MIN_EVENTS
 from training.drift.baselines import every_k_alarms, glr_trace
+from training.drift.bocpd_fit import calibrate, empirical_prior
 from training.drift.evaluation import evaluate_alarms
 from training.drift.splicing import DriftCase, SpliceConfig, make_cases, split_users
 
@@ -262,42 +263,6 @@ def located_alarms(trace: Trace, threshold: float | BucketThresholds) -> np.ndar
     return np.sort(np.asarray([a.change_index for a in alarms], dtype=np.int64))
 
 
-def _bucket_rate(traces: Sequence[Trace], thresholds: BucketThresholds, bucket: int) -> float:
-    """Alarms per 1,000 events counted at the events (raise index) of one bucket."""
-    edges = (0, *thresholds.edges, 1 << 30)
-    lo, hi = edges[bucket], edges[bucket + 1]
-    alarms = events = 0
-    for score, change in traces:
-        events += max(0, min(len(score), hi) - lo)
-        alarms += sum(lo <= a.index < hi for a in trace_alarms(score, change, thresholds))
-    return 1000.0 * alarms / max(events, 1)
-
-
-def calibrate(traces: Sequence[Trace], target: float,
-              edges: tuple[int, ...] = ()) -> BucketThresholds:
-    """Per bucket in turn (earlier buckets fixed, later ones off), the lowest threshold whose
-    alarms in that bucket stay at or below ``target`` per 1,000 of its events (bisection over
-    the bucket's distinct scores; the rate falls as the threshold rises)."""
-    values = [math.inf] * (len(edges) + 1)
-    bounds = (0, *edges, 1 << 30)
-    for b in range(len(values)):
-        lo_e, hi_e = max(bounds[b], MIN_EVENTS - 1), bounds[b + 1]
-        pool = np.unique(np.concatenate([s[lo_e:hi_e] for s, _ in traces] + [np.zeros(0)]))
-        if len(pool) == 0:
-            values[b] = 0.0
-            continue
-        lo, hi = 0, len(pool)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            values[b] = float(pool[mid])
-            if _bucket_rate(traces, BucketThresholds(edges, tuple(values)), b) <= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        values[b] = float(pool[lo]) if lo < len(pool) else float(np.nextafter(pool[-1], np.inf))
-    return BucketThresholds(edges, tuple(values))
-
-
 def score(cases: Sequence[CaseData], alarms: Sequence[np.ndarray]) -> dict[str, float | None]:
     return evaluate_alarms(alarms, [c.points for c in cases], [len(c.items) for c in cases],
                            [c.case.kind for c in cases])
@@ -310,19 +275,6 @@ def f1_at(traces_by_gen: dict[str, list[Trace]], cases_by_gen: dict[str, list[Ca
 
 
 # ---------------------------------------------------------------- fitting on the fit users
-
-
-def empirical_prior(values: Sequence[np.ndarray], alpha: float) -> tuple[float, ...]:
-    """Normal-Gamma (mu, kappa, alpha, beta) from per-user samples: the prior mean is the
-    pooled mean, the expected variance the pooled within-user variance, and kappa the ratio
-    within / between-user variance (how many events a user's own mean is worth)."""
-    per_user = [v[~np.isnan(v)] for v in values]
-    per_user = [v for v in per_user if len(v) >= 5]
-    allv = np.concatenate(per_user)
-    within = float(np.mean([v.var() for v in per_user]))
-    between = float(np.var([v.mean() for v in per_user]))
-    kappa = within / max(between, 1e-6)
-    return (float(allv.mean()), kappa, alpha, alpha * within)
 
 
 def fit_priors(material: SeedMaterial, dim: int, alpha: float,

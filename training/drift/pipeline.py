@@ -14,6 +14,7 @@ user is in serving). The headline is unseen users on generator B (``DriftResult.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.domain.drift import alarm_indices, classify_kind, kind_score
+from app.domain.drift import ChangePoint, kind_score
+from app.ml.bundle import DriftSettings, drift_change_points
 from app.ml.drift_head import FEATURE_NAMES
-from app.ml.parts import DriftDetector
+from app.ml.parts import DriftDetector, EventTrace
 from app.ml.sequence import SequenceInterestModel
 from training.data.sequences import UserSequence
 from training.drift.baselines import (
@@ -35,6 +37,7 @@ from training.drift.baselines import (
     never_alarms,
     page_hinkley_alarms,
 )
+from training.drift.bocpd_fit import DriftCatalogue, TopicSpace, topic_baselines, topic_space
 from training.drift.calibration import (
     alarms_per_1k,
     calibrate_threshold,
@@ -49,7 +52,7 @@ from training.drift.splicing import (
     save_cases,
     split_users,
 )
-from training.drift.trainer import case_features, drift_trainer
+from training.drift.trainer import DriftTrainer, case_features, drift_trainer
 
 Metrics = dict[str, float | None]
 GROUPS = ("train", "calibration", "evaluation")
@@ -67,7 +70,7 @@ class DriftResult:
     calibration_alarms_per_1k: float  # ours, on the calibration users (where it was set)
     measured_alarms_per_1k: float  # ours, on the evaluation users' unspliced sequences
     metrics: dict[str, Metrics]  # seen users, generator A: detector -> f1, precision, ...
-    knobs: dict[str, float]  # baseline knobs tuned to our calibration rate
+    knobs: dict[str, Any]  # baseline knobs tuned to our calibration rate
     cases: dict[str, list[DriftCase]]  # group -> cases (the run's exact test material)
     groups: dict[str, list[str]]  # group -> user ids
     seed: int
@@ -79,8 +82,22 @@ class DriftResult:
     metrics_unseen: dict[str, Metrics] = field(default_factory=dict)
     # every view: PROTOCOLS entry -> detector -> metrics (baselines on seen_a and unseen_b)
     by_protocol: dict[str, dict[str, Metrics]] = field(default_factory=dict)
-    knobs_unseen: dict[str, float] = field(default_factory=dict)
+    knobs_unseen: dict[str, Any] = field(default_factory=dict)
     unseen_calibration_alarms_per_1k: float | None = None  # ours, held-out scorer
+    # the evaluated traces of the served (seen) detector: "evaluation" (generator A) and
+    # "evaluation_b" cases; the training run checks the bundle serves these very decisions
+    traces: dict[str, list[EventTrace]] = field(default_factory=dict)
+
+    def settings(self, max_events: int) -> DriftSettings:
+        """The decision settings the bundle ships (and evaluation decided with)."""
+        return DriftSettings(threshold=float(self.threshold), min_events=self.config.min_events,
+                             cooldown=self.config.cooldown, max_events=max_events,
+                             kind_threshold=float(self.kind_threshold))
+
+    def decisions(self, group: str) -> list[list[ChangePoint]]:
+        """Every evaluated change point of each case of ``group``, by the served rule."""
+        settings = self.settings(self.config.splice.max_unspliced)
+        return [drift_change_points(self.detector, settings, t) for t in self.traces[group]]
 
     def save_cases(self, path: Path) -> None:
         save_cases(self.cases, path)
@@ -158,17 +175,70 @@ def _fit_kind(features: list[torch.Tensor], cases: list[DriftCase]) -> float:
     return fit_kind_threshold([p[0] for p in pairs], [p[1] for p in pairs])
 
 
-def _kind_accuracy(probs: list[np.ndarray], surprise: list[np.ndarray], alarms: list[np.ndarray],
-                   cases: list[DriftCase], thresholds: tuple[float, float],
+def _kind_accuracy(points: list[list[ChangePoint]], cases: list[DriftCase],
                    margin: int) -> float | None:
-    """Share of detected spliced cases whose abrupt/gradual label matches the splice."""
+    """Share of detected spliced cases whose kind (as decided at the first change point
+    placed within the margin) matches the splice."""
     right = total = 0
-    for p, s, a, c in zip(probs, surprise, alarms, cases, strict=True):
-        hits = [i for i in a if c.change_point >= 0 and abs(i - c.change_point) <= margin]
+    for found, c in zip(points, cases, strict=True):
+        hits = [p for p in found if c.change_point >= 0
+                and abs(p.change_index - c.change_point) <= margin]
         if hits:
             total += 1
-            right += classify_kind(p, int(hits[0]), thresholds[0], s, thresholds[1]) == c.kind
+            right += hits[0].kind == c.kind
     return right / total if total else None
+
+
+def _located(points: list[ChangePoint]) -> np.ndarray:
+    """Alarms scored where each change is placed (the alarm itself for most kinds)."""
+    return np.sort(np.asarray([p.change_index for p in points], dtype=np.int64))
+
+
+def _decide(detector: DriftDetector, settings: DriftSettings,
+            traces: list[EventTrace]) -> list[list[ChangePoint]]:
+    return [drift_change_points(detector, settings, t) for t in traces]
+
+
+def _traces(trainer: DriftTrainer, detector: DriftDetector, scorer: SequenceInterestModel,
+            features: list[torch.Tensor], cases: list[DriftCase],
+            device: torch.device) -> list[EventTrace]:
+    """Each case's trace: the trainer's own (a kind whose decisions read more than the
+    probabilities), else its probabilities with the scorer's surprise from the features."""
+    own = getattr(trainer, "traces", None)
+    if own is not None:
+        return list(own(detector, scorer, features, cases, device))
+    probs = trainer.probabilities(detector, scorer, features, cases, device)
+    return [EventTrace(p, s) for p, s in zip(probs, _surprise(features), strict=True)]
+
+
+def _fit_and_calibrate(trainer: DriftTrainer, scorer: SequenceInterestModel,
+                       feats: dict[str, list[torch.Tensor]], cases: dict[str, list[DriftCase]],
+                       train_group: str, config: DriftConfig, seed: int, device: torch.device,
+                       progress: bool, catalogue: DriftCatalogue
+                       ) -> tuple[DriftDetector, float, dict[str, list[EventTrace]]]:
+    """The detector fitted on ``train_group``'s cases, its threshold calibrated on the
+    calibration users' unspliced cases (by the kind's own ``calibrate`` when it has one), and
+    the traces of the calibration and evaluation groups."""
+    detector = trainer.fit(scorer, feats[train_group], cases[train_group], config, seed,
+                           device, progress, catalogue=catalogue)
+    own = getattr(trainer, "calibrate", None)
+    threshold = (None if own is None
+                 else float(own(detector, scorer, cases["calibration"], config)))
+    traces = {g: _traces(trainer, detector, scorer, feats[g], cases[g], device)
+              for g in ("calibration", "evaluation", "evaluation_b")}
+    if threshold is None:
+        calib = _unspliced([t.probabilities for t in traces["calibration"]],
+                           cases["calibration"])
+        threshold = calibrate_threshold(calib, config.target_alarms_per_1k, config.min_events,
+                                        config.cooldown)
+    return detector, threshold, traces
+
+
+def _calibration_rate(detector: DriftDetector, settings: DriftSettings,
+                      traces: list[EventTrace], cases: list[DriftCase]) -> float:
+    calib = _unspliced(traces, cases)
+    alarms = [_located(p) for p in _decide(detector, settings, calib)]
+    return alarms_per_1k(alarms, [len(t.probabilities) for t in calib])
 
 
 def _kernel_cpd_rows(cases: dict[str, list[DriftCase]], vectors: np.ndarray, rate: float,
@@ -185,9 +255,11 @@ def _kernel_cpd_rows(cases: dict[str, list[DriftCase]], vectors: np.ndarray, rat
 
 
 def _baselines(feats: dict[str, list[torch.Tensor]], cases: dict[str, list[DriftCase]],
-               item_vectors: dict[str, np.ndarray], rate: float, config: DriftConfig
-               ) -> tuple[dict[str, Metrics], dict[str, float]]:
-    """Default and rate-matched rows for ADWIN, PageHinkley and KernelCPD, plus trivial rows.
+               item_vectors: dict[str, np.ndarray], rate: float, config: DriftConfig,
+               topics: TopicSpace) -> tuple[dict[str, Metrics], dict[str, Any]]:
+    """Default and rate-matched rows for ADWIN, PageHinkley and KernelCPD, rate-matched rows
+    of BOCPD and a GLR test on the items' topics (training.drift.bocpd_fit.topic_baselines:
+    their alarms scored at the change they locate), plus trivial rows.
 
     ``item_vectors``: "text" (item text embeddings) and "items" (the sequence model's item
     table), float[N+1, D] each; KernelCPD runs on both (``kernel_cpd`` = text).
@@ -207,7 +279,7 @@ def _baselines(feats: dict[str, list[torch.Tensor]], cases: dict[str, list[Drift
     kcpd, kcpd_default, kcpd_pen = _kernel_cpd_rows(cases, item_vectors["text"], rate, config)
     kcpd_items, kcpd_items_default, kcpd_items_pen = _kernel_cpd_rows(
         cases, item_vectors["items"], rate, config)
-    knobs = {
+    knobs: dict[str, Any] = {
         "adwin": tune_knob(adwin_rate, rate, 1e-12, 1.0, rate_rises_with_knob=True),
         "page_hinkley": tune_knob(ph_rate, rate, 1e-2, 1e4, rate_rises_with_knob=False),
         "kernel_cpd": kcpd_pen, "kernel_cpd_items": kcpd_items_pen,
@@ -224,17 +296,20 @@ def _baselines(feats: dict[str, list[torch.Tensor]], cases: dict[str, list[Drift
         f"every_{2 * margin + 1}": [every_k_alarms(len(c.items), 2 * margin + 1, m)
                                     for c in cases_e],
     }
+    topic_rows, topic_knobs = topic_baselines(topics, cases["calibration"], cases_e, rate,
+                                              config)
+    rows.update(topic_rows)
+    knobs.update(topic_knobs)
     return {name: _score(a, cases_e, margin) for name, a in rows.items()}, knobs
 
 
-def _ours(probs: list[np.ndarray], surprise: list[np.ndarray], cases: list[DriftCase],
-          thresholds: tuple[float, float], config: DriftConfig) -> Metrics:
-    """Our metrics on ``cases`` at the served threshold, with the abrupt/gradual accuracy."""
-    alarms = [alarm_indices(p, thresholds[0], config.min_events, config.cooldown)
-              for p in probs]
+def _ours(detector: DriftDetector, traces: list[EventTrace], cases: list[DriftCase],
+          settings: DriftSettings, config: DriftConfig) -> Metrics:
+    """Our metrics on ``cases`` by the served decision rule, with the kind accuracy."""
+    points = _decide(detector, settings, traces)
+    alarms = [_located(p) for p in points]
     metrics = _score(alarms, cases, config.margin)
-    metrics["kind_accuracy"] = _kind_accuracy(probs, surprise, alarms, cases, thresholds,
-                                              config.margin)
+    metrics["kind_accuracy"] = _kind_accuracy(points, cases, config.margin)
     metrics.update(_alarm_rate_by_position(alarms, cases))
     return metrics
 
@@ -257,12 +332,15 @@ def _alarm_rate_by_position(alarms: list[np.ndarray], cases: list[DriftCase]) ->
 def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torch.Tensor,
                              sequences: list[UserSequence], config: DriftConfig, seed: int,
                              device: torch.device, progress: bool = True,
-                             heldout: HeldOutScorer | None = None) -> DriftResult:
+                             heldout: HeldOutScorer | None = None,
+                             catalogue: DriftCatalogue | None = None) -> DriftResult:
     """Train the drift detector (kind ``config.kind``) on spliced cases and compare it with
     the baselines.
 
     model: the trained, frozen sequence model; item_embeddings: FloatTensor[N+1, D] item text
     embeddings (row 0 zeros); sequences: the users' training-portion sequences.
+    catalogue: the items' categories and the bundle's topics (what a topic-reading kind and
+    the topic baselines read; None: k-means clusters of the text embeddings).
     heldout: fits a sequence model on the given users only; with it the run adds the "unseen"
     view: that model, fitted on one half of the head-training users, is the scorer of a second
     pass (the detector re-fitted on cases of the other half, out-of-fold, and its threshold
@@ -271,6 +349,10 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
     ``by_protocol``. The abrupt/gradual cut is then fitted on the calibration users' spliced
     cases through that model (surprise on users a model never saw, as in serving). The served
     detector and threshold stay the seen pass's (the ones the bundle's check reproduces).
+
+    Every decision (ours, calibration rates, kind accuracy) goes through the rule the bundle
+    serves (app.ml.bundle.drift_change_points), so a detector that places a change before its
+    alarm is scored where it places it.
     """
     start = clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -281,6 +363,8 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
         clock = time.perf_counter()
 
     vectors = item_embeddings.detach().float().cpu().numpy()
+    catalogue = catalogue or DriftCatalogue([])
+    topics = topic_space(vectors, catalogue, seed=seed)
     groups, cases = _build_cases(sequences, vectors, config, seed, heldout is not None)
     lap("splicing")
     views = ("train", "calibration", "evaluation", "evaluation_b")
@@ -288,17 +372,9 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
              for g in views}
     lap("features")
     trainer = drift_trainer(config.kind)
-    detector = trainer.fit(model, feats["train"], cases["train"], config, seed, device, progress)
-    lap("head")
-    probs = {g: trainer.probabilities(detector, model, feats[g], cases[g], device)
-             for g in views[1:]}
-    calib_probs = _unspliced(probs["calibration"], cases["calibration"])
-    threshold = calibrate_threshold(calib_probs, config.target_alarms_per_1k,
-                                    config.min_events, config.cooldown)
-    calib_alarms = [alarm_indices(p, threshold, config.min_events, config.cooldown)
-                    for p in calib_probs]
-    calib_rate = alarms_per_1k(calib_alarms, [len(p) for p in calib_probs])
-    lap("calibration")
+    detector, threshold, traces = _fit_and_calibrate(trainer, model, feats, cases, "train",
+                                                     config, seed, device, progress, catalogue)
+    lap("head_and_calibration")
 
     unseen_model: SequenceInterestModel | None = None
     if heldout is not None:
@@ -311,46 +387,46 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
         views_u = ("train_oof", *views[1:])
         feats_u = {g: case_features(unseen_model, cases[g], item_embeddings, device,
                                     progress=progress) for g in views_u}
-        detector_u = trainer.fit(unseen_model, feats_u["train_oof"], cases["train_oof"],
-                                 config, seed, device, progress)
-        probs_u = {g: trainer.probabilities(detector_u, unseen_model, feats_u[g], cases[g],
-                                            device) for g in views[1:]}
-        calib_u = _unspliced(probs_u["calibration"], cases["calibration"])
-        threshold_u = calibrate_threshold(calib_u, config.target_alarms_per_1k,
-                                          config.min_events, config.cooldown)
+        detector_u, threshold_u, traces_u = _fit_and_calibrate(
+            trainer, unseen_model, feats_u, cases, "train_oof", config, seed, device,
+            progress, catalogue)
         spliced = [i for i, c in enumerate(cases["calibration"]) if c.change_point >= 0]
         kind_threshold = _fit_kind([feats_u["calibration"][i] for i in spliced],
                                    [cases["calibration"][i] for i in spliced])
         lap("unseen_view")
     else:
         kind_threshold = _fit_kind(feats["train"], cases["train"])
-    thresholds = (threshold, kind_threshold)
+    settings = DriftSettings(threshold=threshold, min_events=config.min_events,
+                             cooldown=config.cooldown, max_events=config.splice.max_unspliced,
+                             kind_threshold=kind_threshold)
+    calib_rate = _calibration_rate(detector, settings, traces["calibration"],
+                                   cases["calibration"])
     by_protocol: dict[str, dict[str, Metrics]] = {
-        "seen_a": {"ours": _ours(probs["evaluation"], _surprise(feats["evaluation"]),
-                                 cases["evaluation"], thresholds, config)},
-        "seen_b": {"ours": _ours(probs["evaluation_b"], _surprise(feats["evaluation_b"]),
-                                 cases["evaluation_b"], thresholds, config)},
+        "seen_a": {"ours": _ours(detector, traces["evaluation"], cases["evaluation"], settings,
+                                 config)},
+        "seen_b": {"ours": _ours(detector, traces["evaluation_b"], cases["evaluation_b"],
+                                 settings, config)},
     }
     with torch.no_grad():
         table = model.item_table().detach().float().cpu().numpy()
-    rows, knobs = _baselines(feats, cases, {"text": vectors, "items": table}, calib_rate, config)
+    rows, knobs = _baselines(feats, cases, {"text": vectors, "items": table}, calib_rate,
+                             config, topics)
     by_protocol["seen_a"].update(rows)
-    knobs_u: dict[str, float] = {}
+    knobs_u: dict[str, Any] = {}
     calib_rate_u: float | None = None
     if unseen_model is not None:
+        settings_u = dataclasses.replace(settings, threshold=threshold_u)
         for view, group in (("unseen_a", "evaluation"), ("unseen_b", "evaluation_b")):
-            by_protocol[view] = {"ours": _ours(probs_u[group], _surprise(feats_u[group]),
-                                               cases[group], (threshold_u, kind_threshold),
-                                               config)}
-        calib_rate_u = alarms_per_1k(
-            [alarm_indices(p, threshold_u, config.min_events, config.cooldown)
-             for p in calib_u], [len(p) for p in calib_u])
+            by_protocol[view] = {"ours": _ours(detector_u, traces_u[group], cases[group],
+                                               settings_u, config)}
+        calib_rate_u = _calibration_rate(detector_u, settings_u, traces_u["calibration"],
+                                         cases["calibration"])
         with torch.no_grad():
             table_u = unseen_model.item_table().detach().float().cpu().numpy()
         rows_u, knobs_u = _baselines(
             {"calibration": feats_u["calibration"], "evaluation": feats_u["evaluation_b"]},
             {"calibration": cases["calibration"], "evaluation": cases["evaluation_b"]},
-            {"text": vectors, "items": table_u}, calib_rate_u, config)
+            {"text": vectors, "items": table_u}, calib_rate_u, config, topics)
         by_protocol["unseen_b"].update(rows_u)
         knobs_u["threshold"] = threshold_u
     lap("baselines")
@@ -365,4 +441,5 @@ def train_and_evaluate_drift(model: SequenceInterestModel, item_embeddings: torc
         seconds=time.perf_counter() - start, timings=timings,
         metrics_unseen=by_protocol.get("unseen_b", {}), by_protocol=by_protocol,
         knobs_unseen=knobs_u, unseen_calibration_alarms_per_1k=calib_rate_u,
+        traces={g: traces[g] for g in ("evaluation", "evaluation_b")},
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -30,18 +30,26 @@ from training.drift.config import HeadTrainConfig as HeadTrainConfig  # re-expor
 from training.drift.splicing import DriftCase
 
 # Modules holding drift trainers (imported when a trainer is first looked up).
-TRAINER_MODULES = ("training.drift.trainer",)
+TRAINER_MODULES = ("training.drift.trainer", "training.drift.bocpd_fit")
 
 
 class DriftTrainer(Protocol):
     """How one drift detector kind is fitted on the head-training cases and read on the others.
 
     ``features`` are the cases' drift features (:func:`case_features`, computed once per run:
-    calibration and the baselines use them too); a kind may use them or ignore them."""
+    calibration and the baselines use them too); a kind may use them or ignore them.
+    ``catalogue`` (training.drift.bocpd_fit.DriftCatalogue): the items' categories and topics,
+    for a kind that reads them.
+
+    Optional, looked up by name: ``calibrate(detector, scorer, calibration_cases, config) ->
+    threshold`` for a kind that sets its own thresholds (else the pipeline calibrates one
+    threshold on the probabilities), and ``traces(detector, scorer, features, cases, device)
+    -> list[EventTrace]`` for a kind whose decisions read more than the probabilities and the
+    scorer's surprise."""
 
     def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
             cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
-            progress: bool) -> DriftDetector: ...
+            progress: bool, catalogue: Any = None) -> DriftDetector: ...
 
     def probabilities(self, detector: DriftDetector, scorer: NextItemScorer,
                       features: Sequence[torch.Tensor], cases: Sequence[DriftCase],
@@ -223,7 +231,7 @@ class BuiltFromOptions:
 
     def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
             cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
-            progress: bool) -> DriftDetector:
+            progress: bool, catalogue: Any = None) -> DriftDetector:
         detector: DriftDetector = get_kind("drift", config.kind).cls(**config.options)
         return detector.to(device)
 
@@ -239,7 +247,7 @@ class FeatureGruTrainer:
 
     def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
             cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
-            progress: bool) -> DriftDetector:
+            progress: bool, catalogue: Any = None) -> DriftDetector:
         return train_head(features, cases, config.head, config.min_events, seed, device,
                           progress)
 
@@ -273,7 +281,7 @@ class EmbeddingShiftTrainer:
 
     def fit(self, scorer: NextItemScorer, features: Sequence[torch.Tensor],
             cases: Sequence[DriftCase], config: DriftConfig, seed: int, device: torch.device,
-            progress: bool) -> DriftDetector:
+            progress: bool, catalogue: Any = None) -> DriftDetector:
         spaces = list(config.options.get("spaces", ["items"]))
         surprise = bool(config.options.get("surprise", False))
         tables = [item_space(scorer, space).detach().cpu() for space in spaces]

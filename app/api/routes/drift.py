@@ -21,7 +21,7 @@ def drift_history(
     user_id: Annotated[str | None, Query(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)] = None,
     since: Timestamp | None = None,
     until: Timestamp | None = None,
-    kind: Literal["abrupt", "gradual"] | None = None,
+    kind: Literal["abrupt", "gradual", "recurring"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=CURSOR_MAX_LENGTH)] = None,
 ) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 from app.ml.parts.protocols import (
     DriftDetector,
     DriftTrace,
+    EngineState,
+    EventTrace,
+    IncrementalEngine,
     ItemEncoder,
     NextItemScorer,
     Part,
@@ -22,7 +25,8 @@ from app.ml.parts.registry import (
 )
 
 __all__ = [
-    "DEFAULT_KINDS", "ROLES", "BundleError", "DriftDetector", "DriftTrace", "ItemEncoder",
+    "DEFAULT_KINDS", "ROLES", "BundleError", "DriftDetector", "DriftTrace", "EngineState",
+    "EventTrace", "IncrementalEngine", "ItemEncoder",
     "NextItemScorer", "Part", "PartKind", "get_kind", "kind_of", "load_part", "load_weights",
     "register_part", "registered_kinds", "save_part",
 ]

@@ -12,18 +12,80 @@ catalogue items are 1..N, rows past N are cold-start items; histories are right-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
+import numpy as np
 import torch
 
 
 class DriftTrace(NamedTuple):
-    """A drift detector's answer for a batch: both FloatTensor[B, L], causal (entry t depends
-    on events 0..t only); values at padded positions are meaningless."""
+    """A drift detector's answer for a batch: [B, L] each, causal (entry t depends on events
+    0..t only); values at padded positions are meaningless."""
 
     probabilities: torch.Tensor  # per event: P(the user's interest changed at this event)
-    surprise: torch.Tensor  # evidence: -log p(item_t | events < t) under the scorer
+    surprise: torch.Tensor  # evidence: -log p(item_t | events < t) under the scorer (or the
+    # detector's own predictive surprise, for a detector that reads no scorer)
+    # A detector that places a change before the event raising its alarm: per event, the
+    # event (index in the row) the change it would alarm on started at (LongTensor), and that
+    # change's kind as a code of app.domain.bocpd.KINDS (LongTensor). None: at the event, and
+    # the default abrupt/gradual rule.
+    located: torch.Tensor | None = None
+    kinds: torch.Tensor | None = None
+
+
+class EventTrace(NamedTuple):
+    """One history's drift trace (the rows of a :class:`DriftTrace`, as numpy): what the
+    decision rule reads, in serving and in evaluation alike."""
+
+    probabilities: np.ndarray  # float32[n]
+    surprise: np.ndarray  # float32[n]
+    located: np.ndarray | None = None  # int64[n]
+    kinds: np.ndarray | None = None  # int64[n]
+
+    @classmethod
+    def rows(cls, trace: DriftTrace, lengths: Sequence[int]) -> list[EventTrace]:
+        """Each row of a batch trace, cut to its length."""
+        probs = trace.probabilities.float().cpu().numpy()
+        surprise = trace.surprise.float().cpu().numpy()
+        located = None if trace.located is None else trace.located.long().cpu().numpy()
+        kinds = None if trace.kinds is None else trace.kinds.long().cpu().numpy()
+        return [cls(probs[b, :n], surprise[b, :n],
+                    None if located is None else located[b, :n],
+                    None if kinds is None else kinds[b, :n]) for b, n in enumerate(lengths)]
+
+
+class EngineState(Protocol):
+    """A detector's state after the known events of one window (immutable)."""
+
+    @property
+    def n(self) -> int:
+        """Events it covers."""
+        ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def trace(self) -> EventTrace:
+        """The trace over those events (what a replay of them gives)."""
+        ...
+
+
+@runtime_checkable
+class IncrementalEngine(Protocol):
+    """Carries a detector forward event by event: a drift detector that can be served without
+    replaying a user's window on every new event gives one (``incremental_engine(scorer)``).
+    ``start`` from whole windows and ``extend`` by new events must give the trace a replay of
+    the same window gives (serving and evaluation make the same decisions)."""
+
+    def start(self, windows: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Any]:
+        """States after whole windows (model indices int64[n], epoch seconds float64[n])."""
+        ...
+
+    def extend(self, requests: Sequence[tuple[Any, np.ndarray, np.ndarray]]) -> list[Any]:
+        """Each (state, new model indices, their epoch seconds) -> the state after them."""
+        ...
 
 
 @runtime_checkable
@@ -100,3 +162,10 @@ class DriftDetector(Part, Protocol):
                timestamps: torch.Tensor) -> DriftTrace:
         """Per-event probabilities and surprise of a batch of histories of any length."""
         ...
+
+    # Optional, looked up by name:
+    # - ``change_points(trace: EventTrace, settings: DriftSettings) -> list[ChangePoint]``:
+    #   the detector's own decision rule over one history's trace (the bundle delegates to it;
+    #   without it: app.domain.drift.detect_change_points on the probabilities);
+    # - ``incremental_engine(scorer) -> IncrementalEngine``: serving carries its state forward
+    #   per user instead of replaying the window (without it: a replay per new event).

@@ -39,7 +39,7 @@ ROLE_METHODS: dict[str, tuple[str, ...]] = {
 }
 # Modules holding the kinds this project ships (imported when a kind is first looked up).
 BUILTIN_MODULES = ("app.ml.encoder", "app.ml.sequence", "app.ml.drift_head",
-                   "app.ml.drift_shift")
+                   "app.ml.drift_shift", "app.ml.drift_bocpd")
 # The kinds a format-1 bundle (written before parts had kinds) is made of.
 DEFAULT_KINDS: dict[Role, str] = {"encoder": "minilm", "scorer": "sasrec-text-time",
                                   "drift": "feature-gru"}
