@@ -319,5 +319,6 @@ def format_table(results: Mapping[str, BaselineResult],
                      f"{best.val_ndcg():.4f}")
         if ours is not None and float(ours["val"]["ndcg@10"]) < best.val_ndcg():
             lines.append(f"WARNING: ours ({float(ours['val']['ndcg@10']):.4f}) is below it on "
-                         "validation: the promotion gate refuses such a version")
+                         "validation: the promotion gate refuses such a version (unless "
+                         "run.baseline_gate is false, or --force)")
     return "\n".join(lines)
