@@ -43,7 +43,7 @@ from training.evaluate import Metrics, all_metrics
 TAUS: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, math.inf)  # in baskets
 WINDOWS: tuple[int, ...] = (1, 2, 5, 10, 20)  # in events
 NAMES = ("pop", "repeat", "cooc")
-CHUNK_USERS = 512  # users scored at once: 512 x 33.5k items x 4 bytes = 69 MB
+CHUNK_CELLS = 16_000_000  # users x items scored at once (64 MB of float32; a few copies live)
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,11 @@ def recent_matrix(flat: FlatEvents, n_items: int, window: int) -> sp.csr_matrix:
 
 # --------------------------------------------------------------------------- evaluation
 def chunked_metrics(primary: sp.csr_matrix, prior: np.ndarray, inputs: Sequence[UserSequence],
-                    targets: np.ndarray, chunk: int = CHUNK_USERS) -> Metrics:
+                    targets: np.ndarray, chunk: int | None = None) -> Metrics:
     """``all_metrics`` of ``ranked_scores(primary, prior)``, computed ``chunk`` users at a
-    time (the metrics are means over users: chunk means weighted by chunk size)."""
+    time (default: as many as fit ``CHUNK_CELLS``; the metrics are means over users, so chunk
+    means weighted by chunk size give the same figures)."""
+    chunk = chunk or max(1, CHUNK_CELLS // len(prior))
     totals: dict[str, float] = {}
     n = len(inputs)
     for start in range(0, n, chunk):
