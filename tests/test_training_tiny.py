@@ -51,6 +51,24 @@ def test_tiny_run_registers_promotes_and_writes_the_quality_table(tiny: Any) -> 
     assert report.outputs["quality"].is_relative_to(tiny.root)
 
 
+def test_tiny_run_reports_the_simple_baselines_and_their_floor(tiny: Any) -> None:
+    report = tiny.report
+    assert set(report.baselines) == {"pop", "repeat", "cooc"}
+    assert set(report.quality["baselines"]) == {"pop", "repeat", "cooc"}
+    assert report.quality["baselines"]["repeat"]["knob"].keys() == {"tau"}
+    tags = registry.champion(tiny.target).tags
+    for name in ("pop", "repeat", "cooc"):
+        for key in ("ndcg_at_10_valid", "hr_at_10_valid", "ndcg_at_10_test", "hr_at_10_test"):
+            assert f"baseline_{name}_{key}" in tags
+    assert tags["baseline_cooc_window"] == report.quality["baselines"]["cooc"]["knob"]["window"]
+    best = max(report.baselines.values(), key=lambda r: r.val_ndcg())
+    assert tags["gate_baseline"] == best.label
+    # configs/tiny.yaml reports the floor without enforcing it (run.baseline_gate: false).
+    if float(tags["val_ndcg_at_10"]) < best.val_ndcg():
+        assert "not enforced" in tags["gate_reason"]
+    assert "simple baselines" in report.outputs["tables"].read_text()
+
+
 def test_bundle_path_reproduces_the_trainers_figures(tiny: Any) -> None:
     gaps = tiny.report.bundle_metrics["gaps"]
     assert gaps["test"] < 2e-3 and gaps["drift"] < 2e-3

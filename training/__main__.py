@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train|retrain|ensure-champion``.
+"""Command line: ``python -m training train|retrain|ensure-champion|promote``.
 
 Every command trains on a snapshot of the service's store (``DRIFTREC_DATABASE_URL``: the
 items and events posted to the API or imported with ``python -m training.data``); a config
@@ -12,6 +12,16 @@ file holds hyper-parameters only.
   ``--if-changed`` does nothing when the champion was trained on this very snapshot.
 - ``ensure-champion --config C`` (used by ``make serve``): exit quickly when a champion
   exists, otherwise train, register and promote one, with progress bars.
+- ``promote VERSION [--force]``: move the champion alias to a registered version, e.g. one the
+  gate refused (``--force``); without it, the rules of the tagged figures apply.
+
+Every run also fits simple baselines (``training.baselines``: popularity, buy-again, item
+co-occurrence) on the same split, and the gate never promotes a version whose validation
+NDCG@10 is below the best of them, even when there is no champion yet (``--force`` does).
+Exit status: 0 when the run finished and a champion serves afterwards (the new version, or
+the old one the gate kept); 1 when the new version was refused and there is no champion at
+all (so ``make serve`` stops before starting a service with no model), with the reason and
+what to do on stderr; 2 for a bad config or an unreadable or empty store.
 
 A run checkpoints the encoder and each sequence model (every epoch) under
 ``var/checkpoints/<run>/<data>/``; run the same command again after an interruption and it
@@ -55,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train, evaluate and log a run")
     retrain = commands.add_parser("retrain", help="snapshot, train, register, gate, promote")
     ensure = commands.add_parser("ensure-champion", help="train a champion if there is none")
+    promote = commands.add_parser("promote", help="move the champion alias to a version")
+    promote.add_argument("version", help="the registered version, e.g. 3")
+    promote.add_argument("--force", action="store_true",
+                         help="promote it whatever its figures (e.g. below the baselines)")
     for sub in (train, retrain, ensure):
         sub.add_argument("--config", required=sub is not retrain, default=DEFAULT_CONFIG,
                          help=f"YAML file of hyper-parameters (retrain: {DEFAULT_CONFIG})")
@@ -79,8 +93,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def promote_version(version: str, force: bool) -> int:
+    """``promote VERSION``: through ``registry.promote`` with the version's tagged figures
+    (its baselines included); the decision is also tagged on the version."""
+    from mlflow.exceptions import MlflowException
+
+    from training import registry
+
+    target = registry.default_target()
+    client = target.client()
+    try:
+        found = client.get_model_version(target.model_name, version)
+    except MlflowException:
+        print(f"{target.model_name} has no version {version}", file=sys.stderr)
+        return 2
+    decision = registry.promote(target, version, force=force,
+                                floor=registry.floor_from_tags(found))
+    print(decision.reason)
+    if decision.promoted:
+        for key, value in {"gate_promoted": "True", "gate_reason": decision.reason[:5000],
+                           "gate_champion": decision.previous or "none"}.items():
+            client.set_model_version_tag(target.model_name, version, key, value)
+        return 0
+    current = registry.champion(target)
+    return 0 if current is not None and str(current.version) == str(version) else 1
+
+
+def refusal_status(version: str | None, reason: str, champion: str | None, alias: str) -> int:
+    """Exit status and stderr lines after a run whose new version was not promoted."""
+    if champion is not None:
+        return 0  # the gate kept the champion: a normal outcome of a retrain
+    print(f"no champion: v{version} is registered but not promoted ({reason}).\n"
+          f"The service has no {alias} model to serve. See the run's simple-baselines table; "
+          f"to serve this version anyway: python -m training promote {version} --force",
+          file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "promote":
+        return promote_version(args.version, args.force)
     if args.command == "train" and args.promote and not args.register:
         print("--promote needs --register", file=sys.stderr)
         return 2
@@ -132,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray_address=getattr(args, "address", None),
     )
     print(f"bundle: {report.bundle_dir}")
-    if args.command == "ensure-champion" and not (report.promotion and report.promotion.promoted):
+    decision = report.promotion
+    if decision is not None and not decision.promoted:
+        current = registry.champion(target)
+        return refusal_status(report.version, decision.reason,
+                              None if current is None else str(current.version), target.alias)
+    if args.command == "ensure-champion" and decision is None:
         return 1
     return 0
 

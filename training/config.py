@@ -39,6 +39,8 @@ class RunConfig:
     topic_clusters: int = 20  # k-means topics when the catalogue has no categories
     anchors: str = "ml-100k"  # published reference rows printed beside ours (training.quality)
     import_results: str | None = None  # import benchmark JSON whose total_seconds is reported
+    baseline_gate: bool = True  # refuse to promote a version below the best simple baseline
+    # (training.baselines) on validation; false: the comparison is reported, never enforced
 
 
 @dataclass

@@ -7,13 +7,20 @@ on an older, smaller store: items it never saw are added to it the way serving a
 alone), and histories are read through it as serving reads them. So a growing store can
 promote a new version whenever it does better for the users of today's data, and the figures
 compared were produced the same way.
+
+A floor comes first: the simple baselines of ``training.baselines`` (popularity, buy-again,
+item co-occurrence), fitted and scored on the same split by the same evaluation code. A version
+whose validation NDCG@10 is below the best of them is registered but never promoted, even with
+no champion at all (a model that ranks worse than "what you bought before" should not serve);
+``force`` overrides it, and a config may report the floor without enforcing it
+(``run.baseline_gate: false``).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +30,11 @@ import torch
 from app.ml.bundle import BundleError, InterestModelBundle
 from app.ml.catalogue import CatalogueItem, with_new_items
 from training import quality, registry
+from training.baselines import BaselineResult, best_baseline
 from training.data.sequences import LeaveOneOutSplit, UserSequence
 from training.data.store import InteractionSnapshot
 from training.evaluate import all_metrics
-from training.registry import Comparison, MlflowTarget, PromotionDecision
+from training.registry import BaselineFloor, Comparison, MlflowTarget, PromotionDecision
 
 Log = Callable[[str], None]
 
@@ -77,10 +85,13 @@ def describe_holdout(split: LeaveOneOutSplit, snapshot: InteractionSnapshot) -> 
 def promote_if_not_worse(target: MlflowTarget, version: str, bundle: InterestModelBundle,
                          split: LeaveOneOutSplit, snapshot: InteractionSnapshot,
                          force: bool = False, log: Log = print,
-                         cache_dir: Path | None = None) -> PromotionDecision:
+                         cache_dir: Path | None = None,
+                         baselines: Mapping[str, BaselineResult] | None = None,
+                         enforce_baselines: bool = True) -> PromotionDecision:
     """Score ``version`` (its ``bundle``) and the champion on ``split``; promote when the new
-    version's validation NDCG@10 is not worse. Prints, and logs to the new version's MLflow
-    run, both versions' figures and the reason."""
+    version's validation NDCG@10 is not worse, and not below the best of ``baselines`` (the
+    simple baselines evaluated on this same split; ``enforce_baselines=False``: reported
+    only). Prints, and logs to the new version's MLflow run, the figures and the reason."""
     from app.ml.loader import load_version
 
     current = registry.champion(target)
@@ -88,6 +99,10 @@ def promote_if_not_worse(target: MlflowTarget, version: str, bundle: InterestMod
         f"v{version}": holdout_metrics(bundle, split, snapshot)}
     comparison = None
     holdout = describe_holdout(split, snapshot)
+    best = best_baseline(baselines or {})
+    floor = None if best is None else BaselineFloor(
+        best.label, best.val_ndcg(), figures[f"v{version}"]["val"]["ndcg@10"], enforce_baselines,
+        holdout)
     if current is not None and str(current.version) != str(version) and not force:
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -102,20 +117,23 @@ def promote_if_not_worse(target: MlflowTarget, version: str, bundle: InterestMod
         figures[f"v{current.version}"] = champion_figures
         comparison = Comparison(figures[f"v{version}"]["val"]["ndcg@10"],
                                 champion_figures["val"]["ndcg@10"], holdout)
-    decision = registry.promote(target, version, force, comparison)
-    log(format_figures(figures, holdout))
+    decision = registry.promote(target, version, force, comparison, floor)
+    log(format_figures(figures, holdout, baselines))
     log(decision.reason)
-    _log_decision(target, version, figures, decision)
+    _log_decision(target, version, figures, decision, best)
     return decision
 
 
-def format_figures(figures: dict[str, dict[str, dict[str, float]]], holdout: str) -> str:
+def format_figures(figures: dict[str, dict[str, dict[str, float]]], holdout: str,
+                   baselines: Mapping[str, BaselineResult] | None = None) -> str:
     keys = ("ndcg@10", "hr@10", "ndcg@10_masked")
     lines = [f"gate, {holdout}:",
-             f"{'version':<10}" + "".join(f"{'val ' + k:>22}" for k in keys)
+             f"{'version':<22}" + "".join(f"{'val ' + k:>22}" for k in keys)
              + "".join(f"{'test ' + k:>22}" for k in keys)]
-    for name, parts in figures.items():
-        lines.append(f"{name:<10}" + "".join(_cell(parts["val"].get(k)) for k in keys)
+    rows = dict(figures)
+    rows.update({f"baseline {r.label}": r.metrics for r in (baselines or {}).values()})
+    for name, parts in rows.items():
+        lines.append(f"{name:<22}" + "".join(_cell(parts["val"].get(k)) for k in keys)
                      + "".join(_cell(parts["test"].get(k)) for k in keys))
     return "\n".join(lines)
 
@@ -126,8 +144,9 @@ def _cell(value: Any) -> str:
 
 def _log_decision(target: MlflowTarget, version: str,
                   figures: dict[str, dict[str, dict[str, float]]],
-                  decision: PromotionDecision) -> None:
-    """Both versions' holdout figures and the reason, on the new version's run and tags."""
+                  decision: PromotionDecision, best: BaselineResult | None = None) -> None:
+    """Both versions' holdout figures, the best baseline's and the reason, on the new
+    version's run and tags."""
     client = target.client()
     model_version = client.get_model_version(target.model_name, version)
     new_name = f"v{version}"
@@ -137,14 +156,23 @@ def _log_decision(target: MlflowTarget, version: str,
         for part, values in parts.items():
             for key, value in values.items():
                 metrics[registry.metric_key(f"gate.{role}.{part}.{key}")] = float(value)
+    floor_tags = {}
+    if best is not None:
+        for part, values in best.metrics.items():
+            for key, value in values.items():
+                metrics[registry.metric_key(f"gate.baseline.{part}.{key}")] = float(value)
+        floor_tags = {"gate_baseline": best.label,
+                      "gate_baseline_val_ndcg_at_10": f"{best.val_ndcg():.6f}"}
     if model_version.run_id:
         mlflow.set_tracking_uri(target.tracking_uri)
         with mlflow.start_run(run_id=model_version.run_id):
             mlflow.log_metrics(metrics)
             mlflow.set_tags({"gate.reason": decision.reason[:5000],
                              "gate.promoted": str(decision.promoted),
-                             "gate.champion": decision.previous or "none"})
+                             "gate.champion": decision.previous or "none",
+                             **{k.replace("gate_", "gate.", 1): v
+                                for k, v in floor_tags.items()}})
     for key, value in {"gate_promoted": str(decision.promoted),
                        "gate_reason": decision.reason[:5000],
-                       "gate_champion": decision.previous or "none"}.items():
+                       "gate_champion": decision.previous or "none", **floor_tags}.items():
         client.set_model_version_tag(target.model_name, version, key, value)

@@ -23,7 +23,8 @@ from app.ml.bundle import DriftSettings, InterestModelBundle
 from app.ml.device import resolve_device
 from app.ml.topics import TopicTable, build_topics
 from app.store.db import make_engine
-from training import quality, registry
+from training import baselines, quality, registry
+from training.baselines import BaselineResult
 from training.config import TrainingConfig
 from training.data.store import InteractionSnapshot, read_snapshot
 from training.drift.bocpd_fit import DriftCatalogue
@@ -49,6 +50,7 @@ class TrainingReport:
     version: str | None = None
     promotion: PromotionDecision | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
+    baselines: dict[str, BaselineResult] = field(default_factory=dict)  # simple baselines
 
 
 def device_name(device: torch.device) -> str:
@@ -136,7 +138,8 @@ def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: 
     detector's incremental engine, or its replay when it has none, then the bundle's rule)
     and compared, case by case, with the decisions evaluation made; ``parity`` says which
     differ (run_training refuses to go on when any does)."""
-    _, split = prepare_split(dataset, config.recommender.max_users)
+    _, split = prepare_split(dataset, config.recommender.max_users,
+                             config.recommender.basket_holdout)
     ranking = quality.bundle_ranking_metrics(bundle, split)
     parity: dict[str, quality.DecisionParity] = {}
     served: dict[str, dict[str, float | None]] = {}
@@ -216,6 +219,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
         registry.log_metrics_tree({"trainer": rec.metrics, "bundle": report.bundle_metrics})
         registry.log_metrics_tree({"drift": drift.metrics, "drift_unseen": drift.metrics_unseen,
                                    "timing": {**rec.timings, **drift.timings}})
+        registry.log_metrics_tree(baselines.flat_metrics(report.baselines))
+        mlflow.set_tags(baselines.knob_tags(report.baselines))
         for key in ("quality", "tables", "drift_cases"):
             mlflow.log_artifact(str(report.outputs[key]))
         model_uri = registry.log_bundle_model(report.outputs["bundle"])
@@ -227,9 +232,11 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
                 "drift_f1": float(report.quality["drift"]["ours"]["f1"] or 0.0)}
     if report.quality.get("drift_unseen"):
         headline["drift_unseen_f1"] = float(report.quality["drift_unseen"]["ours"]["f1"] or 0.0)
+    headline.update(baselines.flat_metrics(report.baselines))
     version = registry.register(target, model_uri, report.fingerprint, headline,
                                 {"config": config.run.name, "run_id": run.info.run_id,
-                                 **registry.snapshot_tags(report.snapshot)})
+                                 **registry.snapshot_tags(report.snapshot),
+                                 **baselines.knob_tags(report.baselines)})
     return str(version.version)
 
 
@@ -272,7 +279,12 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                             checkpoint_dir=checkpoints, log=log, ray_workers=ray_workers,
                             ray_address=ray_address)
     done("recommender trained")
-    _, split = prepare_split(dataset, config.recommender.max_users)
+    vocab, split = prepare_split(dataset, config.recommender.max_users,
+                                 config.recommender.basket_holdout)
+    simple = baselines.evaluate_baselines(split, vocab.n_items)
+    best = baselines.best_baseline(simple)
+    done(f"simple baselines fitted and evaluated (best on validation: "
+         f"{best.label if best else '-'})")
     heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
                               rec.item_text_embeddings, config.recommender.train_config(),
                               config.drift, torch_device, seed, progress)
@@ -303,13 +315,16 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         **{f"drift_{k}_s": round(v, 1) for k, v in drift.timings.items()}}
     report_doc["epochs"] = {name: {"run": int(rec.timings.get(f"{name}_epochs", 0)),
                                    "best": int(epoch)} for name, epoch in rec.best_epochs.items()}
+    report_doc["baselines"] = baselines.report(simple)
     report_doc["peak_rss_mib"] = round(peak_rss_mib(), 1)
     seconds = import_seconds(config)
     if seconds is not None:
         report_doc["import_seconds"] = seconds
-    tables = quality.format_tables(report_doc, drift_rows, unseen_rows)
+    tables = (quality.format_tables(report_doc, drift_rows, unseen_rows) + "\n\n"
+              + baselines.format_table(simple, checked["ranking"]))
     log(tables)
-    report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint, summary)
+    report = TrainingReport(Path(), report_doc, rec.metrics, checked, fingerprint, summary,
+                            baselines=simple)
     report.outputs = write_outputs(bundle, report_doc, drift, tables, config)
     report.bundle_dir = report.outputs["bundle"]
     shutil.rmtree(checkpoints, ignore_errors=True)  # the outputs are written: nothing to resume
@@ -321,6 +336,7 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         if promote:
             from training.gate import promote_if_not_worse
 
-            report.promotion = promote_if_not_worse(target, report.version, bundle, split,
-                                                    dataset, force, log)
+            report.promotion = promote_if_not_worse(
+                target, report.version, bundle, split, dataset, force, log, baselines=simple,
+                enforce_baselines=config.run.baseline_gate)
     return report

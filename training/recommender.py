@@ -41,6 +41,9 @@ class RecommenderConfig:
 
     # data
     max_users: int | None = None  # keep only the first N users (by first ingested event)
+    basket_holdout: bool = False  # validation/test histories stop before the target's
+    # timestamp, so a basket's other items are never history for one of its items (off: the
+    # RecBole protocol of the MovieLens figures; see training.data.sequences)
     # text encoder (all-MiniLM-L6-v2) and its contrastive fine-tuning
     encoder_num_layers: int | None = None  # keep the first k transformer layers; None = all 6
     encoder_max_length: int = 64  # tokens per item text (ml-100k texts are ~16)
@@ -145,14 +148,14 @@ class RecommenderResult:
     baseline: SequenceInterestModel | None = None  # sasrec_id, when trained
 
 
-def prepare_split(dataset: InteractionSnapshot, max_users: int | None
-                  ) -> tuple[ItemVocab, LeaveOneOutSplit]:
+def prepare_split(dataset: InteractionSnapshot, max_users: int | None,
+                  basket_holdout: bool = False) -> tuple[ItemVocab, LeaveOneOutSplit]:
     """Vocabulary (full catalogue) and the leave-one-out split of (the first max_users) users."""
     vocab = build_vocab(dataset)
     sequences = build_user_sequences(dataset, vocab)
     if max_users is not None:
         sequences = sequences[:max_users]
-    return vocab, leave_one_out(sequences)
+    return vocab, leave_one_out(sequences, basket_holdout)
 
 
 def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: LeaveOneOutSplit,
@@ -203,7 +206,7 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
     `ray_workers` > 0: the sequence models train data-parallel on Ray Train
     (training/distributed.py; the `ray` extra), the rest as in one process."""
     start = time.perf_counter()
-    vocab, split = prepare_split(dataset, config.max_users)
+    vocab, split = prepare_split(dataset, config.max_users, config.basket_holdout)
 
     def checkpoint(name: str) -> Path | None:
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{name}.pt"

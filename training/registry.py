@@ -209,9 +209,53 @@ class Comparison:
     holdout: str  # what both were scored on, in words
 
 
+@dataclass(frozen=True)
+class BaselineFloor:
+    """The best simple baseline (``training.baselines``) on the new version's split: a version
+    whose validation NDCG@10 is below it is not promoted, first promotion included."""
+
+    baseline: str  # e.g. "repeat (tau=3)"
+    score: float  # its validation NDCG@10
+    new_score: float  # the new version's, on the same split and evaluation
+    enforced: bool = True  # False (run.baseline_gate: false): reported, never refuses
+    holdout: str = "the split it was registered with"  # what both were scored on, in words
+
+    @property
+    def below(self) -> bool:
+        return self.new_score < self.score
+
+    def describe(self) -> str:
+        relation = "below" if self.below else ">="
+        return (f"val NDCG@10 {self.new_score:.4f} {relation} the best simple baseline, "
+                f"{self.baseline}, at {self.score:.4f}")
+
+
+BASELINE_TAG_PREFIX = "baseline_"
+BASELINE_TAG_SUFFIX = "_ndcg_at_10_valid"
+
+
+def floor_from_tags(version: ModelVersion) -> BaselineFloor | None:
+    """The floor as registered on a version (its ``baseline_<name>_ndcg_at_10_valid`` tags
+    against its ``val_ndcg_at_10``); None for a version registered without baselines."""
+    scores = {}
+    for key, value in version.tags.items():
+        if key.startswith(BASELINE_TAG_PREFIX) and key.endswith(BASELINE_TAG_SUFFIX):
+            name = key.removeprefix(BASELINE_TAG_PREFIX).removesuffix(BASELINE_TAG_SUFFIX)
+            try:
+                scores[name] = float(value)
+            except ValueError:
+                continue
+    if not scores or HEADLINE_TAG not in version.tags:
+        return None
+    name = max(scores, key=lambda n: scores[n])
+    return BaselineFloor(name, scores[name], _headline(version))
+
+
 def promote(target: MlflowTarget, version: str, force: bool = False,
-            comparison: Comparison | None = None) -> PromotionDecision:
-    """Move the alias to ``version`` unless the current champion scores better.
+            comparison: Comparison | None = None,
+            floor: BaselineFloor | None = None) -> PromotionDecision:
+    """Move the alias to ``version`` unless it ranks worse than the best simple baseline
+    (``floor``, when given and enforced) or the current champion scores better.
 
     With a ``comparison`` (the fair gate: both versions scored on the same holdout), promote
     when the new version is not worse. Without one, only the figures tagged at registration
@@ -225,6 +269,12 @@ def promote(target: MlflowTarget, version: str, force: bool = False,
     if previous == str(new.version):
         return PromotionDecision(False, previous, previous, f"v{previous} is already "
                                  f"{target.alias}")
+    if floor is not None and floor.enforced and floor.below and not force:
+        kept = (f"v{previous} stays {target.alias}" if previous is not None else
+                f"there is no {target.alias}, so nothing is served until a version is")
+        return PromotionDecision(False, str(new.version), previous, (
+            f"not promoted: v{new.version}'s {floor.describe()} on {floor.holdout}; {kept} "
+            "(--force promotes it anyway)"))
     verdict = None if force or current is None else _refusal(new, current, comparison)
     if verdict is not None:
         return PromotionDecision(False, str(new.version), previous, verdict)
@@ -238,6 +288,10 @@ def promote(target: MlflowTarget, version: str, force: bool = False,
                f"{comparison.champion_score:.4f} on {comparison.holdout}")
     else:
         why = f"val NDCG@10 {_headline(new):.4f} >= v{current.version}'s {_headline(current):.4f}"
+    if floor is not None:
+        why += f"; {floor.describe()}"
+        if floor.below:
+            why += " (forced)" if force else " (not enforced: run.baseline_gate is off)"
     return PromotionDecision(True, str(new.version), previous, f"v{new.version} is now "
                              f"{target.alias} ({why})")
 

@@ -210,6 +210,8 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     setting = {"name": name, "seed": seed, "train": asdict(config),
                "model": asdict(model.config), "n_items": model.n_items,
                "users": len(split.train)}
+    if split.basket_holdout:  # another validation: a checkpoint of the other one is not resumed
+        setting["basket_holdout"] = True
     resumed = _load_checkpoint(checkpoint, setting)
     if resumed is not None:
         model.load_state_dict(resumed["model"])

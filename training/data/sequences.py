@@ -5,6 +5,17 @@ by timestamp, ties in ingestion order (the store's ``seq``; for an imported file
 order), as serving reads histories; the last event is the test target, the second
 last the validation target, the rest is training. Validation predicts from the training part;
 test predicts from training + validation (the validation item is history by then).
+
+Baskets (many events sharing one timestamp, e.g. a grocery order): the targets are then the
+last-ingested items of the last basket(s) and, by default, the basket's other items are in the
+history, at the very time of the request. That is the RecBole protocol the MovieLens figures
+follow, but for data whose unit is the basket it leaks: a model (or a baseline) is credited
+with completing a basket it was shown most of, and the ingestion order inside a basket (often
+a receipt's, sorted by product or aisle) decides which item is the target. With
+``basket_holdout`` the histories of validation and test stop before the target's timestamp:
+every event sharing it is held out of the history (not scored: the target stays one item), so
+each target is predicted from earlier baskets only; users without an earlier basket are left
+out of the split.
 """
 
 from __future__ import annotations
@@ -47,16 +58,30 @@ class LeaveOneOutSplit:
     valid_times: np.ndarray  # float64 [U]
     test_items: np.ndarray  # int64 [U] last item
     test_times: np.ndarray  # float64 [U]
+    basket_holdout: bool = False  # histories stop before the target's timestamp (see above)
 
     def valid_inputs(self) -> list[UserSequence]:
-        """History used to predict the validation item: the training part."""
-        return self.train
+        """History used to predict the validation item: the training part (with
+        ``basket_holdout``: its events before the validation item's timestamp)."""
+        if not self.basket_holdout:
+            return self.train
+        return [_before(seq, t) for seq, t in zip(self.train, self.valid_times, strict=True)]
 
     def test_inputs(self) -> list[UserSequence]:
-        """History used to predict the test item: training part + validation item."""
-        return [UserSequence(seq.user_id, np.append(seq.items, item), np.append(seq.times, t))
+        """History used to predict the test item: training part + validation item (with
+        ``basket_holdout``: those before the test item's timestamp)."""
+        full = [UserSequence(seq.user_id, np.append(seq.items, item), np.append(seq.times, t))
                 for seq, item, t in zip(self.train, self.valid_items, self.valid_times,
                                         strict=True)]
+        if not self.basket_holdout:
+            return full
+        return [_before(seq, t) for seq, t in zip(full, self.test_times, strict=True)]
+
+
+def _before(seq: UserSequence, time: float) -> UserSequence:
+    """The events of a (time-ordered) sequence strictly before ``time``."""
+    end = int(np.searchsorted(seq.times, time, side="left"))
+    return UserSequence(seq.user_id, seq.items[:end], seq.times[:end])
 
 
 def build_vocab(snapshot: InteractionSnapshot) -> ItemVocab:
@@ -81,15 +106,20 @@ def build_user_sequences(snapshot: InteractionSnapshot,
             for u, user_id in enumerate(snapshot.user_ids) if bounds[u + 1] > bounds[u]]
 
 
-def leave_one_out(sequences: list[UserSequence]) -> LeaveOneOutSplit:
-    """Split every user (who needs at least 3 events; others are dropped) into train/valid/test."""
-    kept = [seq for seq in sequences if len(seq.items) >= 3]
+def leave_one_out(sequences: list[UserSequence], basket_holdout: bool = False
+                  ) -> LeaveOneOutSplit:
+    """Split every user (who needs at least 3 events; others are dropped) into train/valid/test.
+    ``basket_holdout``: histories stop before each target's timestamp, and a user also needs an
+    event before the validation item's timestamp (an earlier basket) to be kept."""
+    kept = [seq for seq in sequences if len(seq.items) >= 3
+            and (not basket_holdout or seq.times[0] < seq.times[-2])]
     return LeaveOneOutSplit(
         train=[UserSequence(seq.user_id, seq.items[:-2], seq.times[:-2]) for seq in kept],
         valid_items=np.array([seq.items[-2] for seq in kept], dtype=np.int64),
         valid_times=np.array([seq.times[-2] for seq in kept], dtype=np.float64),
         test_items=np.array([seq.items[-1] for seq in kept], dtype=np.int64),
         test_times=np.array([seq.times[-1] for seq in kept], dtype=np.float64),
+        basket_holdout=basket_holdout,
     )
 
 
@@ -152,13 +182,14 @@ def shuffle_ties(sequences: list[UserSequence], rng: np.random.Generator) -> lis
     """Randomly reorder events that share a timestamp (training augmentation).
 
     Within one second the file order carries no meaning (415 of 943 ml-100k users rate their
-    last two items in the same second), so training on random tie orders teaches the model the
-    set of items rated together rather than an arbitrary order. Events with different
-    timestamps keep their order. Only ever applied to training parts.
+    last two items in the same second; a basket's items share their order's timestamp), so
+    training on random tie orders teaches the model the set of items consumed together rather
+    than an arbitrary order. Events with different timestamps keep their order, however close
+    (sub-second timestamps included). Only ever applied to training parts.
     """
     shuffled = []
     for seq in sequences:
-        # Integer-second timestamps: adding U(0, 0.5) never crosses to another second.
-        order = np.argsort(seq.times + rng.uniform(0.0, 0.5, len(seq.times)), kind="stable")
+        # Sorted by time, then by a random key: only exactly tied events change places.
+        order = np.lexsort((rng.uniform(0.0, 0.5, len(seq.times)), seq.times))
         shuffled.append(UserSequence(seq.user_id, seq.items[order], seq.times[order]))
     return shuffled
