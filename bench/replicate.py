@@ -101,11 +101,12 @@ def _write_parquet(rows: Iterable[tuple[object, ...]], path: Path) -> int:
 
     schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
                         ("timestamp", pa.int64()), ("type", pa.string()),
-                        ("value", pa.string())])
+                        ("value", pa.float64())])  # a number: the importer takes no text here
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         for chunk in _chunks(rows, CHUNK):
             columns = list(zip(*chunk, strict=True))
+            columns[4] = tuple(float(v) for v in columns[4])
             writer.write_batch(pa.record_batch([pa.array(c) for c in columns], schema=schema))
             count += len(chunk)
     return count

@@ -44,7 +44,8 @@ def test_tiny_run_registers_promotes_and_writes_the_quality_table(tiny: Any) -> 
     doc = report.quality
     assert set(doc["models"]) == {"ours", "sasrec_id", "pop"}
     assert all(set(row) == set(RANKING_KEYS) for row in doc["models"].values())
-    assert set(doc["drift"]) == {"ours", "adwin", "page_hinkley", "kernel_cpd"}
+    assert set(doc["drift"]) == {"ours", "adwin", "page_hinkley", "kernel_cpd",
+                                 "bocpd_topics_h100", "glr_topics_w40"}
     assert all(set(row) == set(DRIFT_KEYS) for row in doc["drift"].values())
     # The tiny run never publishes to bench/results/quality.json.
     assert "published" not in report.outputs

@@ -309,6 +309,7 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                                        time.perf_counter() - start, device_name(torch_device),
                                        unseen_rows, dataset=quality.describe_snapshot(summary),
                                        anchors=config.run.anchors)
+    report_doc["drift_kind"] = config.drift.kind  # the detector kind this version serves
     report_doc["stage_seconds"] = {
         **{k: round(v, 1) for k, v in rec.timings.items() if k.endswith("_s")},
         "drift_s": round(drift.seconds, 1),

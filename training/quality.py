@@ -44,7 +44,8 @@ PROTOCOL = ("leave-one-out per user (events by timestamp, ties in ingestion orde
             "unmasked, and *_masked with the user's history removed; HR/NDCG/MRR@10")
 RANKING_KEYS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@10_masked", "hr@10_masked")
 DRIFT_KEYS = ("f1", "precision", "recall", "median_delay", "alarms_per_1k")
-DRIFT_ROWS = ("ours", "adwin", "page_hinkley", "kernel_cpd")
+DRIFT_ROWS = ("ours", "adwin", "page_hinkley", "kernel_cpd", "bocpd_topics_h100",
+              "glr_topics_w40")
 
 
 def _as_strings(sequences: Sequence[UserSequence], item_ids: Sequence[str]

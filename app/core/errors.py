@@ -16,7 +16,6 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.exceptions import FieldProblem, InvalidInput, UnknownUser
-from app.core.request_context import allowed_methods
 
 logger = logging.getLogger("driftrec.errors")
 
@@ -112,11 +111,9 @@ async def _on_http(request: Request, error: Exception) -> JSONResponse:
             [FieldProblem(("body",), f"the body {problem}", "json_invalid").as_dict()])
     code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
             403: "forbidden", 413: "payload_too_large"}.get(error.status_code, "http_error")
+    # a 405's Allow header (every method of the path) is set by app.core.request_context,
+    # which knows the routes; this module imports nothing of the app but its exceptions
     headers = dict(error.headers) if error.headers else {}
-    if error.status_code == 405:  # RFC 9110: a 405 lists the methods the resource answers
-        methods = allowed_methods(request.scope, request.app.router)
-        if methods:
-            headers["Allow"] = ", ".join(methods)
     return error_response(error.status_code, code, str(error.detail), headers or None)
 
 

@@ -91,7 +91,12 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                if status == 405:  # RFC 9110: a 405 lists the methods the resource answers
+                    methods = allowed_methods(scope, self.router)
+                    if methods:
+                        headers["Allow"] = ", ".join(methods)
             await send(message)
 
         try:
