@@ -104,7 +104,7 @@ postgres:
 		echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1
 
 lint: venv-dev
-	$(PY) -m ruff check app training migrations tests bench
+	$(PY) -m ruff check app training migrations tests bench driftrec_client
 
 # The layer contracts (pyproject's [tool.importlinter], README "Layers").
 lint-imports: venv-dev
