@@ -34,8 +34,7 @@ from app.services.change_feed import ChangeFeed
 from app.services.item_embeddings import extend_with_items
 from app.services.models import move_alias
 from app.services.recommender import Recommender
-from app.services.served_model import ModelUnavailable as ModelUnavailable  # re-exported
-from app.services.served_model import ServedModel
+from app.services.served_model import ModelUnavailable, ServedModel
 from app.services.served_topk import build_served_topk
 from app.store import locks, repository
 

@@ -233,6 +233,20 @@ class Recommender:
                                                           position - trace.start, n_topics)
         return DriftFinding(history, probs, change, position, before, after)
 
+    @property
+    def history_limit(self) -> int:
+        """Events a ranking or a drift state reads: the scorer's window and the detector's."""
+        return max(self.bundle.drift.max_events, self.bundle.sequence_model.max_len)
+
+    def advance(self, user_id: str) -> None:
+        """Bring the user's incremental drift state up to their latest event (the background
+        queue after ingestion), so the next read finds it current. The session is closed
+        before the model runs."""
+        with self._session() as session:
+            history = load_history(session, user_id, self.history_limit)
+        self.interest_states.trace(user_id, history.event_ids, history.item_ids,
+                                   history.timestamps, history.total)
+
     def cached_drift(self, user_id: str, history: History) -> DriftFinding:
         """find_drift, remembered per user for the latest state of their events (last event,
         event count) and the served version's decision settings, which an operator may tune
@@ -389,10 +403,13 @@ class Recommender:
 
     def _recommend_in_session(self, user_id: str, options: RankingOptions
                               ) -> RecommendationsOut:
+        with self._session() as session:
+            return self.recommend_for_user(session, user_id, options)
+
+    def _session(self) -> Session:
         if self.factory is None:
             raise RuntimeError("a Recommender without a session factory cannot read the store")
-        with self.factory() as session:
-            return self.recommend_for_user(session, user_id, options)
+        return self.factory()
 
     def remembered(self, user_id: str, options: RankingOptions) -> RecommendationsOut | None:
         """The answer for a user whose events have not changed since it was computed (and,
@@ -440,8 +457,7 @@ class Recommender:
                        ) -> tuple[Ranked, bool, Because, tuple[float, float]]:
         """The ranking at request time `at`, and the request times it holds for."""
         bundle, settings = self.bundle, self.settings
-        limit = max(bundle.drift.max_events, bundle.sequence_model.max_len)
-        history = load_history(session, user_id, limit, total)
+        history = load_history(session, user_id, self.history_limit, total)
         exclude: set[str] = set()
         if options.exclude_seen:  # the window already holds every event when the user has few
             exclude = (set(history.item_ids) if history.offset == 0

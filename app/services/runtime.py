@@ -48,7 +48,6 @@ from app.services.model_manager import ModelManager, Promotion, ReloadOutcome
 from app.services.online_metrics import Windows, online_metrics
 from app.services.recommender import Recommender
 from app.services.user_erasure import UserErasure
-from app.services.user_history import load_history
 from app.store import drift_records
 from app.store.db import make_engine, make_session_factory, transaction
 from app.store.impressions import ImpressionRow
@@ -138,13 +137,7 @@ class ServingRuntime:
                 pass  # erased since it was queued: nothing to check, and nothing to log
 
         def advance_user(user_id: str) -> None:
-            served = manager.current
-            bundle = served.bundle
-            with factory() as session:
-                history = load_history(
-                    session, user_id, max(bundle.drift.max_events, bundle.sequence_model.max_len))
-            served.interest_states.trace(user_id, history.event_ids, history.item_ids,
-                                         history.timestamps, history.total)
+            manager.current.advance(user_id)
 
         runtime = cls(settings, metrics, engine, factory, manager, feed,
                       DriftQueue(check_user, settings.drift_queue_size, _QueueMetrics(metrics)),
