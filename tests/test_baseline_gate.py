@@ -6,9 +6,11 @@ the importer), with the tiny config:
 
 - a grocery-like store (baskets of three items sharing a timestamp, each household buying
   mostly its own five favourites): buy-again ranks the next item far better than a one-epoch
-  model, so ``ensure-champion`` registers the version, does not promote it, says why (the
-  baseline and both figures, in the output and on the version) and exits 1; ``promote`` keeps
-  refusing it unless forced.
+  model. With the ranker's blend off (the model alone serves), ``ensure-champion`` registers
+  the version, does not promote it, says why (the baseline and both figures, in the output
+  and on the version) and exits 1; ``promote`` keeps refusing it unless forced. With the
+  blend on (the default), the served ranker leans on buy-again, is not below it, and is
+  promoted: the store gets a champion that ranks as well as the best baseline.
 - an aisle route every household walks: item co-occurrence and a model trained to the end
   both rank the next item first; the model is not below the floor and ``retrain`` promotes it
   (exit 0).
@@ -78,8 +80,7 @@ def _train(root: Path, command: str) -> int:
                           "--no-progress"])
 
 
-def test_a_model_below_buy_again_is_registered_not_promoted_and_says_why(
-        workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _favourites_store(workspace: Path) -> None:
     rng = np.random.default_rng(3)
     _catalogue(workspace / "items.csv", 60)
     rows: list[list[object]] = []
@@ -90,6 +91,18 @@ def test_a_model_below_buy_again_is_registered_not_promoted_and_says_why(
             rows.append([f"h-{u}", f"p-{item}", 1_700_000_000 + 86_400 * (k // 3) + 60 * u])
     _write(workspace / "events.csv", ["user", "product", "ts"], rows)
     _import(workspace)
+
+
+def _set(workspace: Path, **values: object) -> None:
+    tiny = yaml.safe_load((workspace / "tiny.yaml").read_text())
+    tiny["recommender"].update(values)
+    (workspace / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+
+
+def test_a_model_below_buy_again_is_registered_not_promoted_and_says_why(
+        workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _set(workspace, repeat_blend=False)
+    _favourites_store(workspace)
 
     assert _train(workspace, "ensure-champion") == 1
     out, err = capsys.readouterr()
@@ -127,6 +140,27 @@ def test_a_model_below_buy_again_is_registered_not_promoted_and_says_why(
     assert training_main(["promote", "7"]) == 2
 
 
+def test_with_the_blend_the_store_gets_a_champion_as_good_as_buy_again(
+        workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _favourites_store(workspace)
+    assert _train(workspace, "ensure-champion") == 0
+    target = registry.default_target()
+    champion = registry.champion(target)
+    assert champion is not None and str(champion.version) == "1"
+    tags = champion.tags
+    floor = float(tags["baseline_repeat_ndcg_at_10_valid"])
+    assert max(float(tags[f"baseline_{n}_ndcg_at_10_valid"]) for n in ("pop", "cooc")) < floor
+    assert float(tags["val_ndcg_at_10"]) >= floor
+    assert tags["gate_promoted"] == "True"
+    out, _ = capsys.readouterr()
+    assert "ranker blend fitted on validation" in out
+    from app.ml.loader import load_version
+
+    bundle = load_version(target.tracking_uri, "interest-model", "champion",
+                          workspace / "cache", device="cpu").bundle
+    assert bundle.blend is not None and bundle.blend.repeat_weight > 0
+
+
 def test_a_model_the_baselines_do_not_beat_is_promoted(
         workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every household walks the same aisle route (60 products, one after the other) from
@@ -138,7 +172,7 @@ def test_a_model_the_baselines_do_not_beat_is_promoted(
     any first- or additive second-order pattern as well as the data allows."""
     tiny = yaml.safe_load((workspace / "tiny.yaml").read_text())
     tiny["recommender"].update(max_epochs=30, patience=30, dropout=0.0, attn_dropout=0.0,
-                               learning_rate=0.005, train_baseline=False)
+                               learning_rate=0.005, train_baseline=False, repeat_blend=False)
     (workspace / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     rng = np.random.default_rng(1)
     _catalogue(workspace / "items.csv", 60)

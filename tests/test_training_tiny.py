@@ -42,7 +42,12 @@ def test_tiny_run_registers_promotes_and_writes_the_quality_table(tiny: Any) -> 
     assert float(champion.tags["val_ndcg_at_10"]) == pytest.approx(
         report.bundle_metrics["ranking"]["val"]["ndcg@10"], abs=1e-6)
     doc = report.quality
-    assert set(doc["models"]) == {"ours", "sasrec_id", "pop"}
+    blend = doc["blend"]  # the served ranker's blend, fitted on validation
+    assert set(doc["models"]) == {"ours", "sasrec_id", "pop"} | (
+        {"ours_model"} if blend["active"] else set())
+    assert blend["grid_val_ndcg@10"]["1,0,0"] <= report.bundle_metrics["ranking"]["val"][
+        "ndcg@10"] + 1e-6  # never below the model alone on validation
+    assert report.bundle_metrics["gaps"]["test"] <= 2e-3  # the bundle serves what was fitted
     assert all(set(row) == set(RANKING_KEYS) for row in doc["models"].values())
     assert set(doc["drift"]) == {"ours", "adwin", "page_hinkley", "kernel_cpd",
                                  "bocpd_topics_h100", "glr_topics_w40"}

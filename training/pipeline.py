@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 import shutil
 import time
@@ -25,6 +26,7 @@ from app.ml.topics import TopicTable, build_topics
 from app.store.db import make_engine
 from training import baselines, quality, registry
 from training.baselines import BaselineResult
+from training.blend import BlendFit, fit_blend
 from training.config import TrainingConfig
 from training.data.store import InteractionSnapshot, read_snapshot
 from training.drift.bocpd_fit import DriftCatalogue
@@ -110,8 +112,8 @@ def load_snapshot(database_url: str | None = None, until: datetime | None = None
 
 
 def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
-                 fingerprint: str, config: TrainingConfig, device: torch.device
-                 ) -> InterestModelBundle:
+                 fingerprint: str, config: TrainingConfig, device: torch.device,
+                 blend: BlendFit | None = None) -> InterestModelBundle:
     settings = DriftSettings(threshold=float(drift.threshold),
                              min_events=config.drift.min_events, cooldown=config.drift.cooldown,
                              max_events=config.drift.splice.max_unspliced,
@@ -122,6 +124,9 @@ def build_bundle(rec: RecommenderResult, drift: DriftResult, topics: TopicTable,
         topics=topics, dataset_fingerprint=fingerprint, training_config=config.to_dict(),
         metrics={"recommender": rec.metrics, "drift": drift.metrics,
                  "drift_unseen": drift.metrics_unseen},
+        blend=blend.blend if blend is not None and blend.blend.active else None,
+        log_popularity=(blend.log_popularity if blend is not None and blend.blend.active
+                        else None),
     )
 
 
@@ -152,9 +157,10 @@ def evaluate_bundle(bundle: InterestModelBundle, rec: RecommenderResult, drift: 
             parity[group] = quality.decision_parity(bundle, traces, drift.decisions(group),
                                                     drift.traces[group])
     drift_ours, drift_b_ours = served["evaluation"], served["evaluation_b"]
+    # what the bundle serves: the model with its blend when it has one (training.blend)
+    served = rec.metrics.get("served", rec.metrics["ours"])
     gaps = {
-        "test": quality.max_gap(ranking["test"], rec.metrics["ours"]["test"],
-                                quality.RANKING_KEYS),
+        "test": quality.max_gap(ranking["test"], served["test"], quality.RANKING_KEYS),
         "drift": quality.max_gap(drift_ours, drift.metrics["ours"], quality.DRIFT_KEYS),
     }
     # The served detector on the generator-B cases too (the evaluated seen_b row).
@@ -285,6 +291,17 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     best = baselines.best_baseline(simple)
     done(f"simple baselines fitted and evaluated (best on validation: "
          f"{best.label if best else '-'})")
+    repeat = simple.get("repeat")
+    blend = fit_blend(rec.model, split, vocab.n_items, torch_device,
+                      tau=repeat.value if repeat is not None and repeat.value is not None
+                      else math.inf, enabled=config.recommender.repeat_blend)
+    rec.metrics["served"] = blend.metrics
+    done(f"ranker blend fitted on validation: model weight {blend.blend.model_weight:g}, "
+         f"repeat weight {blend.blend.repeat_weight:g}, "
+         f"popularity weight {blend.blend.popularity_weight:g} (tau "
+         f"{baselines.format_value(blend.blend.tau)}); val ndcg@10 "
+         f"{blend.metrics['val']['ndcg@10']:.4f} against the model alone "
+         f"{rec.metrics['ours']['val']['ndcg@10']:.4f}")
     heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
                               rec.item_text_embeddings, config.recommender.train_config(),
                               config.drift, torch_device, seed, progress)
@@ -298,7 +315,7 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
                                      catalogue)
     done("drift head trained and compared "
          f"({', '.join(f'{k} {v:.0f} s' for k, v in drift.timings.items())})")
-    bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device)
+    bundle = build_bundle(rec, drift, topics, fingerprint, config, torch_device, blend)
     bundle.smoke_test()
     checked = evaluate_bundle(bundle, rec, drift, dataset, config, log)
     check_drift_parity(checked)
@@ -317,6 +334,10 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     report_doc["epochs"] = {name: {"run": int(rec.timings.get(f"{name}_epochs", 0)),
                                    "best": int(epoch)} for name, epoch in rec.best_epochs.items()}
     report_doc["baselines"] = baselines.report(simple)
+    report_doc["blend"] = {**blend.blend.to_json(), "active": blend.blend.active,
+                           "grid_val_ndcg@10": {k: round(v, 6) for k, v in blend.grid.items()}}
+    if blend.blend.active:  # the served figure is the blend's: the model alone beside it
+        report_doc["models"]["ours_model"] = quality.pick_ranking(rec.metrics["ours"]["test"])
     report_doc["peak_rss_mib"] = round(peak_rss_mib(), 1)
     seconds = import_seconds(config)
     if seconds is not None:

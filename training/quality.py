@@ -201,6 +201,11 @@ def quality_table(ours: Mapping[str, float], trainer_metrics: Mapping[str, Any],
     }
 
 
+def pick_ranking(values: Mapping[str, Any]) -> dict[str, float | None]:
+    """The quality.json ranking row of one model's metrics."""
+    return _pick(values, RANKING_KEYS)
+
+
 def _pick(values: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float | None]:
     return {k: None if values.get(k) is None else round(float(values[k]), 6) for k in keys}
 

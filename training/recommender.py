@@ -80,6 +80,9 @@ class RecommenderConfig:
     item_dropout: float = 0.0  # probability of hiding a training input item
     loss_negatives: int = 0  # 0 = full softmax over the catalogue; K = sampled softmax over
     # the target and K uniformly drawn items (a cheaper loss for large catalogues / long windows)
+    # the served ranker: the model's scores plus buy-again and popularity terms whose weights
+    # are fitted on validation (training.blend; the grid holds the model alone)
+    repeat_blend: bool = True
     # baselines
     train_baseline: bool = True  # also train sasrec_id (same code, text/time off)
     baseline_max_epochs: int | None = None  # cap sasrec_id's epochs (None: max_epochs)

@@ -8,6 +8,7 @@ topics and the drift decision settings. Layout of a bundle directory (format 2):
                          drift settings, topics, metrics, fingerprint, training config
     item_ids.json        catalogue order: item_ids[i] has model index i + 1 (0 = padding)
     topic_centroids.npy  float32[n_topics, D]
+    log_popularity.npy   with a repeat-aware blend ("blend" in the manifest): float32[N]
     ...                  each part's files, e.g. with the default kinds:
     encoder/             kind minilm: fine-tuned MiniLM (safetensors weights + tokenizer)
     sequence_model.pt    kind sasrec-text-time: state dict (holds the item text embeddings)
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from app.domain.drift import COOLDOWN, MIN_EVENTS, ChangePoint, detect_change_points
+from app.domain.repeat import RepeatBlend, blend_scores, repeat_positions
 from app.ml.device import autocast_context
 from app.ml.padding import right_pad
 from app.ml.parts import (
@@ -50,12 +52,14 @@ from app.ml.parts import (
 )
 from app.ml.sequence import request_bucket_interval
 from app.ml.topics import TopicTable
+from app.ml.topk import inner_products
 
 MODEL_FORMAT = 2  # what save writes
 READABLE_FORMATS = (1, 2)  # what load reads
 MANIFEST = "manifest.json"
 EMBED_CHUNK = 4096  # texts per encoder call when embedding many items (bounded memory)
 BUNDLE_FILES = ("manifest.json", "item_ids.json", "topic_centroids.npy")  # besides the parts'
+POPULARITY_FILE = "log_popularity.npy"  # with a blend: float32[N] log(1 + training count)
 # Format 1: the files of each part and where its config was in the manifest.
 FORMAT1_FILES = {"encoder": ["encoder"], "scorer": ["sequence_model.pt"],
                  "drift": ["drift_head.pt"]}
@@ -101,6 +105,10 @@ class InterestModelBundle:
     dataset_fingerprint: str
     training_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The ranker's repeat-aware blend (app.domain.repeat) and the item counts it reads:
+    # float32[N] log(1 + training count), catalogue order; None: the model alone.
+    blend: RepeatBlend | None = None
+    log_popularity: np.ndarray | None = None
     _index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -189,11 +197,53 @@ class InterestModelBundle:
             logits = self.sequence_model.item_logits(hidden).float()
         scores = logits[:, 1 : len(self.item_ids) + 1].cpu()
         scores[~hidden.any(dim=1).cpu()] = 0.0  # +0.0 whatever the signs of the table's rows
+        if self.blends:
+            self._blend(scores.numpy(), histories, timestamps)
         if exclude_history:
             for b, items in enumerate(histories):
                 seen = [self._index[i] - 1 for i in items if i in self._index]
                 scores[b, seen] = -torch.inf
         return scores
+
+    @property
+    def blends(self) -> bool:
+        """Whether the ranker adds a repeat-aware blend to the model's scores."""
+        return self.blend is not None and self.blend.active
+
+    @property
+    def history_window(self) -> int:
+        """Events of a history that scoring reads: the scorer's window, or the blend's."""
+        window = self.sequence_model.max_len
+        return max(window, self.blend.window) if self.blend is not None else window
+
+    def _blend(self, scores: np.ndarray, histories: Sequence[Sequence[str]],
+               timestamps: Sequence[Sequence[float]]) -> None:
+        """Add the repeat-aware blend to each row of ``scores`` (float32[B, N]) in place."""
+        assert self.blend is not None and self.log_popularity is not None
+        for row, items, times in zip(scores, histories, timestamps, strict=True):
+            indices = np.fromiter((self._index.get(i, 0) for i in items), np.int64, len(items))
+            blend_scores(row, indices, np.asarray(times, np.float64), self.blend,
+                         self.log_popularity)
+
+    def blend_candidates(self, rows: np.ndarray, query: np.ndarray, vectors: np.ndarray,
+                         item_ids: Sequence[str], timestamps: Sequence[float]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """A top-k index's candidate positions (int64[c], ascending) scored as the full scan
+        scores them: the query vector's inner products with ``vectors`` (float32[N, H]) plus
+        the blend. The history's repeat items join the candidates: the blend may lift them
+        above the index's n best."""
+        indices = np.zeros(0, np.int64)
+        if self.blend is not None and self.blend.active:
+            indices = np.fromiter((self._index.get(i, 0) for i in item_ids), np.int64,
+                                  len(item_ids))
+            extra = repeat_positions(indices, self.blend)
+            rows = np.union1d(rows, extra[extra < len(vectors)]).astype(np.int64)
+        scores = inner_products(vectors[rows], query)
+        if self.blend is not None and self.blend.active:
+            assert self.log_popularity is not None
+            blend_scores(scores, indices, np.asarray(timestamps, np.float64), self.blend,
+                         self.log_popularity, rows)
+        return rows, scores
 
     @staticmethod
     def _request_times(idx: torch.Tensor, ts: torch.Tensor,
@@ -370,7 +420,10 @@ class InterestModelBundle:
         model.set_item_text_embeddings(table, copy=False)
         with torch.no_grad(), autocast_context(table.device):
             model.item_table()  # computed here (off the request path), not by a request
-        return dataclasses.replace(self, sequence_model=model,
+        popularity = self.log_popularity
+        if popularity is not None and fresh:  # a new item has no training events: log(1) = 0
+            popularity = np.concatenate([popularity, np.zeros(len(fresh), np.float32)])
+        return dataclasses.replace(self, sequence_model=model, log_popularity=popularity,
                                    topics=dataclasses.replace(self.topics,
                                                               item_topics=item_topics),
                                    item_ids=[*self.item_ids, *(chosen[n][0] for n in fresh)])
@@ -424,6 +477,8 @@ class InterestModelBundle:
                    for role, part in self.parts().items()}
         np.save(directory / "topic_centroids.npy", self.topics.centroids.astype(np.float32))
         (directory / "item_ids.json").write_text(json.dumps(self.item_ids))
+        if self.blend is not None and self.log_popularity is not None:
+            np.save(directory / POPULARITY_FILE, self.log_popularity.astype(np.float32))
         (directory / MANIFEST).write_text(json.dumps(self._manifest(entries), indent=2,
                                                      default=str))
         return directory
@@ -437,6 +492,7 @@ class InterestModelBundle:
             "dataset_fingerprint": self.dataset_fingerprint,
             "training_config": self.training_config,
             "metrics": self.metrics,
+            **({"blend": self.blend.to_json()} if self.blend is not None else {}),
         }
 
     @classmethod
@@ -472,7 +528,16 @@ class InterestModelBundle:
                               f"{rows - 1}")
         topics = TopicTable.from_json(manifest["topics"],
                                       np.load(directory / "topic_centroids.npy"))
-        return cls(
+        blend, popularity = None, None
+        if manifest.get("blend") is not None:
+            blend = RepeatBlend.from_json(manifest["blend"])
+            if not (directory / POPULARITY_FILE).is_file():
+                raise BundleError(f"bundle {directory} has a blend but no {POPULARITY_FILE}")
+            popularity = np.load(directory / POPULARITY_FILE).astype(np.float32)
+            if len(popularity) != len(item_ids):
+                raise BundleError(f"{POPULARITY_FILE} has {len(popularity)} rows, the "
+                                  f"catalogue {len(item_ids)}")
+        return cls(blend=blend, log_popularity=popularity,
             encoder=built["encoder"], sequence_model=built["scorer"],
             drift_detector=built["drift"], drift=DriftSettings(**manifest["drift"]),
             item_ids=item_ids, topics=topics, dataset_fingerprint=manifest["dataset_fingerprint"],

@@ -237,13 +237,13 @@ def candidates(index: TopKIndex, query: np.ndarray, vectors: np.ndarray, n: int
     found, _ = index.search(query[None], min(n, built))
     rows = found[0][found[0] >= 0]
     if total > built:
-        delta, _ = best_rows(_inner(vectors[built:], query)[None], n)
+        delta, _ = best_rows(inner_products(vectors[built:], query)[None], n)
         rows = np.concatenate([rows, delta[0] + built])
     rows = np.unique(rows)  # sorted: a lower row keeps its tie-breaking rank in the subset
-    return rows, _inner(vectors[rows], query)
+    return rows, inner_products(vectors[rows], query)
 
 
-def _inner(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+def inner_products(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """float32[n] = vectors @ query, through torch's matmul: the same bits as the scorer's
     full scan gives those rows (numpy's differ in the last bit, which can reorder ties)."""
     return (torch.from_numpy(np.ascontiguousarray(vectors)) @ torch.from_numpy(query)).numpy()

@@ -69,7 +69,11 @@ class Inference:
         (int64[c] catalogue positions ascending, float32[c] scores as ``score_next`` gives
         them); the query vector is batched with concurrent requests."""
         query = self.querier.submit((item_ids, timestamps, at))
-        return candidates(topk, query, self.item_vectors(), n)
+        rows, scores = candidates(topk, query, self.item_vectors(), n)
+        if not self.bundle.blends:
+            return rows, scores
+        return self.bundle.blend_candidates(rows, query, self.item_vectors(), item_ids,
+                                            timestamps)
 
     def replay_drift(self, item_ids: Sequence[str], timestamps: Sequence[float]
                      ) -> DriftTrace:

@@ -236,7 +236,7 @@ class Recommender:
     @property
     def history_limit(self) -> int:
         """Events a ranking or a drift state reads: the scorer's window and the detector's."""
-        return max(self.bundle.drift.max_events, self.bundle.sequence_model.max_len)
+        return max(self.bundle.drift.max_events, self.bundle.history_window)
 
     def advance(self, user_id: str) -> None:
         """Bring the user's incremental drift state up to their latest event (the background
