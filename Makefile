@@ -29,7 +29,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv venv-dev lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium promtool bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue bench-topk clean
+.PHONY: venv venv-dev lock lint-imports migrate import-data model retrain bootstrap serve run test lint postgres chromium promtool bench-ingest bench-serve bench-consistency bench-schemathesis bench-train bench-scale bench-import-5m bench-large-catalogue bench-topk bench-peers clean
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -166,5 +166,29 @@ bench-large-catalogue: venv-dev postgres
 bench-topk: venv-dev
 	OMP_NUM_THREADS=1 $(PY) -m bench.topk
 
+# Peers side by side (issue 27 item 6): RecTools' EASE and SASRec and implicit's ALS against
+# ours, pop and repeat on one store's split (bench/peers.py). The peers live in their own
+# virtualenv, PEERS_VENV (bench/requirements-peers.txt, wheels only, about 1.3 GB, a minute to
+# install). PEERS_DATASET names the entry of bench/results/peers.json; PEERS_DATABASE_URL is
+# that dataset's store (default DRIFTREC_DATABASE_URL); CONFIG the compared run's config
+# (basket_holdout, SASRec's window); OURS_JSON that run's quality.json. PEERS_ARGS passes more
+# (e.g. --smoke: two grid points and two SASRec epochs, written under var/peers/ instead).
+PEERS_VENV ?= .venv-peers
+PEERS_DATASET ?= $(DATASET)
+PEERS_DATABASE_URL ?=
+OURS_JSON ?=
+PEERS_ARGS ?=
+$(PEERS_VENV)/.installed: bench/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --only-binary=:all: \
+		-r bench/requirements-peers.txt
+	touch $@
+
+bench-peers: venv $(PEERS_VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m bench.peers run --dataset $(PEERS_DATASET) --config $(CONFIG) \
+		--peers-python $(PEERS_VENV)/bin/python \
+		$(if $(PEERS_DATABASE_URL),--database-url $(PEERS_DATABASE_URL)) \
+		$(if $(OURS_JSON),--ours-json $(OURS_JSON)) $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(PEERS_VENV) var
