@@ -23,6 +23,12 @@ the old one the gate kept); 1 when the new version was refused and there is no c
 all (so ``make serve`` stops before starting a service with no model), with the reason and
 what to do on stderr; 2 for a bad config or an unreadable or empty store.
 
+Budgets (train, retrain, ensure-champion): ``--memory-gb GB`` (``run.memory_gb``, default
+8) is what the training plan (``training.plan``) fits its settings in; it is printed before
+training starts. ``--time-budget MINUTES`` (``run.time_budget_minutes``; ``none``: no budget)
+stops the encoder and the sequence models at their shares of it with their best validated
+weights (``training.budget``), and tags the version ``stopped_at_time_budget``.
+
 A run checkpoints the encoder and each sequence model (every epoch) under
 ``var/checkpoints/<run>/<data>/``; run the same command again after an interruption and it
 resumes from there (``--fresh``: start over). The checkpoints go once the run has finished.
@@ -35,7 +41,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from training.config import ConfigError, load_config
+from training.config import ConfigError, TrainingConfig, check_budgets, load_config
 
 DEFAULT_CONFIG = "configs/default.yaml"
 # Measured on the 2-core development machine, CPU only: the full run took 359 s when the
@@ -58,6 +64,41 @@ def parse_until(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def parse_minutes(text: str) -> float | None:
+    """A time budget in minutes, or ``none`` for no budget."""
+    if text.strip().lower() in ("none", "null", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a time budget must be positive: {text}")
+    return value
+
+
+def parse_gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a number of GB: {text}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a memory budget must be positive: {text}")
+    return value
+
+
+def with_budgets(config: TrainingConfig, args: argparse.Namespace) -> TrainingConfig:
+    """The config with the command line's --memory-gb and --time-budget, when given, over the
+    file's ``run.memory_gb`` and ``run.time_budget_minutes``."""
+    memory = getattr(args, "memory_gb", None)
+    if memory is not None:
+        config.run.memory_gb = memory
+    if hasattr(args, "time_budget"):  # given (argparse.SUPPRESS leaves it out otherwise)
+        config.run.time_budget_minutes = args.time_budget
+    check_budgets(config)
+    return config
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
         sub.add_argument("--fresh", action="store_true",
                          help="ignore the checkpoints of an interrupted run of this config")
+        sub.add_argument("--memory-gb", type=parse_gigabytes, default=None, metavar="GB",
+                         help="memory budget the training plan fits (default: the config's "
+                              "run.memory_gb, 8)")
+        sub.add_argument("--time-budget", type=parse_minutes, default=argparse.SUPPRESS,
+                         metavar="MINUTES",
+                         help="stop training at this budget with the best validated weights "
+                              "(default: the config's run.time_budget_minutes; none: no budget)")
     for sub in (train, retrain):
         sub.add_argument("--until", type=parse_until, default=None,
                          help="train on events up to this time (ISO-8601 or epoch seconds)")
@@ -138,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--promote needs --register", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config)
+        config = with_budgets(load_config(args.config), args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

@@ -20,9 +20,11 @@ from typing import Any
 import yaml
 
 from training.drift.config import DriftConfig
+from training.plan import DEFAULT_MEMORY_GB
 from training.recommender import RecommenderConfig
 
 SECTIONS = ("run", "recommender", "drift")
+PLAN_MODES = ("auto", "off")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,10 @@ class RunConfig:
     import_results: str | None = None  # import benchmark JSON whose total_seconds is reported
     baseline_gate: bool = True  # refuse to promote a version below the best simple baseline
     # (training.baselines) on validation; false: the comparison is reported, never enforced
+    memory_gb: float = DEFAULT_MEMORY_GB  # the training plan keeps its peak estimate within
+    # this (training.plan; --memory-gb); the measured peak is reported beside it
+    time_budget_minutes: float | None = None  # stop the run's stages at their shares of this
+    # (training.budget; --time-budget); None: no budget
 
 
 @dataclass
@@ -83,15 +89,33 @@ def parse_config(data: dict[str, Any]) -> TrainingConfig:
     unknown = sorted(set(run_values) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown run settings: {unknown}")
+    recommender_values = dict(data.get("recommender") or {})
+    if isinstance(recommender_values.get("plan"), bool):  # YAML 1.1 reads a bare off as false
+        recommender_values["plan"] = "auto" if recommender_values["plan"] else "off"
     config = TrainingConfig(
         run=RunConfig(**run_values),
-        recommender=RecommenderConfig.from_dict(data.get("recommender") or {}),
+        recommender=RecommenderConfig.from_dict(recommender_values),
         drift=DriftConfig.from_dict(data.get("drift") or {}),
     )
     for section in (config.run, config.recommender, config.drift, config.drift.splice,
                     config.drift.train_splice, config.drift.head):
         check_types(section)
+    check_budgets(config)
     return config
+
+
+def check_budgets(config: TrainingConfig) -> None:
+    """The memory and time budgets are positive numbers; the plan is "auto" or "off"."""
+    if not config.run.memory_gb > 0:
+        raise ConfigError(f"run.memory_gb must be positive, got {config.run.memory_gb!r}")
+    minutes = config.run.time_budget_minutes
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float)
+                                or not minutes > 0):
+        raise ConfigError(f"run.time_budget_minutes must be a positive number of minutes or "
+                          f"null, got {minutes!r}")
+    if config.recommender.plan not in PLAN_MODES:
+        raise ConfigError(f"recommender.plan must be one of {list(PLAN_MODES)}, got "
+                          f"{config.recommender.plan!r}")
 
 
 def check_types(obj: Any) -> None:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from app.ml.device import autocast_context
 from app.ml.encoder import ItemTextEncoder
+from training.budget import Deadline
 from training.data.sequences import UserSequence
 
 
@@ -37,6 +38,7 @@ class EncoderTrainConfig:
 class EncoderTrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by_deadline: bool = False  # the time budget ended fine-tuning before `steps`
 
 
 def cooccurrence_pairs(sequences: list[UserSequence], window: int) -> np.ndarray:
@@ -72,9 +74,11 @@ def info_nce(left: torch.Tensor, right: torch.Tensor, left_ids: torch.Tensor,
 
 def finetune_encoder(encoder: ItemTextEncoder, item_texts: list[str],
                      train_sequences: list[UserSequence], config: EncoderTrainConfig,
-                     device: torch.device, seed: int, progress: bool = True) -> EncoderTrainResult:
+                     device: torch.device, seed: int, progress: bool = True,
+                     deadline: Deadline | None = None) -> EncoderTrainResult:
     """Fine-tune ``encoder`` in place. ``item_texts[i - 1]`` is the text of item index i;
-    ``train_sequences`` must be the training parts of the split (never valid/test items)."""
+    ``train_sequences`` must be the training parts of the split (never valid/test items).
+    ``deadline``: no step starts past it (recorded on it as the "encoder" stage)."""
     start = time.perf_counter()
     pairs = cooccurrence_pairs(train_sequences, config.window)
     result = EncoderTrainResult()
@@ -88,6 +92,10 @@ def finetune_encoder(encoder: ItemTextEncoder, item_texts: list[str],
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
     for step in tqdm(range(1, config.steps + 1), desc="encoder", disable=not progress):
+        if deadline is not None and deadline.expired():
+            result.stopped_by_deadline = True
+            deadline.record_stop("encoder")
+            break
         batch = pairs[rng.choice(len(pairs), size=min(config.batch_pairs, len(pairs)),
                                  replace=False)]
         # Embed each distinct item once per step, then gather both sides of the pairs.

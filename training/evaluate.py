@@ -9,6 +9,7 @@ scored through its own ``last_hidden`` + ``item_logits``, the same calls serving
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ from app.ml.sequence import SequenceInterestModel
 from training.data.sequences import LeaveOneOutSplit, UserSequence, last_window
 
 Metrics = dict[str, float]
+# Users x (items + 1) scores held at once (a block of users): about 25 bytes a cell live while
+# a block is ranked (bench/results/plan_memory.json), so a block stays under 1 GiB. Below it,
+# at ml-100k and ML-1M sizes, every user is one block, as before blocks existed.
+EVAL_BLOCK_CELLS = 1 << 25
 
 
 def rank_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -63,6 +68,29 @@ def all_metrics(scores: torch.Tensor, inputs: list[UserSequence], targets: np.nd
     return metrics
 
 
+def block_rows(n_columns: int, cells: int = EVAL_BLOCK_CELLS) -> int:
+    """Users per block when each has ``n_columns`` scores."""
+    return max(1, cells // max(n_columns, 1))
+
+
+def blocked_metrics(score: Callable[[int, int], torch.Tensor], inputs: Sequence[UserSequence],
+                    targets: np.ndarray, n_columns: int, k: int = 10) -> Metrics:
+    """``all_metrics`` over the users in blocks: ``score(start, stop)`` gives the [stop -
+    start, n_columns] scores of those users. The metrics are means over users, so the
+    block means weighted by block size are the same figures; with one block it is
+    ``all_metrics`` itself."""
+    n, rows = len(inputs), block_rows(n_columns)
+    if n <= rows:
+        return all_metrics(score(0, n), list(inputs), targets, k)
+    totals: dict[str, float] = {}
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        part = all_metrics(score(start, stop), list(inputs[start:stop]), targets[start:stop], k)
+        for key, value in part.items():
+            totals[key] = totals.get(key, 0.0) + value * (stop - start)
+    return {key: value / n for key, value in totals.items()}
+
+
 @torch.no_grad()
 def score_sequences(model: SequenceInterestModel, sequences: list[UserSequence],
                     device: torch.device, batch_size: int = 512,
@@ -93,16 +121,22 @@ def score_sequences(model: SequenceInterestModel, sequences: list[UserSequence],
 def evaluate_model(model: SequenceInterestModel, split: LeaveOneOutSplit, device: torch.device,
                    parts: tuple[str, ...] = ("val", "test"), k: int = 10) -> dict[str, Metrics]:
     """{"val": metrics, "test": metrics} for the sequence model (full ranking). Requests are
-    made at the held-out event's time (what serving is told as the request time)."""
+    made at the held-out event's time (what serving is told as the request time). Users are
+    scored in blocks of ``EVAL_BLOCK_CELLS`` scores (a large catalogue)."""
     result: dict[str, Metrics] = {}
-    if "val" in parts:
-        inputs = split.valid_inputs()
-        scores = score_sequences(model, inputs, device, at=split.valid_times)
-        result["val"] = all_metrics(scores, inputs, split.valid_items, k)
-    if "test" in parts:
-        inputs = split.test_inputs()
-        scores = score_sequences(model, inputs, device, at=split.test_times)
-        result["test"] = all_metrics(scores, inputs, split.test_items, k)
+    columns = int(model.item_text.shape[0])
+    for part, inputs, targets, at in (
+            ("val", split.valid_inputs, split.valid_items, split.valid_times),
+            ("test", split.test_inputs, split.test_items, split.test_times)):
+        if part not in parts:
+            continue
+        sequences = inputs()
+
+        def score(start: int, stop: int, sequences: list[UserSequence] = sequences,
+                  at: np.ndarray = at) -> torch.Tensor:
+            return score_sequences(model, sequences[start:stop], device, at=at[start:stop])
+
+        result[part] = blocked_metrics(score, sequences, targets, columns, k)
     return result
 
 

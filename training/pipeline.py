@@ -4,6 +4,7 @@ promotion goes through the fair gate of ``training.gate``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ from app.ml.bundle import DriftSettings, InterestModelBundle
 from app.ml.device import resolve_device
 from app.ml.topics import TopicTable, build_topics
 from app.store.db import make_engine
-from training import baselines, quality, registry
+from training import baselines, budget, plan, quality, registry
 from training.baselines import BaselineResult
 from training.blend import BlendFit, fit_blend
 from training.config import TrainingConfig
@@ -227,6 +228,7 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
                                    "timing": {**rec.timings, **drift.timings}})
         registry.log_metrics_tree(baselines.flat_metrics(report.baselines))
         mlflow.set_tags(baselines.knob_tags(report.baselines))
+        mlflow.set_tags({**plan.plan_tags(report.quality), **budget.budget_tags(report.quality)})
         for key in ("quality", "tables", "drift_cases"):
             mlflow.log_artifact(str(report.outputs[key]))
         model_uri = registry.log_bundle_model(report.outputs["bundle"])
@@ -242,7 +244,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
     version = registry.register(target, model_uri, report.fingerprint, headline,
                                 {"config": config.run.name, "run_id": run.info.run_id,
                                  **registry.snapshot_tags(report.snapshot),
-                                 **baselines.knob_tags(report.baselines)})
+                                 **baselines.knob_tags(report.baselines),
+                                 **budget.budget_tags(report.quality)})
     return str(version.version)
 
 
@@ -258,8 +261,13 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
 
     The encoder and the sequence models checkpoint under ``var/checkpoints/<run>/<data>/``; a
     run of the same config on the same data resumes from there (``resume=False``: start over).
-    The checkpoints are removed once the run's outputs are written."""
+    The checkpoints are removed once the run's outputs are written.
+
+    Before training, the plan (``training.plan``) fitting ``run.memory_gb`` is printed and,
+    with ``recommender.plan: auto``, its overrides applied; ``run.time_budget_minutes`` stops
+    the stages at their shares of it (``training.budget``)."""
     start = time.perf_counter()
+    deadline = budget.deadline_for(config.run.time_budget_minutes)
 
     def done(stage: str) -> None:
         log(f"[{time.perf_counter() - start:7.1f} s] {stage}")
@@ -276,6 +284,14 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         f"{summary['events']} events (last seq {summary['last_seq']}), "
         f"fingerprint {fingerprint[:12]}")
     done("store snapshot read")
+    planned = plan.plan_training(
+        plan.catalogue_size(dataset, config.recommender.max_users), config.recommender,
+        config.run.memory_gb * 1024, None if deadline is None else deadline.seconds,
+        plan.measure_flop_rate(config.recommender.hidden_size, torch_device))
+    for line in plan.describe_plan(planned, config.recommender):
+        log(line)
+    config = dataclasses.replace(config,
+                                 recommender=plan.apply_plan(config.recommender, planned))
     log(f"training '{config.run.name}' on {torch_device} (seed {seed})")
     checkpoints = checkpoint_dir(config, fingerprint)
     if not resume and checkpoints.exists():
@@ -283,7 +299,7 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     log(f"checkpoints: {checkpoints}")
     rec = train_recommender(config.recommender, dataset, torch_device, seed, progress,
                             checkpoint_dir=checkpoints, log=log, ray_workers=ray_workers,
-                            ray_address=ray_address)
+                            ray_address=ray_address, deadline=deadline)
     done("recommender trained")
     vocab, split = prepare_split(dataset, config.recommender.max_users,
                                  config.recommender.basket_holdout)
@@ -304,7 +320,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
          f"{rec.metrics['ours']['val']['ndcg@10']:.4f}")
     heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
                               rec.item_text_embeddings, config.recommender.train_config(),
-                              config.drift, torch_device, seed, progress)
+                              config.drift, torch_device, seed, progress,
+                              deadline=budget.share(deadline, budget.HELDOUT_SHARE))
                if config.drift.unseen_view else None)
     # The topics come first: a topic-reading drift kind (bocpd) and the topic baselines read
     # the items' categories, or these clusters where the catalogue has none.
@@ -339,6 +356,9 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     if blend.blend.active:  # the served figure is the blend's: the model alone beside it
         report_doc["models"]["ours_model"] = quality.pick_ranking(rec.metrics["ours"]["test"])
     report_doc["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    report_doc["plan"] = plan.plan_report(planned)
+    report_doc["memory"] = plan.memory_report(report_doc["peak_rss_mib"], planned, log)
+    report_doc["time_budget"] = budget.budget_report(deadline, log)
     seconds = import_seconds(config)
     if seconds is not None:
         report_doc["import_seconds"] = seconds

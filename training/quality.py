@@ -22,7 +22,7 @@ from app.ml.parts import EventTrace
 from training.data.sequences import LeaveOneOutSplit, UserSequence
 from training.drift.evaluation import evaluate_alarms
 from training.drift.splicing import DriftCase
-from training.evaluate import all_metrics
+from training.evaluate import blocked_metrics
 
 ANCHOR = {"name": "ref: RecBole SASRec, ml-100k", "hr@10": 0.1326, "ndcg@10": 0.0636,
           "mrr@10": 0.0429}
@@ -71,11 +71,18 @@ def bundle_scores(bundle: InterestModelBundle, sequences: Sequence[UserSequence]
 def bundle_ranking_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit
                            ) -> dict[str, dict[str, float]]:
     """{"val": metrics, "test": metrics} computed through the bundle's scoring, each request
-    made at its held-out event's time."""
+    made at its held-out event's time; users in blocks of ``EVAL_BLOCK_CELLS`` scores."""
     parts = {"val": (split.valid_inputs(), split.valid_items, split.valid_times),
              "test": (split.test_inputs(), split.test_items, split.test_times)}
-    return {part: all_metrics(bundle_scores(bundle, inputs, at=at), inputs, targets)
-            for part, (inputs, targets, at) in parts.items()}
+    columns = len(bundle.item_ids) + 1
+    result = {}
+    for part, (inputs, targets, at) in parts.items():
+        def score(start: int, stop: int, inputs: list[UserSequence] = inputs,
+                  at: np.ndarray = at) -> torch.Tensor:
+            return bundle_scores(bundle, inputs[start:stop], at=at[start:stop])
+
+        result[part] = blocked_metrics(score, inputs, targets, columns)
+    return result
 
 
 SERVED_FIRST = 10  # events a served state is first built from (one replay of them)

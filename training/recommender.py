@@ -15,6 +15,8 @@ import torch
 
 from app.ml.encoder import ItemTextEncoder
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
+from training import budget
+from training.budget import Deadline
 from training.data.sequences import (
     ItemVocab,
     LeaveOneOutSplit,
@@ -86,6 +88,10 @@ class RecommenderConfig:
     # baselines
     train_baseline: bool = True  # also train sasrec_id (same code, text/time off)
     baseline_max_epochs: int | None = None  # cap sasrec_id's epochs (None: max_epochs)
+    # training plan (training.plan): "auto" lets the plan change loss_negatives, batch_size,
+    # max_len and learning_rate where the catalogue's size or the memory budget asks for it
+    # (each change is printed with its reason); "off" trains with these values as written
+    plan: str = "auto"
 
     @classmethod
     def tiny(cls) -> RecommenderConfig:
@@ -149,6 +155,8 @@ class RecommenderResult:
     best_epochs: dict[str, int] = field(default_factory=dict)
     averaged: dict[str, bool] = field(default_factory=dict)  # top-k checkpoint average kept?
     baseline: SequenceInterestModel | None = None  # sasrec_id, when trained
+    stopped_by_deadline: dict[str, bool] = field(default_factory=dict)  # stage -> cut short
+    skipped: list[str] = field(default_factory=list)  # models left out for lack of time
 
 
 def prepare_split(dataset: InteractionSnapshot, max_users: int | None,
@@ -163,13 +171,15 @@ def prepare_split(dataset: InteractionSnapshot, max_users: int | None,
 
 def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: LeaveOneOutSplit,
                 device: torch.device, seed: int, progress: bool,
-                checkpoint: Path | None = None, log: Callable[[str], None] | None = None
+                checkpoint: Path | None = None, log: Callable[[str], None] | None = None,
+                deadline: Deadline | None = None
                 ) -> tuple[ItemTextEncoder, torch.Tensor, list[dict[str, Any]]]:
     """Fine-tune the encoder on the training parts, then embed every catalogue item.
 
     Returns (encoder, item text embeddings FloatTensor[N + 1, 384] with row 0 = zeros, the
     encoder's per-step history). With ``checkpoint``, the fine-tuned weights and embeddings are
     saved there, and read back instead of fine-tuning again when they are of the same setting.
+    ``deadline``: fine-tuning stops between steps past it (the items are embedded all the same).
     """
     texts = [item.text for item in dataset.items]  # vocabulary order: index i = texts[i - 1]
     encoder = ItemTextEncoder.pretrained(device, config.encoder_num_layers,
@@ -186,7 +196,10 @@ def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: 
                 log(f"encoder: resumed from {checkpoint}")
             return encoder, state["item_text"], state["history"]
     run = finetune_encoder(encoder, texts, split.train, config.encoder_config(), device, seed,
-                           progress)
+                           progress, deadline)
+    if run.stopped_by_deadline and log is not None:
+        log(f"encoder: time budget reached after {len(run.history)} of "
+            f"{config.encoder_steps} fine-tuning steps")
     item_text = torch.cat([torch.zeros(1, encoder.dim), encoder.embed(texts)])
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -200,14 +213,19 @@ def embed_items(config: RecommenderConfig, dataset: InteractionSnapshot, split: 
 def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, device: torch.device,
                       seed: int, progress: bool = True, checkpoint_dir: Path | None = None,
                       log: Callable[[str], None] | None = None, ray_workers: int = 0,
-                      ray_address: str | None = None) -> RecommenderResult:
+                      ray_address: str | None = None, deadline: Deadline | None = None
+                      ) -> RecommenderResult:
     """Run the whole recommendation pipeline; metrics hold "ours", "sasrec_id" (unless
     ``train_baseline`` is off) and "pop", each with "val" and "test" dicts.
 
     checkpoint_dir: where the encoder and each sequence model keep their checkpoints (a run
     interrupted there resumes from them; see ``training.sequence_trainer``).
     `ray_workers` > 0: the sequence models train data-parallel on Ray Train
-    (training/distributed.py; the `ray` extra), the rest as in one process."""
+    (training/distributed.py; the `ray` extra), the rest as in one process.
+    `deadline`: the run's time budget (training.budget); the encoder, ours and sasrec_id stop
+    at their shares of it, and sasrec_id is skipped when less than one of ours's epochs is
+    left before its mark. The Ray path trains to the end (its ranks would not stop together).
+    """
     start = time.perf_counter()
     vocab, split = prepare_split(dataset, config.max_users, config.basket_holdout)
 
@@ -215,19 +233,33 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{name}.pt"
 
     encoder, item_text, history = embed_items(config, dataset, split, device, seed, progress,
-                                              checkpoint("encoder"), log)
+                                              checkpoint("encoder"), log,
+                                              budget.share(deadline, budget.ENCODER_SHARE))
     history = list(history)
     timings = {"encoder_s": time.perf_counter() - start}
     if log is not None:
         log(f"encoder fine-tuned and items embedded: {timings['encoder_s']:.0f} s")
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     runs: dict[str, SequenceTrainResult] = {}
+    skipped: list[str] = []
     for name in ["ours", "sasrec_id"] if config.train_baseline else ["ours"]:
+        stage_deadline = budget.share(deadline, budget.MODEL_SHARE if name == "ours"
+                                      else budget.BASELINE_SHARE)
+        if name != "ours" and stage_deadline is not None:
+            epoch_s = max((h["seconds"] for h in runs["ours"].history), default=0.0)
+            if stage_deadline.remaining() < epoch_s:
+                skipped.append(name)
+                stage_deadline.record_stop(name)
+                if log is not None:
+                    log(f"{name}: skipped, {stage_deadline.remaining():.0f} s left of its share "
+                        f"of the time budget and an epoch of ours took {epoch_s:.0f} s")
+                continue
         stage = time.perf_counter()
         torch.manual_seed(seed)  # same initial weights whatever ran before
         content = name == "ours"  # sasrec_id: the same model with text and time features off
         model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim)
-        model.set_item_text_embeddings(item_text)
+        # Every model reads the same constant table (at a million items 1.5 GB a copy).
+        model.set_item_text_embeddings(item_text, copy=False)
         train_config = config.train_config() if content else config.baseline_train_config()
         if ray_workers > 0:
             from training.distributed import train_sequence_model_ray
@@ -237,7 +269,8 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
                                                   address=ray_address)
         else:
             runs[name] = train_sequence_model(model, split, train_config, device, seed,
-                                              progress, name, checkpoint(name), log)
+                                              progress, name, checkpoint(name), log,
+                                              deadline=stage_deadline)
         metrics[name] = evaluate_model(runs[name].model, split, device)
         history.extend(runs[name].history)
         timings[f"{name}_s"] = time.perf_counter() - stage
@@ -254,7 +287,9 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         item_text_embeddings=item_text, metrics=metrics, history=history, timings=timings,
         best_epochs={name: run.best_epoch for name, run in runs.items()},
         averaged={name: run.averaged for name, run in runs.items()},
-        baseline=runs["sasrec_id"].model if "sasrec_id" in runs else None)
+        baseline=runs["sasrec_id"].model if "sasrec_id" in runs else None,
+        stopped_by_deadline={name: run.stopped_by_deadline for name, run in runs.items()},
+        skipped=skipped)
 
 
 def main() -> None:

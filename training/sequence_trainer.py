@@ -5,7 +5,12 @@ the top-k validation checkpoints, kept only if it scores better on validation).
 
 With ``checkpoint`` set, the whole training state (weights, optimiser, top-k states, history,
 random generators) is written there after every epoch, and a run that finds a checkpoint of
-the same setting resumes after its last epoch (a finished run is not trained again)."""
+the same setting resumes after its last epoch (a finished run is not trained again).
+
+With a ``deadline`` (training.budget), an epoch ends early at the first batch past it, and
+training stops after that epoch's validation with the best validated weights so far
+(``stopped_by_deadline``); its checkpoint is not marked finished, so a run interrupted after
+that goes on from there when started again."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from tqdm.auto import tqdm
 
 from app.ml.device import autocast_context
 from app.ml.sequence import SequenceInterestModel
+from training.budget import Deadline
 from training.data.sequences import (
     LeaveOneOutSplit,
     TrainingWindows,
@@ -61,6 +67,7 @@ class SequenceTrainResult:
     averaged: bool  # True when the top-k average was kept
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by_deadline: bool = False  # the time budget ended training before patience did
 
 
 def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.Tensor,
@@ -103,8 +110,12 @@ LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Gen
 def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
                 optimizer: torch.optim.Optimizer, config: SequenceTrainConfig,
                 device: torch.device, generator: torch.Generator, progress: bool,
-                forward: LossForward | None = None, shard: tuple[int, int] = (0, 1)) -> float:
+                forward: LossForward | None = None, shard: tuple[int, int] = (0, 1),
+                deadline: Deadline | None = None) -> float:
     """One pass over shuffled windows; returns the mean training loss.
+
+    `deadline`: the pass ends early, after the batch that ends past it (an epoch of a large
+    catalogue can outlast a whole time budget).
 
     `shard` = (rank, world size): every rank draws the same order and takes its share of each
     batch, so a step of N data-parallel ranks sees the batch one process would (batches
@@ -115,8 +126,10 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
     batches = order.split(config.batch_size)
     if world > 1:
         batches = tuple(b.tensor_split(world)[rank] for b in batches if len(b) >= world)
-    total = 0.0
+    total, done = 0.0, 0
     for batch in tqdm(batches, desc="batches", leave=False, disable=not progress):
+        if done and deadline is not None and deadline.expired():
+            break
         items = windows.items[batch]
         if config.item_dropout > 0:
             # Hidden inputs become the padding row; targets are kept (a cheap augmentation).
@@ -138,18 +151,41 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         total += float(loss.detach())
-    return total / max(len(batches), 1)
+        done += 1
+    return total / max(done, 1)
 
 
 def average_states(states: list[StateDict]) -> StateDict:
-    """Element-wise mean of floating-point tensors (others taken from the first state)."""
+    """Element-wise mean of floating-point tensors (others taken from the first state).
+
+    A tensor equal in every state (a constant buffer such as the item text table) is taken
+    as it is: its mean could differ in the last bit, and stacking k copies of a catalogue-sized
+    table would cost k times its memory."""
     mean = {}
     for key, value in states[0].items():
-        if value.is_floating_point():
-            mean[key] = torch.stack([state[key] for state in states]).mean(dim=0)
-        else:
+        if not value.is_floating_point():
             mean[key] = value.clone()
+        elif all(state[key] is value or torch.equal(state[key], value) for state in states):
+            mean[key] = value
+        else:
+            mean[key] = torch.stack([state[key] for state in states]).mean(dim=0)
     return mean
+
+
+def snapshot_state(model: torch.nn.Module, constants: StateDict) -> StateDict:
+    """A CPU copy of the model's weights for the top-k list. Buffers (the item text table,
+    never trained) are copied once into ``constants`` and shared by every snapshot: at a
+    million items each copy of the text table is 1.5 GB."""
+    buffers = {name for name, _ in model.named_buffers()}
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in buffers:
+            if key not in constants:
+                constants[key] = value.detach().cpu()  # a CPU model's buffer itself
+            state[key] = constants[key]
+        else:
+            state[key] = value.detach().cpu().clone()
+    return state
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -186,14 +222,20 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                          device: torch.device, seed: int, progress: bool = True,
                          name: str = "ours", checkpoint: Path | None = None,
                          log: Any = None, forward: LossForward | None = None,
-                         shard: tuple[int, int] = (0, 1)) -> SequenceTrainResult:
+                         shard: tuple[int, int] = (0, 1),
+                         deadline: Deadline | None = None) -> SequenceTrainResult:
     """Train until validation NDCG@10 has not improved for ``patience`` epochs; return the
     best-validation model and the per-epoch history (loss, validation metrics, seconds).
 
     checkpoint: file for the training state after each epoch; resumed when it holds a run of
     the same model, config and seed (``log``, if given, is told per epoch and on resume).
     `forward`, `shard`: one rank of data-parallel training (training/distributed.py); every
-    rank validates the same synchronised weights, so all stop at the same epoch."""
+    rank validates the same synchronised weights, so all stop at the same epoch.
+    `deadline`: end the epoch at the first batch past it (at least one batch is trained),
+    validate, stop with the best validated weights, and record the stop on the deadline under
+    ``name``. One process only: data-parallel ranks would not stop at the same batch."""
+    if deadline is not None and shard[1] > 1:
+        raise ValueError("a deadline stops one process, not data-parallel ranks")
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -206,7 +248,8 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     top: list[tuple[float, int, StateDict]] = []  # (val, epoch, cpu state), best first
     history: list[dict[str, Any]] = []
     bad_epochs = 0
-    first_epoch, finished = 1, False
+    first_epoch, finished, out_of_time = 1, False, False
+    constants: StateDict = {}
     setting = {"name": name, "seed": seed, "train": asdict(config),
                "model": asdict(model.config), "n_items": model.n_items,
                "users": len(split.train)}
@@ -232,7 +275,7 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         windows = (fixed_windows if fixed_windows is not None
                    else training_windows(shuffle_ties(split.train, rng), max_len))
         loss = train_epoch(model, windows, optimizer, config, device, generator, progress,
-                           forward, shard)
+                           forward, shard, deadline)
         val = evaluate_model(model, split, device, parts=("val",))["val"]
         score = val[SELECT_METRIC]
         history.append({"model": name, "epoch": epoch, "train_loss": loss,
@@ -246,7 +289,7 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
             bad_epochs = 0
         else:
             bad_epochs += 1
-        state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+        state = snapshot_state(model, constants)
         top = sorted([*top, (score, epoch, state)], key=lambda entry: -entry[0])
         top = top[: max(config.average_top_k, 1)]
         finished = bad_epochs >= config.patience or epoch == config.max_epochs
@@ -258,6 +301,13 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                 "generator": generator.get_state(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state()})
         if bad_epochs >= config.patience:
+            break
+        if deadline is not None and not finished and deadline.expired():
+            out_of_time = True
+            deadline.record_stop(name)
+            if log is not None:
+                log(f"{name}: time budget reached after epoch {epoch}; keeping the best "
+                    f"validated weights (epoch {top[0][1]})")
             break
     best_val, best_epoch, best_state = top[0]
     model.load_state_dict(best_state)
@@ -272,4 +322,5 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     model.eval()
     return SequenceTrainResult(model=model, best_epoch=best_epoch, best_val=best_val,
                                averaged=averaged, history=history,
-                               seconds=time.perf_counter() - start)
+                               seconds=time.perf_counter() - start,
+                               stopped_by_deadline=out_of_time)

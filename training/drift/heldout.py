@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
+from training.budget import Deadline
 from training.data.sequences import LeaveOneOutSplit
 from training.drift.config import DriftConfig
 from training.drift.pipeline import HeldOutScorer
@@ -38,11 +39,12 @@ def subset_split(split: LeaveOneOutSplit, user_ids: Sequence[str]) -> LeaveOneOu
 def heldout_scorer(split: LeaveOneOutSplit, model_config: SequenceModelConfig, n_items: int,
                    item_text: torch.Tensor, train_config: SequenceTrainConfig,
                    drift: DriftConfig, device: torch.device, seed: int,
-                   progress: bool = False, log: dict[str, float] | None = None
-                   ) -> HeldOutScorer:
+                   progress: bool = False, log: dict[str, float] | None = None,
+                   deadline: Deadline | None = None) -> HeldOutScorer:
     """A function that fits a fresh sequence model on the given users only (validation on
     their own second-last events) and returns it in eval mode. ``log`` receives
-    ``heldout_seconds``, ``heldout_epochs`` and ``heldout_val_ndcg10`` of the last fit."""
+    ``heldout_seconds``, ``heldout_epochs`` and ``heldout_val_ndcg10`` of the last fit.
+    ``deadline``: the fit stops after the epoch that ends past it (training.budget)."""
     schedule = dataclasses.replace(train_config, max_epochs=drift.heldout_max_epochs,
                                    patience=drift.heldout_patience)
 
@@ -50,9 +52,9 @@ def heldout_scorer(split: LeaveOneOutSplit, model_config: SequenceModelConfig, n
         start = time.perf_counter()
         torch.manual_seed(seed)
         model = SequenceInterestModel(model_config, n_items, item_text.shape[1])
-        model.set_item_text_embeddings(item_text)
+        model.set_item_text_embeddings(item_text, copy=False)  # a constant, shared table
         run = train_sequence_model(model, subset_split(split, user_ids), schedule, device,
-                                   seed, progress, name="heldout")
+                                   seed, progress, name="heldout", deadline=deadline)
         if log is not None:
             log.update(heldout_seconds=time.perf_counter() - start,
                        heldout_epochs=float(len(run.history)), heldout_val_ndcg10=run.best_val)
