@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from app.core import server
+from app.core import cpus, server
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging, uvicorn_log_config
 from app.core.metrics import empty_multiprocess_dir
@@ -78,6 +78,8 @@ def main() -> None:
             "no API keys configured: binding to %s instead of %s", LOOPBACK, host)
         host = LOOPBACK
     empty_multiprocess_dir()  # PROMETHEUS_MULTIPROC_DIR: no counts left from the last run
+    # each worker gives torch its share of the usable cores (app.main)
+    os.environ[cpus.WORKERS_ENV] = str(args.workers)
     if args.workers > 1 and settings.sqlite_change_check == "auto":
         # several processes write one SQLite file: each must notice the others' commits
         os.environ["DRIFTREC_SQLITE_CHANGE_CHECK"] = "data_version"

@@ -24,6 +24,7 @@ from app.api.routes import (
     users,
 )
 from app.core.config import Settings, get_settings
+from app.core.cpus import cpu_budget, serving_workers, torch_threads_for
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.metrics import new_metrics
@@ -36,6 +37,24 @@ from app.services.runtime import ServingRuntime
 logger = logging.getLogger("driftrec")
 
 
+def set_serving_threads(requested: int | None) -> int:
+    """torch's intra-op threads for this worker (app/core/cpus.py), logged in one line."""
+    budget = cpu_budget()
+    workers = serving_workers()
+    threads = torch_threads_for(workers, requested, budget.usable)
+    torch.set_num_threads(threads)
+    if requested is None:
+        how = f"the usable cores split among {workers} worker{'s' if workers > 1 else ''}"
+    elif threads < requested:
+        how = f"DRIFTREC_TORCH_THREADS={requested}, capped at the usable cores"
+    else:
+        how = f"DRIFTREC_TORCH_THREADS={requested}"
+    logger.info("torch threads per worker: %d (%s; %s)", threads, how, budget.describe(),
+                extra={"torch_threads": threads, "workers": workers,
+                       "cpu_affinity": budget.affinity, "cpu_quota": budget.quota})
+    return threads
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -43,9 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Engines (and, for serving, models) open here, never at import: CUDA does not
         # survive a fork and each uvicorn worker must own its connections.
-        # Per-worker intra-op threads: torch's default (all cores) oversubscribes the CPU
-        # as soon as several workers or request threads run inference at once.
-        torch.set_num_threads(settings.torch_threads)
+        # Per-worker intra-op threads: torch's default (all the machine's cores) oversubscribes
+        # the CPU as soon as several workers run inference at once, or the process may use
+        # fewer cores than the machine has (affinity mask, container quota).
+        set_serving_threads(settings.torch_threads)
         to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         if not app.state.api_keys:
             logger.warning("auth is off: no API keys configured; listen on 127.0.0.1 only")

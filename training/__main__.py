@@ -224,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"was trained on this snapshot ({fingerprint[:12]})")
             return 0
     register = args.command in ("ensure-champion", "retrain") or args.register
+    from training.threads import use_usable_cores
+
+    use_usable_cores()
     report = run_training(
         config, device=args.device, progress=not args.no_progress, register=register,
         promote=args.command in ("ensure-champion", "retrain") or args.promote,

@@ -313,6 +313,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config fields (values parsed as YAML)")
     args = parser.parse_args()
+    from training.threads import use_usable_cores
+
+    use_usable_cores()
     config = RecommenderConfig.tiny() if args.tiny else RecommenderConfig()
     overrides = dict(item.split("=", 1) for item in args.set)
     config = RecommenderConfig.from_dict(

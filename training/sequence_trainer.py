@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +69,43 @@ class SequenceTrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     stopped_by_deadline: bool = False  # the time budget ended training before patience did
+
+    @property
+    def slow_epochs(self) -> int:
+        """Epochs flagged by `slow_epoch` (history rows with ``"slow": True``)."""
+        return sum(1 for row in self.history if row.get("slow"))
+
+
+SLOW_EPOCH_FACTOR = 2.0
+BASELINE_EPOCHS = 3
+
+
+def slow_epoch(seconds_so_far: list[float], factor: float = SLOW_EPOCH_FACTOR,
+               min_seconds: float = 1.0) -> float | None:
+    """The last epoch's time as a multiple of the median of the first (up to 3) epochs before
+    it, when that is above `factor`; else None (also while there is no earlier epoch, and
+    for an epoch under `min_seconds`, whose time is mostly timer and scheduling noise).
+
+    The same epochs on the same data take about the same time, so a much slower one means
+    the process lost CPU time: usually another process competing for the cores."""
+    if len(seconds_so_far) < 2 or seconds_so_far[-1] < min_seconds:
+        return None
+    baseline = float(np.median(seconds_so_far[: min(BASELINE_EPOCHS, len(seconds_so_far) - 1)]))
+    if baseline <= 0:
+        return None
+    ratio = seconds_so_far[-1] / baseline
+    return ratio if ratio > factor else None
+
+
+def _warn_slow(name: str, epoch: int, seconds: list[float], ratio: float, log: Any) -> None:
+    baseline = seconds[-1] / ratio
+    message = (f"{name} epoch {epoch} took {seconds[-1]:.0f} s, {ratio:.1f}x the first epochs' "
+               f"{baseline:.0f} s: another process is probably competing for the CPU (torch's "
+               f"threads spin when oversubscribed; run training alone)")
+    if log is not None:
+        log(message)
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.Tensor,
@@ -270,6 +308,8 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                 f"{' (stopped early)' if finished else ''}")
     epochs = tqdm(range(first_epoch, config.max_epochs + 1), desc=name,
                   disable=not progress or finished)
+    # this process's epochs only: a resumed run's earlier ones may have run on another load
+    epoch_seconds: list[float] = []
     for epoch in [] if finished else epochs:
         epoch_start = time.perf_counter()
         windows = (fixed_windows if fixed_windows is not None
@@ -278,13 +318,17 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                            forward, shard, deadline)
         val = evaluate_model(model, split, device, parts=("val",))["val"]
         score = val[SELECT_METRIC]
+        epoch_seconds.append(time.perf_counter() - epoch_start)
+        slow = slow_epoch(epoch_seconds)
         history.append({"model": name, "epoch": epoch, "train_loss": loss,
                         **{f"val_{key}": value for key, value in val.items()},
-                        "seconds": time.perf_counter() - epoch_start})
+                        "seconds": epoch_seconds[-1], "slow": slow is not None})
         epochs.set_postfix(loss=f"{loss:.3f}", val_ndcg=f"{score:.4f}")
         if log is not None:
             log(f"{name} epoch {epoch}: loss {loss:.4f}, val ndcg@10 {score:.4f}, "
                 f"{history[-1]['seconds']:.0f} s")
+        if slow is not None:
+            _warn_slow(name, epoch, epoch_seconds, slow, log)
         if not top or score > top[0][0]:
             bad_epochs = 0
         else:

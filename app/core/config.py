@@ -64,7 +64,11 @@ class Settings(BaseSettings):
 
     # Serving.
     model_poll_seconds: float = Field(default=30.0, ge=0, description="0 turns polling off")
-    torch_threads: int = Field(default=1, ge=1, description="intra-op threads per worker")
+    # Intra-op threads per worker; unset: the usable cores (affinity mask, cgroup quota)
+    # split evenly among the `serve --workers` processes (app/core/cpus.py). An explicit
+    # number is capped at the usable cores.
+    torch_threads: int | None = Field(default=None, ge=1,
+                                      description="intra-op threads per worker")
     # Threads a worker runs its (sync) request handlers in (anyio's default is 40); requests
     # beyond that wait their turn in the event loop. The handlers share one GIL per worker, so
     # this bounds how many contend for it; A/B runs on the shared 2-core machine did not

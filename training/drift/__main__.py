@@ -32,6 +32,7 @@ from training.data.store import read_snapshot
 from training.drift.heldout import heldout_scorer
 from training.drift.pipeline import PROTOCOLS, DriftConfig, train_and_evaluate_drift
 from training.recommender import RecommenderConfig
+from training.threads import use_usable_cores
 
 
 def _model(args: argparse.Namespace, n_items: int,
@@ -65,6 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.bundle and not (args.sequence_state and args.item_text):
         parser.error("give --bundle, or --sequence-state and --item-text")
+    use_usable_cores()
     device = resolve_device(args.device)
     engine = make_engine(get_settings().database_url)  # the store is the training source
     try:
