@@ -329,3 +329,14 @@ def test_drift_feature_columns_are_set_by_name_once() -> None:
         feature_matrix({name: v for name, v in columns.items() if name != "log_gap"})
     with pytest.raises(ValueError, match="extra"):
         feature_matrix({**columns, "extra": torch.zeros(2)})
+
+
+def test_kernel_cpd_gives_no_alarm_on_a_history_too_short_to_split() -> None:
+    from training.drift.baselines import KernelCPDRunner
+
+    rng = np.random.default_rng(0)
+    short, long = rng.normal(size=(3, 4)), np.concatenate([np.zeros((20, 4)),
+                                                             np.ones((20, 4)) * 5])
+    alarms = KernelCPDRunner([short, long]).alarms(1.0, min_events=1)
+    assert alarms[0].tolist() == []
+    assert 19 <= int(alarms[1][0]) <= 21  # the long one still finds its change

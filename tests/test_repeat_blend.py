@@ -141,3 +141,4 @@ def test_the_fit_never_loses_to_the_model_alone_on_validation(repeats: bool) -> 
         assert fit.blend.repeat_weight > 0 and fit.metrics["val"]["ndcg@10"] > alone + 0.1
     disabled = fit_blend(model, split, n_items, torch.device("cpu"), enabled=False)
     assert not disabled.blend.active and disabled.metrics["val"]["ndcg@10"] == alone
+

@@ -26,7 +26,7 @@ from training.baselines import CHUNK_CELLS, item_counts
 from training.data.sequences import LeaveOneOutSplit, UserSequence
 from training.evaluate import Metrics, all_metrics, score_sequences
 
-REPEAT_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+REPEAT_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 POPULARITY_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 WINDOW = 500  # history events the blend reads: long enough for a household's staples bought
 # months ago (a drift-sized window lost them on grocery data); serving loads as many events

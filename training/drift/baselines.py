@@ -54,18 +54,25 @@ def page_hinkley_alarms(signal: np.ndarray, threshold: float = 50.0,
     return _river_alarms(PageHinkley(threshold=threshold), signal, min_events)
 
 
+KCPD_MIN_SIZE = 2  # events in a segment
+
+
 class KernelCPDRunner:
     """KernelCPD fitted once per sequence, so that many penalties can be tried cheaply."""
 
     def __init__(self, points: Sequence[np.ndarray]) -> None:
         """points: per-sequence item embeddings, float[L_i, D]."""
-        self.algos = [rpt.KernelCPD(kernel="rbf", min_size=2, jump=1).fit(p) for p in points]
+        self.algos = [rpt.KernelCPD(kernel="rbf", min_size=KCPD_MIN_SIZE, jump=1).fit(p)
+                      for p in points]
         self.lengths = [len(p) for p in points]
 
     def alarms(self, pen: float | None, min_events: int = MIN_EVENTS) -> list[np.ndarray]:
         """Change points (first event of each new segment) per sequence; None -> log(L)."""
         out = []
         for algo, n in zip(self.algos, self.lengths, strict=True):
+            if n < 2 * KCPD_MIN_SIZE:  # too short for two segments: ruptures refuses to try
+                out.append(np.zeros(0, np.int64))
+                continue
             value = math.log(max(n, 2)) if pen is None else pen
             out.append(_guard(algo.predict(pen=value)[:-1], min_events))
         return out
