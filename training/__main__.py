@@ -64,27 +64,25 @@ def parse_until(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _positive(text: str, unit: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a number of {unit}: {text}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{what} must be positive: {text}")
+    return value
+
+
 def parse_minutes(text: str) -> float | None:
     """A time budget in minutes, or ``none`` for no budget."""
     if text.strip().lower() in ("none", "null", "off"):
         return None
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not a number of minutes: {text}") from error
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a time budget must be positive: {text}")
-    return value
+    return _positive(text, "minutes", "a time budget")
 
 
 def parse_gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not a number of GB: {text}") from error
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a memory budget must be positive: {text}")
-    return value
+    return _positive(text, "GB", "a memory budget")
 
 
 def with_budgets(config: TrainingConfig, args: argparse.Namespace) -> TrainingConfig:

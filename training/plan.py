@@ -362,22 +362,19 @@ def plan_training(summary: CatalogueSize, config: RecommenderConfig, memory_budg
 
     # Halve the batch, then the history, while over the budget and while it lowers the
     # estimate (past that point the catalogue's tables, not the steps, set the peak).
-    while batch > MIN_BATCH:
-        now = peak(negatives, batch, max_len)["peak"]
-        smaller = max(MIN_BATCH, batch // 2)
-        if now <= memory_budget_mib or peak(negatives, smaller, max_len)["peak"] >= now - 1:
-            break
-        reasons.append(f"batch {batch} -> {smaller}: estimated peak {now:,.0f} MiB over the "
-                       "budget")
-        batch = smaller
-    while max_len > MIN_MAX_LEN:
-        now = peak(negatives, batch, max_len)["peak"]
-        shorter = max(MIN_MAX_LEN, max_len // 2)
-        if now <= memory_budget_mib or peak(negatives, batch, shorter)["peak"] >= now - 1:
-            break
-        reasons.append(f"history {max_len} -> {shorter}: estimated peak {now:,.0f} MiB over "
-                       "the budget")
-        max_len = shorter
+    def shrink(value: int, floor: int, estimate: Callable[[int], float], name: str) -> int:
+        while value > floor:
+            now, smaller = estimate(value), max(floor, value // 2)
+            if now <= memory_budget_mib or estimate(smaller) >= now - 1:
+                break
+            reasons.append(f"{name} {value} -> {smaller}: estimated peak {now:,.0f} MiB over "
+                           "the budget")
+            value = smaller
+        return value
+
+    batch = shrink(batch, MIN_BATCH, lambda b: peak(negatives, b, max_len)["peak"], "batch")
+    max_len = shrink(max_len, MIN_MAX_LEN, lambda n: peak(negatives, batch, n)["peak"],
+                     "history")
     terms = peak(negatives, batch, max_len)
     fits = terms["peak"] <= memory_budget_mib
     if not fits:
