@@ -101,8 +101,7 @@ def _set(workspace: Path, **values: object) -> None:
 
 def test_a_model_below_buy_again_is_registered_not_promoted_and_says_why(
         workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _set(workspace, repeat_blend=False)
-    _favourites_store(workspace)
+    _favourites_store(workspace)  # configs/tiny.yaml: the blend is off
 
     assert _train(workspace, "ensure-champion") == 1
     out, err = capsys.readouterr()
@@ -142,6 +141,7 @@ def test_a_model_below_buy_again_is_registered_not_promoted_and_says_why(
 
 def test_with_the_blend_the_store_gets_a_champion_as_good_as_buy_again(
         workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _set(workspace, repeat_blend=True)
     _favourites_store(workspace)
     assert _train(workspace, "ensure-champion") == 0
     target = registry.default_target()
