@@ -101,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             return status
     version = champion_version(get_settings())
     tags = version.tags
-    budget = getattr(config.run, "time_budget_minutes", None)
+    budget = config.run.time_budget_minutes
     result["time_budget_seconds"] = None if budget is None else round(budget * 60.0, 1)
-    memory_gb = getattr(config.run, "memory_gb", None)
-    result["memory_budget_mib"] = None if memory_gb is None else round(memory_gb * 1024.0, 1)
+    result["memory_budget_mib"] = round(config.run.memory_gb * 1024.0, 1)
     snapshot = load_snapshot()
     item_ids = build_vocab(snapshot).item_ids
     _, split = prepare_split(snapshot, config.recommender.max_users,

@@ -216,33 +216,32 @@ class InterestModelBundle:
         window = self.sequence_model.max_len
         return max(window, self.blend.window) if self.blend is not None else window
 
+    def _indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        """int64[L]: each id's model index, 0 for an id the catalogue does not hold."""
+        return np.fromiter((self._index.get(i, 0) for i in item_ids), np.int64, len(item_ids))
+
     def _blend(self, scores: np.ndarray, histories: Sequence[Sequence[str]],
                timestamps: Sequence[Sequence[float]]) -> None:
         """Add the repeat-aware blend to each row of ``scores`` (float32[B, N]) in place."""
         assert self.blend is not None and self.log_popularity is not None
         for row, items, times in zip(scores, histories, timestamps, strict=True):
-            indices = np.fromiter((self._index.get(i, 0) for i in items), np.int64, len(items))
-            blend_scores(row, indices, np.asarray(times, np.float64), self.blend,
+            blend_scores(row, self._indices(items), np.asarray(times, np.float64), self.blend,
                          self.log_popularity)
 
     def blend_candidates(self, rows: np.ndarray, query: np.ndarray, vectors: np.ndarray,
                          item_ids: Sequence[str], timestamps: Sequence[float]
                          ) -> tuple[np.ndarray, np.ndarray]:
         """A top-k index's candidate positions (int64[c], ascending) scored as the full scan
-        scores them: the query vector's inner products with ``vectors`` (float32[N, H]) plus
-        the blend. The history's repeat items join the candidates: the blend may lift them
-        above the index's n best."""
-        indices = np.zeros(0, np.int64)
-        if self.blend is not None and self.blend.active:
-            indices = np.fromiter((self._index.get(i, 0) for i in item_ids), np.int64,
-                                  len(item_ids))
-            extra = repeat_positions(indices, self.blend)
-            rows = np.union1d(rows, extra[extra < len(vectors)]).astype(np.int64)
+        of a blending bundle scores them: the query vector's inner products with ``vectors``
+        (float32[N, H]) plus the blend. The history's repeat items join the candidates: the
+        blend may lift them above the index's n best."""
+        assert self.blend is not None and self.log_popularity is not None
+        indices = self._indices(item_ids)
+        extra = repeat_positions(indices, self.blend)
+        rows = np.union1d(rows, extra[extra < len(vectors)]).astype(np.int64)
         scores = inner_products(vectors[rows], query)
-        if self.blend is not None and self.blend.active:
-            assert self.log_popularity is not None
-            blend_scores(scores, indices, np.asarray(timestamps, np.float64), self.blend,
-                         self.log_popularity, rows)
+        blend_scores(scores, indices, np.asarray(timestamps, np.float64), self.blend,
+                     self.log_popularity, rows)
         return rows, scores
 
     @staticmethod
