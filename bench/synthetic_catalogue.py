@@ -96,7 +96,7 @@ def event_table(types: np.ndarray, n_users: int, events_per_user: int,
         while n < length:
             if n >= switch and len(favourites) == 3:
                 favourites[int(rng.integers(0, 3))] = int(rng.choice(n_types, p=type_weight))
-                favourites = favourites[:3] + [-1]  # switched once
+                favourites = [*favourites[:3], -1]  # switched once
             basket = int(rng.integers(1, 7))
             for _ in range(min(basket, length - n)):
                 if bought and rng.random() < 0.33:

@@ -173,3 +173,27 @@ def test_the_inference_item_table_follows_weight_and_catalogue_changes() -> None
         assert model.item_table().shape == (8, 8)
     model.train()
     assert model.item_table().requires_grad  # training never sees a cached table
+
+
+@pytest.mark.parametrize("content", [True, False])
+def test_a_training_step_projects_only_the_rows_it_reads(content: bool) -> None:
+    """item_rows in training equals the full table's rows (values and gradients) while
+    projecting only the rows asked for; the loss over sampled negatives is the same either
+    way."""
+    model = make_model(use_text=content).train()
+    rows = torch.tensor([[3, 1, 0], [7, 7, 2]])
+    table = model._compute_item_table()
+    picked = model.item_rows(rows)
+    assert torch.allclose(picked, table[rows], atol=1e-6)
+    picked.sum().backward()
+    grad = model.item_embedding.weight.grad
+    assert grad is not None
+    touched = torch.zeros(N_ITEMS + 1, dtype=torch.bool)
+    touched[rows.flatten()] = True
+    assert bool((grad[~touched] == 0).all()) and bool((grad[touched] != 0).any())
+    if content:
+        calls: list[int] = []
+        model.text_projection.register_forward_hook(  # type: ignore[union-attr]
+            lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+        model.item_rows(torch.tensor([4, 5]))
+        assert calls == [2]  # two rows projected, not the catalogue's N_ITEMS + 1

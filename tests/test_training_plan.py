@@ -217,3 +217,18 @@ def test_config_budget_keys_and_the_reference_configs() -> None:
         parse_config({"run": {"time_budget_minutes": "an hour"}})
     with pytest.raises(ConfigError, match="plan"):
         parse_config({"recommender": {"plan": "sometimes"}})
+
+
+def test_a_sampled_step_projects_the_batchs_rows_not_the_catalogue() -> None:
+    config = RecommenderConfig()
+    batch, length = config.batch_size, config.max_len
+    sampled = [plan_module.step_seconds(MILLION, config, SAMPLED_NEGATIVES, batch, length, RATE,
+                                        text) for text in (True, False)]
+    full = [plan_module.step_seconds(MILLION, config, 0, batch, length, RATE, text)
+            for text in (True, False)]
+    # the text adds a fraction of a sampled step, and most of a full-softmax one's projection
+    assert sampled[0] - sampled[1] < 0.5 * sampled[1]
+    assert full[0] - full[1] > 50 * (sampled[0] - sampled[1])
+    rows = MILLION.items + 1
+    assert plan_module.projected_rows(rows, 0, batch * length, 5000) == batch * length + rows
+    assert plan_module.projected_rows(50, 2048, batch * length, 5000) == 100

@@ -126,11 +126,11 @@ def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.
     if negatives <= 0:
         logits = model.item_logits(hidden)  # [P, N+1]
         return F.cross_entropy(logits.float(), wanted)
-    table = model.item_table()  # [N+1, H]
     drawn = torch.randint(1, model.n_items + 1, (negatives,), generator=generator)
     drawn = drawn.to(hidden.device)
-    positive = (hidden * table[wanted].to(hidden.dtype)).sum(dim=-1, keepdim=True)  # [P, 1]
-    negative = hidden @ table[drawn].t().to(hidden.dtype)  # [P, K]
+    positive = (hidden * model.item_rows(wanted).to(hidden.dtype)).sum(dim=-1,
+                                                                      keepdim=True)  # [P, 1]
+    negative = hidden @ model.item_rows(drawn).t().to(hidden.dtype)  # [P, K]
     negative = negative.masked_fill(drawn.unsqueeze(0) == wanted.unsqueeze(1), -torch.inf)
     logits = torch.cat([positive, negative], dim=1).float()
     return F.cross_entropy(logits, torch.zeros(len(wanted), dtype=torch.long,

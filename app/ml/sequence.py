@@ -390,12 +390,27 @@ class SequenceInterestModel(nn.Module):
             table = table + self.text_projection(self.item_text)
         return table
 
+    def item_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The representations of the item rows ``index`` (any shape) -> [..., H]: the rows of
+        ``item_table``. A training step that needs fewer rows than the catalogue holds (a
+        batch's inputs, sampled negatives) projects only those rows' text, so a step's cost
+        follows the batch rather than the catalogue; otherwise the full table is gathered (at
+        inference the cached one)."""
+        if not (self.training or torch.is_grad_enabled()) or index.numel() >= len(self.item_text):
+            return F.embedding(index, self.item_table())
+        learned = self.item_embedding.weight
+        known = index < learned.shape[0]  # cold-start rows have no learned ID embedding
+        rows = F.embedding(torch.where(known, index, 0), learned) * known.unsqueeze(-1)
+        if self.text_projection is not None:
+            rows = rows + self.text_projection(F.embedding(index, self.item_text))
+        return rows
+
     def embed_events(self, item_idx: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """Input embeddings before the blocks: item_idx, timestamps [B, L] -> [B, L, H]."""
         length = item_idx.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.config.max_len}")
-        x = F.embedding(item_idx, self.item_table())
+        x = self.item_rows(item_idx)
         x = x + self.position_embedding.weight[:length].unsqueeze(0)
         if self.gap_embedding is not None and self.hour_embedding is not None:
             gap_bucket, hour = time_features(timestamps, self.config.gap_buckets)
