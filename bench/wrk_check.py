@@ -16,12 +16,14 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.core.config import VAR_DIR
 from bench.common import ROOT, fresh_database, machine, running_service_process, write_result
-from bench.serve import _base_env, _import, drive_mixed
+from bench.loadgen import Step
+from bench.serve import EventClock, _base_env, _import, drive_mixed, mixed_units
 from training.data import movielens
 
 
@@ -57,12 +59,15 @@ def main() -> None:
             fresh_database(args.backend, Path(workdir)) as url:
         _import(dataset, url)
         with running_service_process(_base_env(url), workers=1) as (base, _):
-            drive_mixed(base, users, items, 32, len(users), f"{tag}-warm")
-            rows["loadgen_before"] = drive_mixed(base, users, items, 32, args.units,
-                                                 f"{tag}-a")
+            clock = EventClock()
+
+            def units(name: str) -> Callable[[int], list[Step]]:
+                return mixed_units(users, items, f"{tag}-{name}", clock)
+
+            drive_mixed(base, units("warm"), 32, len(users))
+            rows["loadgen_before"] = drive_mixed(base, units("a"), 32, args.units)
             rows["wrk"] = run_wrk(base, args.seconds, 32)
-            rows["loadgen_after"] = drive_mixed(base, users, items, 32, args.units,
-                                                f"{tag}-b")
+            rows["loadgen_after"] = drive_mixed(base, units("b"), 32, args.units)
     for name, row in rows.items():
         print(f"{name:15s} {row}")
     write_result("serve_wrk_check", {
