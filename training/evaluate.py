@@ -151,11 +151,13 @@ def popularity_scores(split: LeaveOneOutSplit, n_items: int) -> torch.Tensor:
 
 
 def evaluate_popularity(split: LeaveOneOutSplit, n_items: int, k: int = 10) -> dict[str, Metrics]:
-    """The most-popular baseline on the same split: {"val": ..., "test": ...}."""
+    """The most-popular baseline on the same split: {"val": ..., "test": ...}, users in blocks
+    (the masked copy is users x items)."""
     scores = popularity_scores(split, n_items)
-    result = {}
-    for part, inputs, targets in (("val", split.valid_inputs(), split.valid_items),
-                                  ("test", split.test_inputs(), split.test_items)):
-        user_scores = scores.unsqueeze(0).expand(len(inputs), -1)
-        result[part] = all_metrics(user_scores, inputs, targets, k)
-    return result
+
+    def score(start: int, stop: int) -> torch.Tensor:
+        return scores.unsqueeze(0).expand(stop - start, -1)
+
+    return {part: blocked_metrics(score, inputs, targets, len(scores), k)
+            for part, inputs, targets in (("val", split.valid_inputs(), split.valid_items),
+                                          ("test", split.test_inputs(), split.test_items))}

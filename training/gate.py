@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 
 from app.ml.bundle import BundleError, InterestModelBundle
@@ -33,7 +34,7 @@ from training import quality, registry
 from training.baselines import BaselineResult, best_baseline
 from training.data.sequences import LeaveOneOutSplit, UserSequence
 from training.data.store import InteractionSnapshot
-from training.evaluate import all_metrics
+from training.evaluate import blocked_metrics
 from training.registry import BaselineFloor, Comparison, MlflowTarget, PromotionDecision
 
 Log = Callable[[str], None]
@@ -52,29 +53,53 @@ def scores_on_snapshot(bundle: InterestModelBundle, sequences: Sequence[UserSequ
     """Next-item scores of any version over the snapshot's catalogue, in the snapshot's item
     order: FloatTensor[U, N + 1], column 0 = -inf (lines up with the split's indices).
     ``at``: each request's time (the held-out events' times)."""
-    served = serving_catalogue(bundle, snapshot)
-    item_ids = snapshot.item_ids
-    columns = torch.tensor([served.index_of(i) - 1 for i in item_ids])  # type: ignore[operator]
-    histories = [[item_ids[i - 1] for i in seq.items] for seq in sequences]
-    times = [[float(t) for t in seq.times] for seq in sequences]
-    request = None if at is None else [float(t) for t in at]
-    chunks = [served.score_next_batch(histories[s:s + batch_size], times[s:s + batch_size],
-                                      at=None if request is None else request[s:s + batch_size])
-              [:, columns] for s in range(0, len(histories), batch_size)]
-    scores = torch.cat(chunks)
-    return torch.cat([torch.full((len(scores), 1), -math.inf), scores], dim=1)
+    return SnapshotScorer(bundle, snapshot, batch_size)(sequences, at)
+
+
+class SnapshotScorer:
+    """A version's scores over a snapshot's catalogue: the version's catalogue extended once
+    with the snapshot's items it does not know (as serving would hold it), then any users
+    scored in the snapshot's item order."""
+
+    def __init__(self, bundle: InterestModelBundle, snapshot: InteractionSnapshot,
+                 batch_size: int = 256) -> None:
+        self.served = serving_catalogue(bundle, snapshot)
+        self.item_ids = snapshot.item_ids
+        self.columns = torch.tensor([self.served.index_of(i) - 1  # type: ignore[operator]
+                                     for i in self.item_ids])
+        self.batch_size = batch_size
+
+    def __call__(self, sequences: Sequence[UserSequence], at: Sequence[float] | None = None
+                 ) -> torch.Tensor:
+        histories = [[self.item_ids[i - 1] for i in seq.items] for seq in sequences]
+        times = [[float(t) for t in seq.times] for seq in sequences]
+        request = None if at is None else [float(t) for t in at]
+        step = self.batch_size
+        chunks = [self.served.score_next_batch(
+            histories[s:s + step], times[s:s + step],
+            at=None if request is None else request[s:s + step])[:, self.columns]
+            for s in range(0, len(histories), step)]
+        scores = torch.cat(chunks)
+        return torch.cat([torch.full((len(scores), 1), -math.inf), scores], dim=1)
 
 
 def holdout_metrics(bundle: InterestModelBundle, split: LeaveOneOutSplit,
                     snapshot: InteractionSnapshot) -> dict[str, dict[str, float]]:
-    """{"val": metrics, "test": metrics} of any version on the snapshot's split."""
+    """{"val": metrics, "test": metrics} of any version on the snapshot's split (users in
+    blocks: a users x items score matrix is never held whole)."""
     if bundle.item_ids == snapshot.item_ids:
         return quality.bundle_ranking_metrics(bundle, split)
+    scorer = SnapshotScorer(bundle, snapshot)
     parts = {"val": (split.valid_inputs(), split.valid_items, split.valid_times),
              "test": (split.test_inputs(), split.test_items, split.test_times)}
-    return {part: all_metrics(scores_on_snapshot(bundle, inputs, snapshot, at=list(at)),
-                              inputs, targets)
-            for part, (inputs, targets, at) in parts.items()}
+    result = {}
+    for part, (inputs, targets, at) in parts.items():
+        def score(start: int, stop: int, inputs: list[UserSequence] = inputs,
+                  at: np.ndarray = at) -> torch.Tensor:
+            return scorer(inputs[start:stop], list(at[start:stop]))
+
+        result[part] = blocked_metrics(score, inputs, targets, len(snapshot.item_ids) + 1)
+    return result
 
 
 def describe_holdout(split: LeaveOneOutSplit, snapshot: InteractionSnapshot) -> str:
