@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # Drift findings: users with one (their latest event state only; ~2-4 KiB each), bytes.
     drift_cache_size: int = Field(default=20_000, ge=0)
     drift_cache_mb: int = Field(default=64, ge=0)
+    # Item titles a served version remembers for its responses (read again after any item
+    # change; 0: every response reads them from the store). ~(id + title length + 150) bytes.
+    title_cache_size: int = Field(default=20_000, ge=0)
     # Users whose change counter the change feed keeps (the least recently changed go first;
     # an evicted user's next /recommend may recompute once). ~(id length + 200) bytes each.
     change_feed_users: int = Field(default=100_000, ge=1)
