@@ -476,6 +476,19 @@ class Recommender:
                  if bundle.uses_request_time else ANY_TIME)
         return chosen, changed, because, valid
 
+    async def recommend_items(self, item_ids: Sequence[str], timestamps: Sequence[float] | None,
+                              options: RankingOptions, user_id: str | None = None
+                              ) -> RecommendationsOut:
+        """`recommend_for_items` in the thread pool, through a session of its own (opened
+        only if a title must be read)."""
+        return await run_in_threadpool(self._items_in_session, item_ids, timestamps, options,
+                                       user_id)
+
+    def _items_in_session(self, item_ids: Sequence[str], timestamps: Sequence[float] | None,
+                          options: RankingOptions, user_id: str | None) -> RecommendationsOut:
+        with self._session() as session:
+            return self.recommend_for_items(session, item_ids, timestamps, options, user_id)
+
     def recommend_for_items(self, session: Session, item_ids: Sequence[str],
                             timestamps: Sequence[float] | None, options: RankingOptions,
                             user_id: str | None = None) -> RecommendationsOut:
