@@ -87,7 +87,7 @@ class Recommender:
                  titles: ItemTitles | None = None) -> None:
         self.model = model
         self.settings = settings = settings or _DEFAULTS
-        self.factory = factory
+        self.factory = factory  # sessions it only reads through (histories, titles)
         self.feed = feed
         self.inference = inference or Inference(model.bundle, model.max_batch,
                                                 model.observe_batch)

@@ -57,6 +57,16 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads only (a request's history, titles). On PostgreSQL their connections
+    run in autocommit: no BEGIN before the first statement and no ROLLBACK when the session
+    closes (two round trips per request); each statement sees what was committed before it,
+    as under READ COMMITTED. Other backends: ordinary sessions."""
+    if engine.dialect.name != "postgresql":
+        return make_session_factory(engine)
+    return make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any error."""
