@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # Bring a user's state forward in the background after their new events are stored (else
     # the next read does it).
     interest_state_on_ingest: bool = False
+    # Events of concurrent requests committed together (app.services.event_intake): one writer
+    # thread per worker puts every batch queued while a transaction runs into the next one,
+    # and acknowledges each after that commit. Off: each request commits its own batch.
+    event_group_commit: bool = False
     # SQLite has no notifications. "process": this process is the only writer, and its own
     # ingestion path tells its change feed (what one worker needs); "data_version": any commit
     # by another connection (another process) makes everything remembered stale (PRAGMA

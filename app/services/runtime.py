@@ -159,6 +159,7 @@ class ServingRuntime:
             runtime.impressions.start()
         runtime.events = EventIntake(factory, settings, metrics, feed, runtime.drift_queue,
                                      runtime.state_queue)
+        runtime.events.start()
         runtime.items = CatalogueWrites(factory, settings, runtime.after_items_changed)
         # PostgreSQL: an erasure answers once its NOTIFY reached this process's listener
         notices = feed if engine.dialect.name == "postgresql" else None
@@ -202,6 +203,7 @@ class ServingRuntime:
         if self.sqlite_watcher is not None:
             self.sqlite_watcher.close()
         self.catalogue.stop()
+        self.events.stop()  # what is queued is written (its requests are answered) first
         self.drift_queue.stop()
         if self.state_queue is not None:
             self.state_queue.stop()

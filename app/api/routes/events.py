@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import RuntimeDep, WriteScope
 from app.schemas.events import ConflictOut, EventBatch, IngestResult
@@ -24,9 +23,9 @@ async def post_events(batch: EventBatch, runtime: RuntimeDep, detect_drift: bool
     With `detect_drift=true` the batch's users are checked for drift in a bounded background
     queue after the commit (`drift_checks_queued` says how many were queued).
     """
-    # async, with one thread hop for the transaction: a sync handler took a second hop to
-    # validate its own response
-    outcome = await run_in_threadpool(runtime.events.ingest, batch.events, detect_drift)
+    # async, with one thread hop for the transaction (none with group commits): a sync
+    # handler took a second hop to validate its own response
+    outcome = await runtime.events.submit(batch.events, detect_drift)
     return IngestResult(accepted=outcome.accepted, duplicates=outcome.duplicates,
                         conflicts=[ConflictOut(row=c.row, event_id=c.event_id)
                                    for c in outcome.conflicts] or None,
