@@ -21,7 +21,7 @@ from app.main import create_app
 from app.schemas.events import EventIn
 from app.services import ingestion
 from app.services.event_intake import EventWriter
-from app.store import repository
+from app.store import db, repository
 from app.store.db import transaction
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -155,3 +155,22 @@ def test_concurrent_requests_share_transactions_through_the_api(settings: Settin
                                                        "type": "view", "timestamp": 1}]})
         assert bad.status_code == 422 and "item_id" in bad.text
         assert len(client.get("/users/u1/events").json()["events"]) == 8
+
+
+def test_a_group_failing_while_the_database_is_away_fails_at_once(
+        writer: EventWriter, factory: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[str] = []
+
+    def unreachable(session: Session, events: Any, settings: Settings) -> Any:
+        attempts.append(events[0].event_id)
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(ingestion, "ingest_events", unreachable)
+    monkeypatch.setattr(db, "reachable", lambda _factory: False)
+    futures = [writer.submit(_batch(prefix)) for prefix in ("m", "n", "o")]
+    writer.start()
+    for future in futures:
+        with pytest.raises(OperationalError):
+            future.result(timeout=30)
+    assert attempts == ["m-0"]  # the group's first batch; nothing retried one by one

@@ -27,7 +27,7 @@ from app.schemas.events import EventIn
 from app.services import ingestion
 from app.services.change_feed import ChangeFeed
 from app.services.drift_queue import DriftQueue
-from app.store.db import transaction
+from app.store import db
 
 logger = logging.getLogger("driftrec.events")
 
@@ -64,7 +64,7 @@ class EventIntake:
 
     def ingest(self, events: Sequence[EventIn], detect_drift: bool) -> EventsOutcome:
         """Store a batch of events (atomic, idempotent), then run the post-commit effects."""
-        with transaction(self._factory) as session:
+        with db.transaction(self._factory) as session:
             result = ingestion.ingest_events(session, events, self._settings)
         return self.after_ingested(result, detect_drift)
 
@@ -100,9 +100,10 @@ class EventWriter:
     Each batch goes through `ingestion.ingest_events` as it would alone (its own validation,
     users and duplicates; batches later in a group see the earlier ones' events, as they
     would after their commit). A batch the validation rejects wrote nothing: it fails alone
-    and the group goes on. Any other failure (a lost connection, a deadlock) rolls the group
-    back, and its batches are then written one transaction each, so no batch fails for
-    another's fault. A batch's future completes only after its transaction commits."""
+    and the group goes on. Any other failure rolls the group back; while the database answers
+    (a deadlock, one batch's fault) its batches are then written one transaction each, so no
+    batch fails for another's, and when it does not (an outage) they all fail at once. A
+    batch's future completes only after its transaction commits."""
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
         self._factory = factory
@@ -158,7 +159,7 @@ class EventWriter:
             return
         outcomes: list[ingestion.EventIngestResult | BatchRejected] = []
         try:
-            with transaction(self._factory) as session:
+            with db.transaction(self._factory) as session:
                 for batch in group:
                     try:
                         outcomes.append(ingestion.ingest_events(session, batch.events,
@@ -166,8 +167,11 @@ class EventWriter:
                     except BatchRejected as rejected:
                         outcomes.append(rejected)
         except Exception as error:  # handed to the requests, never lost
-            if len(group) == 1:
-                group[0].done.set_exception(error)
+            if len(group) == 1 or not db.reachable(self._factory):
+                # alone, or the database is away: each fails as it would have alone (an
+                # outage is answered at once, not after a retry per batch)
+                for batch in group:
+                    batch.done.set_exception(error)
                 return
             logger.info("a group of %d event batches failed (%s); writing them one by one",
                         len(group), type(error).__name__)
