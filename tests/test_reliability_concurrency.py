@@ -43,12 +43,16 @@ class Attempt:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, empty_registry: str
-           ) -> Iterator[tuple[LiveServer, str]]:
+@pytest.fixture(scope="module", params=[False, True], ids=["per-request", "group-commit"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           empty_registry: str) -> Iterator[tuple[LiveServer, str]]:
+    """A live server committing each request's batch alone, or the batches of concurrent
+    requests together (DRIFTREC_EVENT_GROUP_COMMIT, on the next port)."""
     workdir = tmp_path_factory.mktemp("concurrency")
+    port = PORT + (1 if request.param else 0)
     with scratch_pg_database("concurrency") as url, \
-            live_server(PORT, url, empty_registry, Path(workdir), api_keys=KEYS) as live:
+            live_server(port, url, empty_registry, Path(workdir), api_keys=KEYS,
+                        event_group_commit=str(request.param).lower()) as live:
         yield live, url
 
 

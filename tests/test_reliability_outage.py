@@ -32,6 +32,7 @@ from tests.live_server import (
 
 SERVICE_PORT = 18310
 PROXY_PORT = 18311
+GROUP_PORT_OFFSET = 2  # the group-commit server and its proxy: 18312, 18313
 UPSTREAM = ("127.0.0.1", 5432)
 OUTAGE_ANSWER_SECONDS = 8.0  # connect_timeout (5 s) plus slack: an outage must not hang calls
 
@@ -107,17 +108,22 @@ def _drop(sock: socket.socket) -> None:
     sock.close()
 
 
-@pytest.fixture(scope="module")
-def outage(tmp_path_factory: pytest.TempPathFactory, empty_registry: str
-           ) -> Iterator[tuple[LiveServer, CuttableProxy, str]]:
+@pytest.fixture(scope="module", params=[False, True], ids=["per-request", "group-commit"])
+def outage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           empty_registry: str) -> Iterator[tuple[LiveServer, CuttableProxy, str]]:
+    """A live server behind the proxy, committing each request's batch alone or the batches
+    of concurrent requests together (DRIFTREC_EVENT_GROUP_COMMIT)."""
     workdir = Path(tmp_path_factory.mktemp("outage"))
+    offset = GROUP_PORT_OFFSET if request.param else 0
     with scratch_pg_database("outage") as direct_url:
-        proxy = CuttableProxy(PROXY_PORT, UPSTREAM)
+        proxy = CuttableProxy(PROXY_PORT + offset, UPSTREAM)
         proxy.restore()
-        proxied_url = direct_url.replace("127.0.0.1:5432", f"127.0.0.1:{PROXY_PORT}")
+        proxied_url = direct_url.replace("127.0.0.1:5432",
+                                         f"127.0.0.1:{PROXY_PORT + offset}")
         assert proxied_url != direct_url
         try:
-            with live_server(SERVICE_PORT, proxied_url, empty_registry, workdir) as live:
+            with live_server(SERVICE_PORT + offset, proxied_url, empty_registry, workdir,
+                             event_group_commit=str(request.param).lower()) as live:
                 items = [{"item_id": f"i{i}", "title": f"Item {i}"} for i in range(10)]
                 assert httpx.post(f"{live.base_url}/items", json={"items": items}
                                   ).status_code == 200

@@ -33,6 +33,7 @@ from tests.live_server import (
 )
 
 PORTS = {"sigterm": 18320, "sigkill": 18321}
+GROUP_PORT_OFFSET = 2  # the group-commit servers: 18322, 18323
 STREAMERS = 4
 STREAM_BATCH = 1_000
 HELD_BATCH = 10_000
@@ -46,12 +47,17 @@ class Posted:
     body: dict[str, Any] | None = None
 
 
-@pytest.fixture
+@pytest.fixture(params=[False, True], ids=["per-request", "group-commit"])
 def server(request: pytest.FixtureRequest, tmp_path: Path, empty_registry: str
            ) -> Iterator[tuple[LiveServer, str]]:
+    """A live server committing each request's batch alone, or the batches of concurrent
+    requests together (DRIFTREC_EVENT_GROUP_COMMIT): the guarantees are the same."""
     kind = request.node.name.removeprefix("test_").split("_")[0]
+    grouped = request.param
+    port = PORTS[kind] + (GROUP_PORT_OFFSET if grouped else 0)
     with scratch_pg_database("shutdown") as url, \
-            live_server(PORTS[kind], url, empty_registry, tmp_path) as live:
+            live_server(port, url, empty_registry, tmp_path,
+                        event_group_commit=str(grouped).lower()) as live:
         items = [{"item_id": f"i{i}", "title": f"Item {i}"} for i in range(10)]
         assert httpx.post(f"{live.base_url}/items", json={"items": items}).status_code == 200
         seed = httpx.post(f"{live.base_url}/events", json=_batch("seed", 1))

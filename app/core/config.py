@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # Drift findings: users with one (their latest event state only; ~2-4 KiB each), bytes.
     drift_cache_size: int = Field(default=20_000, ge=0)
     drift_cache_mb: int = Field(default=64, ge=0)
+    # Item titles a served version remembers for its responses (read again after any item
+    # change; 0: every response reads them from the store). ~(id + title length + 150) bytes.
+    title_cache_size: int = Field(default=20_000, ge=0)
     # Users whose change counter the change feed keeps (the least recently changed go first;
     # an evicted user's next /recommend may recompute once). ~(id length + 200) bytes each.
     change_feed_users: int = Field(default=100_000, ge=1)
@@ -102,6 +105,10 @@ class Settings(BaseSettings):
     # Bring a user's state forward in the background after their new events are stored (else
     # the next read does it).
     interest_state_on_ingest: bool = False
+    # Events of concurrent requests committed together (app.services.event_intake): one writer
+    # thread per worker puts every batch queued while a transaction runs into the next one,
+    # and acknowledges each after that commit. Off: each request commits its own batch.
+    event_group_commit: bool = False
     # SQLite has no notifications. "process": this process is the only writer, and its own
     # ingestion path tells its change feed (what one worker needs); "data_version": any commit
     # by another connection (another process) makes everything remembered stale (PRAGMA

@@ -102,6 +102,15 @@ class ChangeFeed:
         with self._lock:
             return self._epoch, self._generation.get(user_id, self._floor)
 
+    def epoch(self) -> int | None:
+        """A counter that moves whenever the catalogue may have changed (and whenever
+        notifications may have been lost); None while the feed cannot vouch for it."""
+        if not self._live:
+            return None
+        if self.guard is not None:
+            self.guard()
+        return self._epoch
+
     def users_changed(self, user_ids: Iterable[str]) -> None:
         with self._lock:
             generation = self._generation

@@ -119,9 +119,12 @@ class ModelManager:
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
                  load_bundle: Callable[[Path, str], InterestModelBundle] | None = None,
-                 with_challenger: bool | None = None, feed: ChangeFeed | None = None) -> None:
+                 with_challenger: bool | None = None, feed: ChangeFeed | None = None,
+                 reads: sessionmaker[Session] | None = None) -> None:
         self.settings = settings
         self.factory = factory
+        # the sessions served versions read requests' data through (only reads)
+        self.reads = reads or factory
         # what the served versions ask whether a user's events changed (None: the store)
         self.feed = feed
         self._load_bundle = load_bundle or load_bundle_dir
@@ -295,7 +298,7 @@ class ModelManager:
             observe_batch=self.observe_batch,
             topk=build_served_topk(self.settings, bundle),
         )
-        return Recommender(model, self.settings, self.factory, self.feed)
+        return Recommender(model, self.settings, self.reads, self.feed)
 
     # ------------------------------------------------------------------ promotion
     def promote_challenger(self) -> Promotion:

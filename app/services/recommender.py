@@ -48,6 +48,7 @@ from app.services.caches import UserStateCache
 from app.services.change_feed import ChangeFeed
 from app.services.inference import Inference
 from app.services.interest_state import InterestStates
+from app.services.item_titles import ItemTitles
 from app.services.ranking_options import RankingOptions
 from app.services.remembered import (
     ANY_TIME,
@@ -82,10 +83,11 @@ class Recommender:
                  factory: sessionmaker[Session] | None = None, feed: ChangeFeed | None = None,
                  *, inference: Inference | None = None,
                  drift_cache: UserStateCache[RememberedDrift] | None = None,
-                 interest_states: InterestStates | None = None) -> None:
+                 interest_states: InterestStates | None = None,
+                 titles: ItemTitles | None = None) -> None:
         self.model = model
         self.settings = settings = settings or _DEFAULTS
-        self.factory = factory
+        self.factory = factory  # sessions it only reads through (histories, titles)
         self.feed = feed
         self.inference = inference or Inference(model.bundle, model.max_batch,
                                                 model.observe_batch)
@@ -99,6 +101,8 @@ class Recommender:
         self.interest_states = interest_states or InterestStates(
             model.bundle, settings.interest_state_users, settings.interest_state_mb * MIB,
             max_batch=model.max_batch, replay=self.inference.replay_drift)
+        # Titles of the items responses name, while the change feed vouches for them.
+        self.titles = titles or ItemTitles(feed, settings.title_cache_size)
 
     # What a served version is, read through it (metrics, logs, tests): the model's own.
     @property
@@ -133,13 +137,13 @@ class Recommender:
                                            availability=availability)
             successor = Recommender(replaced, self.settings, self.factory, self.feed,
                                     inference=self.inference, drift_cache=self.drift_cache,
-                                    interest_states=self.interest_states)
+                                    interest_states=self.interest_states, titles=self.titles)
             if availability == model.availability:
                 successor.ranking_cache = self.ranking_cache
             return successor
         replaced = dataclasses.replace(model, bundle=bundle, catalogue=catalogue,
                                        availability=availability)
-        return Recommender(replaced, self.settings, self.factory, self.feed)
+        return Recommender(replaced, self.settings, self.factory, self.feed, titles=self.titles)
 
     def forget(self, user_ids: Sequence[str] | None) -> None:
         """Drop the remembered rankings, drift findings and incremental drift states of these
@@ -192,7 +196,7 @@ class Recommender:
         for item_id, weight in zip(history.item_ids, strength, strict=True):
             best[item_id] = max(best.get(item_id, 0.0), float(weight))
         chosen = sorted(best, key=lambda i: (-best[i], i))[:TOP_ITEMS]
-        titles = repository.item_titles(session, chosen)
+        titles = self.titles.of(session, chosen)
         return [ProfileItem(item_id=i, title=titles.get(i), topic=self._topic_name(i))
                 for i in chosen]
 
@@ -472,6 +476,19 @@ class Recommender:
                  if bundle.uses_request_time else ANY_TIME)
         return chosen, changed, because, valid
 
+    async def recommend_items(self, item_ids: Sequence[str], timestamps: Sequence[float] | None,
+                              options: RankingOptions, user_id: str | None = None
+                              ) -> RecommendationsOut:
+        """`recommend_for_items` in the thread pool, through a session of its own (opened
+        only if a title must be read)."""
+        return await run_in_threadpool(self._items_in_session, item_ids, timestamps, options,
+                                       user_id)
+
+    def _items_in_session(self, item_ids: Sequence[str], timestamps: Sequence[float] | None,
+                          options: RankingOptions, user_id: str | None) -> RecommendationsOut:
+        with self._session() as session:
+            return self.recommend_for_items(session, item_ids, timestamps, options, user_id)
+
     def recommend_for_items(self, session: Session, item_ids: Sequence[str],
                             timestamps: Sequence[float] | None, options: RankingOptions,
                             user_id: str | None = None) -> RecommendationsOut:
@@ -498,7 +515,7 @@ class Recommender:
     def _response(self, session: Session, user_id: str | None, chosen: Ranked,
                   drift_aware: bool, because: Because | None = None) -> RecommendationsOut:
         because = because if because is not None else [[] for _ in chosen]
-        titles = repository.item_titles(session, [
+        titles = self.titles.of(session, [
             *(item_id for item_id, _, _ in chosen),
             *(item_id for reasons in because for item_id, _ in reasons)])
         return RecommendationsOut(
@@ -528,7 +545,7 @@ class Recommender:
         names = ranking.explain_topics(positions, bundle.topics.item_topics,
                                        bundle.topics.names)
         ids = [bundle.item_ids[int(p)] for p in positions]
-        titles = repository.item_titles(session, ids)
+        titles = self.titles.of(session, ids)
         return {
             "item_id": item_id, "model_version": self.version, "source": source,
             "items": [{"item_id": i, "title": titles.get(i),

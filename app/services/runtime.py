@@ -49,7 +49,12 @@ from app.services.online_metrics import Windows, online_metrics
 from app.services.recommender import Recommender
 from app.services.user_erasure import UserErasure
 from app.store import drift_records
-from app.store.db import make_engine, make_session_factory, transaction
+from app.store.db import (
+    make_engine,
+    make_read_session_factory,
+    make_session_factory,
+    transaction,
+)
 from app.store.impressions import ImpressionRow
 
 logger = logging.getLogger("driftrec")
@@ -123,7 +128,8 @@ class ServingRuntime:
         metrics.count_committed_drifts(factory, drift_records.take_new_records,
                                        drift_records.forget_new_records)
         feed = ChangeFeed(settings.change_feed_users)
-        manager = ModelManager(settings, factory, feed=feed)
+        manager = ModelManager(settings, factory, feed=feed,
+                               reads=make_read_session_factory(engine))
         manager.on_reload = lambda observed: _observe_models(metrics, observed)
         manager.observe_batch = metrics.observe_batch
         refresher = CatalogueRefresher(manager, factory, settings.catalogue_embed_batch,
@@ -153,6 +159,7 @@ class ServingRuntime:
             runtime.impressions.start()
         runtime.events = EventIntake(factory, settings, metrics, feed, runtime.drift_queue,
                                      runtime.state_queue)
+        runtime.events.start()
         runtime.items = CatalogueWrites(factory, settings, runtime.after_items_changed)
         # PostgreSQL: an erasure answers once its NOTIFY reached this process's listener
         notices = feed if engine.dialect.name == "postgresql" else None
@@ -196,6 +203,7 @@ class ServingRuntime:
         if self.sqlite_watcher is not None:
             self.sqlite_watcher.close()
         self.catalogue.stop()
+        self.events.stop()  # what is queued is written (its requests are answered) first
         self.drift_queue.stop()
         if self.state_queue is not None:
             self.state_queue.stop()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
+    Delete,
+    Insert,
     Select,
     String,
     Table,
@@ -17,8 +21,11 @@ from sqlalchemy import (
     TextClause,
     TypeDecorator,
     and_,
+    any_,
+    bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -28,6 +35,11 @@ from sqlalchemy.orm import Session
 
 from app.store.changes import CHANNEL, change_payloads, item_change_payloads
 from app.store.models import EVENTS, Event, Item, User, utcnow, written_columns
+
+# Core tables: the statements run on every event and every recommendation are plain Core
+# (no ORM compile step per execution), built once per dialect.
+ITEMS: Table = Item.__table__  # type: ignore[assignment]
+USERS: Table = User.__table__  # type: ignore[assignment]
 
 # SQLite caps the number of bound parameters per statement; chunk long IN lists.
 _IN_CHUNK = 900
@@ -41,6 +53,27 @@ def _insert(session: Session, model: type[Any]) -> Any:
 def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _one_of(column: ColumnElement[str], dialect: str) -> ColumnElement[bool]:
+    """`column` is one of the ids bound as `:ids` (see `_ids`): a PostgreSQL array (= ANY), a
+    JSON array on SQLite (json_each). One statement text whatever the number of ids, so it
+    is compiled once and PostgreSQL plans it once, and no parameter limit to chunk for."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=postgresql.ARRAY(String)))
+    values = select(literal_column("value")).select_from(
+        func.json_each(bindparam("ids", type_=String)))
+    return column.in_(values.scalar_subquery())
+
+
+def _ids(session: Session, values: Iterable[str]) -> dict[str, Any]:
+    """The `:ids` parameter of a `_one_of` statement: the distinct ids, sorted."""
+    ids = sorted(set(values))
+    return {"ids": ids if _dialect(session) == "postgresql" else json.dumps(ids)}
 
 
 def upsert_items(session: Session, rows: Sequence[dict[str, Any]]) -> int:
@@ -75,17 +108,19 @@ def existing_item_ids(session: Session, item_ids: Iterable[str], lock: bool = Fa
     before validation), on SQLite take the write lock first: an item deletion then waits for
     the batch and sees its events, and a batch that waited for a deletion finds the item gone
     (a 422, not a foreign-key error)."""
-    wanted = sorted(set(item_ids))
-    found: set[str] = set()
-    if lock and session.get_bind().dialect.name == "sqlite":
+    dialect = _dialect(session)
+    if lock and dialect == "sqlite":
         write_lock(session)  # SQLite: the database's write lock, before reading
-        lock = False
-    for chunk in _chunks(wanted):
-        query = select(Item.item_id).where(Item.item_id.in_(chunk))
-        if lock:
-            query = query.order_by(Item.item_id).with_for_update(key_share=True)
-        found.update(session.scalars(query))
-    return found
+    query = _items_query(dialect, lock and dialect != "sqlite")
+    return set(session.scalars(query, _ids(session, item_ids)))
+
+
+@cache
+def _items_query(dialect: str, lock: bool) -> Select[tuple[str]]:
+    query = select(ITEMS.c.item_id).where(_one_of(ITEMS.c.item_id, dialect))
+    if lock:  # in id order: concurrent batches lock in the same order (no deadlocks)
+        query = query.order_by(ITEMS.c.item_id).with_for_update(key_share=True)
+    return query
 
 
 def write_lock(session: Session) -> None:
@@ -103,34 +138,46 @@ def ensure_users(session: Session, user_ids: Iterable[str]) -> set[str]:
     outlive the erasure."""
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
     wanted = sorted(set(user_ids))
-    postgres = session.get_bind().dialect.name == "postgresql"
+    dialect = _dialect(session)
     created: set[str] = set()
     for _ in range(5):
-        values = [{"user_id": user_id, "created_at": utcnow()} for user_id in wanted]
-        if not values:
+        if not wanted:
             return created
-        statement = _insert(session, User).on_conflict_do_nothing().returning(User.user_id)
-        created.update(session.scalars(statement, values))
-        if not postgres:
+        now = utcnow()
+        created.update(session.scalars(_users_insert(dialect),
+                                       [{"user_id": user_id, "created_at": now}
+                                        for user_id in wanted]))
+        if dialect != "postgresql":
             return created
-        held: set[str] = set()
-        for chunk in _chunks(wanted):
-            held.update(session.scalars(select(User.user_id).where(User.user_id.in_(chunk))
-                                        .order_by(User.user_id).with_for_update(key_share=True)))
+        held = set(session.scalars(_users_lock(dialect), _ids(session, wanted)))
         wanted = [user_id for user_id in wanted if user_id not in held]  # erased meanwhile
     if wanted:
         raise RuntimeError(f"{len(wanted)} user(s) erased again and again during one batch")
     return created
 
 
+@cache
+def _users_insert(dialect: str) -> Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(USERS).on_conflict_do_nothing().returning(USERS.c.user_id)
+
+
+@cache
+def _users_lock(dialect: str) -> Select[tuple[str]]:
+    return (select(USERS.c.user_id).where(_one_of(USERS.c.user_id, dialect))
+            .order_by(USERS.c.user_id).with_for_update(key_share=True))
+
+
 def drop_users_without_events(session: Session, user_ids: Iterable[str]) -> None:
     """Delete these users where they have no event (rows this transaction created for a batch
     whose rows for them all turned out to be duplicates: a user exists only with events)."""
-    wanted = sorted(set(user_ids))
-    for chunk in _chunks(wanted):
-        session.execute(delete(User).where(
-            User.user_id.in_(chunk),
-            ~select(Event.event_id).where(Event.user_id == User.user_id).exists()))
+    session.execute(_users_drop(_dialect(session)), _ids(session, user_ids))
+
+
+@cache
+def _users_drop(dialect: str) -> Delete:
+    has_events = select(EVENTS.c.event_id).where(EVENTS.c.user_id == USERS.c.user_id).exists()
+    return delete(USERS).where(_one_of(USERS.c.user_id, dialect), ~has_events)
 
 
 def stored_events(session: Session, event_ids: Iterable[str]) -> dict[str, Event]:
@@ -172,6 +219,9 @@ def _pg_bulk_insert(table: Table, columns: Sequence[Column[Any]], conflict: str)
 # Every column but `seq`, taken from the table definition (app/store/models.py).
 _EVENT_COLUMNS = written_columns(EVENTS)
 _PG_INSERT_EVENTS = _pg_bulk_insert(EVENTS, _EVENT_COLUMNS, conflict="event_id")
+_SQLITE_INSERT_EVENTS = (sqlite.insert(EVENTS)
+                         .on_conflict_do_nothing(index_elements=[EVENTS.c.event_id])
+                         .returning(EVENTS.c.event_id))
 
 
 def _column_values(rows: Sequence[dict[str, Any]], column: Column[Any]) -> list[Any]:
@@ -199,12 +249,7 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     if session.get_bind().dialect.name == "postgresql":
         arrays = {column.name: _column_values(rows, column) for column in _EVENT_COLUMNS}
         return set(session.scalars(_PG_INSERT_EVENTS, arrays))
-    statement = (
-        _insert(session, Event)
-        .on_conflict_do_nothing(index_elements=[Event.event_id])
-        .returning(Event.event_id)
-    )
-    return set(session.scalars(statement, list(rows)))
+    return set(session.scalars(_SQLITE_INSERT_EVENTS, list(rows)))
 
 
 def announce_changes(session: Session, user_ids: Iterable[str] | None) -> None:
@@ -267,10 +312,14 @@ def user_history_rows(session: Session, user_id: str, limit: int
 
     Plain rows, not ORM objects: this runs on every model request.
     """
-    query = (select(Event.event_id, Event.item_id, Event.occurred_at, Event.value)
-             .where(Event.user_id == user_id)
-             .order_by(Event.occurred_at.desc(), Event.seq.desc()).limit(limit))
-    return [tuple(row) for row in reversed(session.execute(query).all())]  # type: ignore[misc]
+    rows = session.execute(_HISTORY, {"user_id": user_id, "limit": limit}).all()
+    return [tuple(row) for row in reversed(rows)]  # type: ignore[misc]
+
+
+_HISTORY = (select(EVENTS.c.event_id, EVENTS.c.item_id, EVENTS.c.occurred_at, EVENTS.c.value)
+            .where(EVENTS.c.user_id == bindparam("user_id"))
+            .order_by(EVENTS.c.occurred_at.desc(), EVENTS.c.seq.desc())
+            .limit(bindparam("limit")))
 
 
 CATALOGUE_COLUMNS = (Item.item_id, Item.title, Item.text, Item.categories, Item.active,
@@ -293,26 +342,35 @@ def catalogue_rows(session: Session, item_ids: Iterable[str] | None = None,
 def item_titles(session: Session, item_ids: Iterable[str]) -> dict[str, str]:
     """Titles of the given items that exist: two columns, no ORM objects (every response that
     names items reads these, so the full rows with text and attributes would be waste)."""
-    wanted = sorted(set(item_ids))
-    found: dict[str, str] = {}
-    for chunk in _chunks(wanted):
-        rows = session.execute(select(Item.item_id, Item.title).where(Item.item_id.in_(chunk)))
-        found.update((item_id, title) for item_id, title in rows)
-    return found
+    wanted = set(item_ids)
+    if not wanted:
+        return {}
+    rows = session.execute(_titles_query(_dialect(session)), _ids(session, wanted))
+    return {item_id: title for item_id, title in rows}
+
+
+@cache
+def _titles_query(dialect: str) -> Select[tuple[str, str]]:
+    return select(ITEMS.c.item_id, ITEMS.c.title).where(_one_of(ITEMS.c.item_id, dialect))
 
 
 def count_user_events(session: Session, user_id: str) -> int:
-    return int(session.scalar(select(func.count()).where(Event.user_id == user_id)) or 0)
+    return int(session.scalar(_COUNT_USER_EVENTS, {"user_id": user_id}) or 0)
 
 
 def user_event_state(session: Session, user_id: str) -> tuple[int, int | None]:
     """(event count, highest seq) of a user: one index-only read that changes whenever an
     event of the user is stored (events are only ever added), so it can key caches."""
-    count, last_seq = session.execute(
-        select(func.count(), func.max(Event.seq)).where(Event.user_id == user_id)).one()
+    count, last_seq = session.execute(_USER_EVENT_STATE, {"user_id": user_id}).one()
     return int(count), last_seq
 
 
 def user_item_ids(session: Session, user_id: str) -> set[str]:
     """Every item the user has an event on (for excluding seen items)."""
-    return set(session.scalars(select(Event.item_id).where(Event.user_id == user_id).distinct()))
+    return set(session.scalars(_USER_ITEMS, {"user_id": user_id}))
+
+
+_OF_USER = EVENTS.c.user_id == bindparam("user_id")
+_COUNT_USER_EVENTS = select(func.count()).select_from(EVENTS).where(_OF_USER)
+_USER_EVENT_STATE = select(func.count(), func.max(EVENTS.c.seq)).where(_OF_USER)
+_USER_ITEMS = select(EVENTS.c.item_id).where(_OF_USER).distinct()

@@ -58,16 +58,19 @@ async def recommend(user_id: UserIdPath, served: ServedForUserDep, options: Rank
 
 @router.post("/recommend", dependencies=[ReadScope], response_model=RecommendationsOut,
              responses={503: {"description": "No model is loaded."}})
-def recommend_for_session(body: RecommendRequest, session: SessionDep, champion: ModelDep,
-                          runtime: RuntimeDep, settings: SettingsDep) -> RecommendationsOut:
+async def recommend_for_session(body: RecommendRequest, champion: ModelDep,
+                                runtime: RuntimeDep, settings: SettingsDep
+                                ) -> RecommendationsOut:
     """Recommendations for an anonymous or session-only history (item ids, oldest first).
     With a `user_id`, the challenger split applies as on `GET /recommend/{user_id}`, and the
     impression is recorded when the store knows the user."""
+    # async, and no session dependency: one thread hop for the ranking (a sync handler with a
+    # session took four: the session's opening and closing, the handler, its response)
     options = RankingOptions.of_request(body, settings.max_k, "body")
     served = served_for(runtime, champion, body.user_id)
     timestamps = [t.timestamp() for t in body.timestamps] if body.timestamps else None
-    response = served.recommender.recommend_for_items(
-        session, body.recent_item_ids, timestamps, options, user_id=body.user_id)
+    response = await served.recommender.recommend_items(
+        body.recent_item_ids, timestamps, options, user_id=body.user_id)
     runtime.recommendation_served(response, body.k, served.role)
     return response
 
