@@ -306,6 +306,7 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         if log is not None:
             log(f"{name}: resumed from {checkpoint} after epoch {resumed['epoch']}"
                 f"{' (stopped early)' if finished else ''}")
+        resumed = None  # its copies of the weights and optimizer states are loaded: free them
     epochs = tqdm(range(first_epoch, config.max_epochs + 1), desc=name,
                   disable=not progress or finished)
     # this process's epochs only: a resumed run's earlier ones may have run on another load
@@ -353,6 +354,11 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
                 log(f"{name}: time budget reached after epoch {epoch}; keeping the best "
                     f"validated weights (epoch {top[0][1]})")
             break
+    # What only further epochs would need (the optimizer's two states and the gradients, each
+    # the size of the weights) goes before the best states are averaged and validated: at a
+    # million items that is most of a gigabyte.
+    del optimizer
+    model.zero_grad(set_to_none=True)
     best_val, best_epoch, best_state = top[0]
     model.load_state_dict(best_state)
     averaged = False
