@@ -197,3 +197,19 @@ def test_a_training_step_projects_only_the_rows_it_reads(content: bool) -> None:
             lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
         model.item_rows(torch.tensor([4, 5]))
         assert calls == [2]  # two rows projected, not the catalogue's N_ITEMS + 1
+
+
+def test_a_model_built_around_a_shared_text_table_holds_no_copy_of_it() -> None:
+    table = torch.cat([torch.zeros(1, TEXT_DIM), torch.randn(N_ITEMS, TEXT_DIM)])
+    torch.manual_seed(0)
+    shared = SequenceInterestModel(SequenceModelConfig(max_len=12), N_ITEMS, TEXT_DIM,
+                                   item_text=table)
+    assert shared.item_text.data_ptr() == table.data_ptr()
+    set_later = make_model()  # the same seed, the table set after construction
+    set_later.set_item_text_embeddings(table, copy=False)
+    for (name, mine), (_, theirs) in zip(shared.state_dict().items(),
+                                         set_later.state_dict().items(), strict=True):
+        assert torch.equal(mine, theirs), name
+    with pytest.raises(ValueError):
+        SequenceInterestModel(SequenceModelConfig(max_len=12), N_ITEMS, TEXT_DIM,
+                              item_text=torch.zeros(3, TEXT_DIM))

@@ -257,9 +257,9 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         stage = time.perf_counter()
         torch.manual_seed(seed)  # same initial weights whatever ran before
         content = name == "ours"  # sasrec_id: the same model with text and time features off
-        model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim)
         # Every model reads the same constant table (at a million items 1.5 GB a copy).
-        model.set_item_text_embeddings(item_text, copy=False)
+        model = SequenceInterestModel(config.model_config(content), vocab.n_items, encoder.dim,
+                                      item_text=item_text)
         train_config = config.train_config() if content else config.baseline_train_config()
         if ray_workers > 0:
             from training.distributed import train_sequence_model_ray

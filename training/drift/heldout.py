@@ -51,8 +51,8 @@ def heldout_scorer(split: LeaveOneOutSplit, model_config: SequenceModelConfig, n
     def fit(user_ids: list[str]) -> SequenceInterestModel:
         start = time.perf_counter()
         torch.manual_seed(seed)
-        model = SequenceInterestModel(model_config, n_items, item_text.shape[1])
-        model.set_item_text_embeddings(item_text, copy=False)  # a constant, shared table
+        model = SequenceInterestModel(model_config, n_items, item_text.shape[1],
+                                      item_text=item_text)  # a constant, shared table
         run = train_sequence_model(model, subset_split(split, user_ids), schedule, device,
                                    seed, progress, name="heldout", deadline=deadline)
         if log is not None:
