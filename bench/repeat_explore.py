@@ -51,14 +51,15 @@ def user_knn(own: sp.csr_matrix, reference: sp.csr_matrix, k: int) -> np.ndarray
         norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1))).ravel()
         return sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ m
 
-    similarity = (unit(own) @ unit(reference).T).toarray()
+    neighbours = unit(reference)
+    similarity = (unit(own) @ neighbours.T).toarray()
     if own.shape[0] == reference.shape[0]:
         np.fill_diagonal(similarity, -1.0)
     k = min(k, reference.shape[0] - 1)
     top = np.argpartition(-similarity, k, axis=1)[:, :k]
     weights = np.zeros_like(similarity)
     np.put_along_axis(weights, top, 1.0 / k, axis=1)
-    return np.asarray(sp.csr_matrix(weights) @ unit(reference).toarray())
+    return np.asarray(sp.csr_matrix(weights) @ neighbours.toarray())
 
 
 def scores_for(parts: dict[str, np.ndarray], share: float, cooc_weight: float,
