@@ -235,3 +235,26 @@ def test_the_served_decision_is_the_replayed_windows_for_every_kind(kind: str) -
     assert detected > 0
     if kind != "embedding-shift":
         assert served.interest_states.extensions > 0
+
+
+def test_topic_centroids_summed_a_block_of_rows_at_a_time_equal_the_whole_tables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The category topics' centroids do not depend on how many rows are made unit vectors
+    at once (a million-item table is never copied whole to float64), bit for bit."""
+    import training.drift.bocpd_fit as bocpd_fit
+
+    rng = np.random.default_rng(3)
+    text = np.vstack([np.zeros((1, TEXT_DIM)), rng.normal(size=(N_ITEMS, TEXT_DIM))]
+                     ).astype(np.float32)
+    categories = [CATEGORIES[i] if i % 5 else () for i in range(N_ITEMS)]
+    whole = topic_space(text, DriftCatalogue(categories))
+    monkeypatch.setattr(bocpd_fit, "TOPIC_BLOCK_ROWS", 7)
+    blocked = topic_space(text, DriftCatalogue(categories))
+    assert blocked.rows == whole.rows and blocked.names == whole.names
+    assert np.array_equal(blocked.centroids, whole.centroids)
+    # and both are the mean direction of each topic's unit item vectors
+    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    members = [r for r, topics in enumerate(whole.rows) if whole.names.index("a") in topics]
+    expected = unit[members].sum(axis=0)
+    np.testing.assert_allclose(whole.centroids[whole.names.index("a")],
+                               expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)

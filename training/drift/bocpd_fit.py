@@ -79,32 +79,50 @@ def topic_space(item_text: np.ndarray, catalogue: DriftCatalogue | None,
     """Multi-topic categories where most items have some; else the topics of the bundle's
     TopicTable (or, without one, k-means clusters of the text embeddings: what the bundle
     would make). ``item_text``: float[R, D], row 0 padding."""
-    text = np.asarray(item_text, dtype=np.float64)
-    n = len(text) - 1
+    n = len(item_text) - 1
     categories = catalogue.categories if catalogue is not None else []
     if categories and sum(1 for c in categories if c) >= 0.5 * max(len(categories), 1):
         names = sorted({c for item in categories for c in item})
         index = {name: k for k, name in enumerate(names)}
         rows = [()] + [tuple(index[c] for c in dict.fromkeys(item)) for item in categories]
         rows += [()] * (n + 1 - len(rows))
-        sums = np.zeros((len(names), text.shape[1]))
-        unit = _unit(text)
-        for r, topics in enumerate(rows):
-            for k in topics:
-                sums[k] += unit[r]
-        return TopicSpace(rows, names, _unit(sums).astype(np.float32))
+        return TopicSpace(rows, names, _unit(_topic_sums(item_text, rows, len(names)))
+                          .astype(np.float32))
     table = catalogue.topics if catalogue is not None else None
     if table is None or len(table.item_topics) != n:
-        table = topics_from_clusters(text[1:].astype(np.float32), [""] * n, clusters, seed)
+        table = topics_from_clusters(np.asarray(item_text[1:], dtype=np.float32), [""] * n,
+                                     clusters, seed)
     rows = [()] + [(int(k),) for k in table.item_topics]
     return TopicSpace(rows, list(table.names), np.asarray(table.centroids, np.float32))
+
+
+# Rows of the text table turned into float64 unit vectors at a time: the whole table at once
+# would be twice its float32 size, and its unit copy as much again (gigabytes at a million
+# items, when the rest of the run is resident).
+TOPIC_BLOCK_ROWS = 65_536
+
+
+def _topic_sums(item_text: np.ndarray, rows: Sequence[tuple[int, ...]], n_topics: int
+                ) -> np.ndarray:
+    """float64[K, D]: per topic the sum of its items' unit text vectors, added row by row in
+    row order (so a block's sum is the whole loop's, bit for bit)."""
+    sums = np.zeros((n_topics, np.shape(item_text)[1]))
+    for start in range(0, len(rows), TOPIC_BLOCK_ROWS):
+        pairs = [(r, k) for r, topics in enumerate(rows[start:start + TOPIC_BLOCK_ROWS])
+                 for k in topics]
+        if not pairs:
+            continue
+        block = np.asarray(item_text[start:start + TOPIC_BLOCK_ROWS], dtype=np.float64)
+        members, topics = np.asarray(pairs, dtype=np.int64).T
+        np.add.at(sums, topics, _unit(block)[members])
+    return sums
 
 
 def pca(item_text: np.ndarray, fit_rows: np.ndarray, dim: int
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean float[D], components float[d, D], scale float[d]) of the text embeddings of the
     events ``fit_rows`` (model rows, repeated as often as they were consumed)."""
-    x = np.asarray(item_text, dtype=np.float64)[np.asarray(fit_rows, dtype=np.int64)]
+    x = np.asarray(np.asarray(item_text)[np.asarray(fit_rows, dtype=np.int64)], np.float64)
     mean = x.mean(axis=0)
     _, sing, vt = np.linalg.svd(x - mean, full_matrices=False)
     scale = np.maximum(sing / math.sqrt(max(len(x), 1)), 1e-6)
