@@ -159,16 +159,34 @@ class BocpdState:
     def window_topics(self, start: int, stop: int) -> np.ndarray | None:
         """Topic mix (float[K], sums to 1; zeros if no topic) of events ``[start, stop)``
         (absolute 0-based indices), or None when the window is not within the kept ones."""
+        return self.windows_topics([(start, stop)])[0]
+
+    def windows_topics(self, windows: Sequence[tuple[int, int]]) -> list[np.ndarray | None]:
+        """:meth:`window_topics` of each ``(start, stop)``, read together (the same numbers:
+        each mix is its window's counts less the counts after it, clipped at zero, over
+        their sum)."""
         last = self.t - 1
         length = len(self.log_post)
-        if not 0 <= start < stop <= self.t or last - start >= length:
-            return None
-        counts = self.topic_counts[last - start].copy()
-        if stop <= last:
-            counts -= self.topic_counts[last - stop]
-        counts = np.maximum(counts, 0.0)
-        total = counts.sum()
-        return counts / total if total > 0 else counts
+        slots: list[int | None] = []
+        upto: list[int] = []  # bin holding events start..last
+        after: list[int] = []  # bin holding events stop..last (subtracted), if any
+        for start, stop in windows:
+            if not 0 <= start < stop <= self.t or last - start >= length:
+                slots.append(None)
+                continue
+            slots.append(len(upto))
+            upto.append(last - start)
+            after.append(last - stop if stop <= last else -1)
+        if not upto:
+            return [None] * len(windows)
+        later = np.asarray(after)
+        counts = self.topic_counts[upto]
+        # a window reaching the last event subtracts nothing: x - 0.0 is x
+        counts -= self.topic_counts[later] * (later >= 0)[:, None]
+        np.maximum(counts, 0.0, out=counts)
+        total = counts.sum(axis=1, keepdims=True)
+        mixes = counts / np.where(total > 0, total, 1.0)
+        return [None if slot is None else mixes[slot] for slot in slots]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,13 +258,22 @@ def _logsumexp(values: np.ndarray) -> float:
     return top + math.log(float(np.exp(values - top).sum()))
 
 
-def _log_student_t(x: np.ndarray, mu: np.ndarray, kappa: np.ndarray, alpha: np.ndarray,
-                   beta: np.ndarray) -> np.ndarray:
-    """Log Student-t predictive of a Normal-Gamma posterior, elementwise."""
-    scale2 = beta * (kappa + 1.0) / (alpha * kappa)
-    df = 2.0 * alpha
-    return (gammaln(alpha + 0.5) - gammaln(alpha) - 0.5 * np.log(np.pi * df * scale2)
-            - (alpha + 0.5) * np.log1p((x - mu) ** 2 / (df * scale2)))
+@dataclass(frozen=True, slots=True)
+class _TopicRow:
+    """How one event's topic ids enter the topics channel: their columns, their prior
+    concentrations (float[1, m]) and the count each gets."""
+
+    index: np.ndarray
+    alpha: np.ndarray
+    share: float
+
+
+# What a Normal-Gamma column's predictive and update read that its count alone sets (the
+# rows of BocpdDetector._count_table, in this order).
+_NG_TERMS = ("kappa", "kappa_1", "alpha_kappa", "df", "pi_df", "half_alpha", "log_gamma",
+             "two_kappa_1")
+_TOPIC_ROWS_KEPT = 65_536  # distinct topic tuples remembered per detector
+_MISSING = object()
 
 
 class BocpdDetector:
@@ -270,6 +297,42 @@ class BocpdDetector:
             priors.append(config.gap_prior)
         table = np.asarray(priors, dtype=np.float64).reshape(-1, 4)
         self.mu0, self.kappa0, self.alpha0, self.beta0 = (table[:, i].copy() for i in range(4))
+        self._columns = np.arange(len(self.mu0))
+        self._by_count = self._count_table(config.max_run + 1)
+        self._topic_rows: dict[tuple[int, ...], _TopicRow | None] = {}
+
+    def _count_table(self, size: int) -> np.ndarray:
+        """float[NG_TERMS, size, D]: what a Normal-Gamma column's predictive and update read
+        that depends on its observed count n alone (kappa, alpha and the log-gamma ratio),
+        for n = 0 .. size - 1. Each entry is the expression the per-row formula evaluates, so
+        a row reads the same float from here as it would compute (the counts are whole
+        numbers); gammaln over every row and column was a large share of a step."""
+        n = np.arange(size, dtype=np.float64)[:, None]
+        kappa = self.kappa0[None, :] + n
+        alpha = self.alpha0[None, :] + 0.5 * n
+        df = 2.0 * alpha
+        terms = {"kappa": kappa, "kappa_1": kappa + 1.0, "alpha_kappa": alpha * kappa,
+                 "df": df, "pi_df": np.pi * df, "half_alpha": alpha + 0.5,
+                 "log_gamma": gammaln(alpha + 0.5) - gammaln(alpha),
+                 "two_kappa_1": 2.0 * (kappa + 1.0)}
+        assert tuple(terms) == _NG_TERMS
+        return np.ascontiguousarray(np.stack(list(terms.values())))
+
+    def _topic_row(self, topics: tuple[int, ...]) -> _TopicRow | None:
+        """The topics channel's reading of an event's topic ids (None: no topic counts),
+        remembered per distinct tuple of ids (a catalogue has few)."""
+        entry = self._topic_rows.get(topics, _MISSING)
+        if entry is not _MISSING:
+            return entry  # type: ignore[return-value]
+        k = len(self.topic_alpha)
+        kept = [i for i in topics if 0 <= i < k] if k else []
+        row = None
+        if kept:
+            index = np.asarray(kept, dtype=np.int64)
+            row = _TopicRow(index, self.topic_alpha[index][None, :], 1.0 / len(kept))
+        if len(self._topic_rows) < _TOPIC_ROWS_KEPT:
+            self._topic_rows[topics] = row
+        return row
 
     def initial_state(self) -> BocpdState:
         """The state before a user's first event."""
@@ -277,7 +340,7 @@ class BocpdDetector:
         return BocpdState(0, np.zeros(0), np.zeros((0, k)), np.zeros((0, d)),
                           np.zeros((0, d)), np.zeros((0, d)))
 
-    def _normal_values(self, obs: Observation) -> np.ndarray:
+    def normal_values(self, obs: Observation) -> np.ndarray:
         """float[D]: the event's Normal-Gamma column values, NaN where missing."""
         config = self.config
         parts: list[np.ndarray] = []
@@ -294,33 +357,89 @@ class BocpdDetector:
             parts.append(np.array([gap]))
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def normal_matrix(self, n: int, vectors: np.ndarray | None = None,
+                      values: Sequence[float | None] | None = None,
+                      gaps: Sequence[float | None] | None = None) -> np.ndarray:
+        """float[n, D]: :meth:`normal_values` of n events at once, from their vectors
+        (float[n, vector_dim]; None: missing), values and seconds since the previous event
+        (None, or a None entry: missing)."""
+        config = self.config
+        out = np.empty((n, len(self.mu0)))
+        col = 0
+        if config.use_vector:
+            col = config.vector_dim
+            if vectors is None:
+                out[:, :col] = np.nan
+            else:
+                vectors = np.asarray(vectors, dtype=np.float64).reshape(n, -1)
+                if vectors.shape[1] != col:
+                    raise ValueError(f"vectors have {vectors.shape[1]} values, not {col}")
+                out[:, :col] = vectors
+        if config.use_value:
+            out[:, col] = (np.nan if values is None else
+                           [np.nan if v is None else float(v) for v in values])
+            col += 1
+        if config.use_gap:
+            out[:, col] = (np.nan if gaps is None else
+                           [np.nan if g is None else math.log1p(max(float(g), 0.0))
+                            for g in gaps])
+        return out
+
     def step(self, state: BocpdState, obs: Observation) -> tuple[BocpdState, StepOutput]:
         """Take one event; return the new state and the event's outputs (state unchanged).
 
         Hypothesis ``j`` of the new posterior is ``r_t = j``: ``j = 0`` scores the event under
         the prior (a change at it), ``j >= 1`` under the statistics of old bin ``j - 1``.
         """
+        return self.step_values(state, obs.topics, self.normal_values(obs))
+
+    def step_values(self, state: BocpdState, topics: tuple[int, ...], x: np.ndarray
+                    ) -> tuple[BocpdState, StepOutput]:
+        """:meth:`step` of an event given as its topic ids and its Normal-Gamma column values
+        (float[D], NaN where missing: :meth:`normal_values`)."""
         config = self.config
-        k = len(self.topic_alpha)
         # Statistics each hypothesis predicts from: the prior row, then the old bins.
-        counts = np.concatenate([np.zeros((1, k)), state.topic_counts])
+        counts = np.concatenate([np.zeros((1, len(self.topic_alpha))), state.topic_counts])
         n = np.concatenate([np.zeros((1, len(self.mu0))), state.ng_n])
         mu = np.concatenate([self.mu0[None, :], state.ng_mu])
         beta = np.concatenate([self.beta0[None, :], state.ng_beta])
-        log_pred = np.zeros(len(counts))
-        topics = np.asarray([i for i in obs.topics if 0 <= i < k], dtype=np.int64) if k else None
-        if topics is not None and len(topics):
-            probs = (self.topic_alpha[topics][None, :] + counts[:, topics]) / (
-                self.topic_total + counts.sum(axis=1, keepdims=True))
-            log_pred += np.log(probs.mean(axis=1))
-        x = self._normal_values(obs)
+        topic = self._topic_row(topics)
+        log_pred = None
+        if topic is not None:
+            total = self.topic_total + counts.sum(axis=1, keepdims=True)
+            probs = (topic.alpha + counts[:, topic.index]) / total
+            log_pred = np.log(probs.mean(axis=1))
         seen = ~np.isnan(x)
-        if seen.any():
-            cols = np.flatnonzero(seen)
-            kappa = self.kappa0[cols] + n[:, cols]
-            alpha = self.alpha0[cols] + 0.5 * n[:, cols]
-            log_pred += _log_student_t(x[cols], mu[:, cols], kappa, alpha,
-                                       beta[:, cols]).sum(axis=1)
+        everything = bool(seen.all())
+        if everything or seen.any():
+            cols = self._columns if everything else np.flatnonzero(seen)
+            # Gathered by column index (as a subset of the columns is), each array is laid
+            # out column by column, and so is the sum below: its order of additions, and so
+            # its last bits, depend on that layout.
+            counted = n[:, cols]
+            ng = self._by_count[:, counted.astype(np.intp), cols]
+            kappa, kappa_1, alpha_kappa, df, pi_df, half_alpha, log_gamma, two_kappa_1 = ng
+            delta = x[cols] - mu[:, cols]
+            square = delta ** 2
+            scale2 = beta[:, cols] * kappa_1 / alpha_kappa
+            terms = np.empty(counted.shape, order="F")
+            np.subtract(log_gamma - 0.5 * np.log(pi_df * scale2),
+                        half_alpha * np.log1p(square / (df * scale2)), out=terms)
+            student = terms.sum(axis=1)
+            log_pred = student if log_pred is None else log_pred + student
+            # statistics after the event, for every hypothesis
+            if everything:
+                beta += kappa * square / two_kappa_1
+                mu += delta / kappa_1
+                n += 1.0
+            else:
+                beta[:, cols] += kappa * square / two_kappa_1
+                mu[:, cols] += delta / kappa_1
+                n[:, cols] += 1.0
+        if log_pred is None:
+            log_pred = np.zeros(len(counts))
+        if topic is not None:
+            counts[:, topic.index] += topic.share
         # Joint log mass of each hypothesis with the event.
         if state.t == 0:
             joint = log_pred[:1].copy()  # the first event always starts a run
@@ -328,16 +447,6 @@ class BocpdDetector:
             joint = np.empty(len(log_pred))
             joint[0] = self.log_h + log_pred[0]  # old posterior sums to one
             joint[1:] = self.log_1mh + state.log_post + log_pred[1:]
-        # Statistics after the event, for every hypothesis.
-        if topics is not None and len(topics):
-            counts[:, topics] += 1.0 / len(topics)
-        if seen.any():
-            cols = np.flatnonzero(seen)
-            kappa = self.kappa0[cols] + n[:, cols]
-            delta = x[cols] - mu[:, cols]
-            beta[:, cols] += kappa * delta ** 2 / (2.0 * (kappa + 1.0))
-            mu[:, cols] += delta / (kappa + 1.0)
-            n[:, cols] += 1.0
         if len(joint) > config.max_run:  # merge the overflow into the last bin
             cap = config.max_run
             joint[cap - 1] = np.logaddexp(joint[cap - 1], joint[cap])
@@ -358,10 +467,14 @@ class BocpdDetector:
         if lo > hi:
             return -LOG_ODDS_CLIP, index
         inside = post[lo : hi + 1]
+        best = int(inside.argmax())
+        top = float(inside[best])  # the max, as _logsumexp takes it
+        log_in = (top + math.log(float(np.exp(inside - top).sum())) if math.isfinite(top)
+                  else top)
         outside = np.concatenate([post[:lo], post[hi + 1 :]])
         log_out = _logsumexp(outside) if len(outside) else -math.inf
-        log_odds = min(max(_logsumexp(inside) - log_out, -LOG_ODDS_CLIP), LOG_ODDS_CLIP)
-        return log_odds, index - (lo + int(np.argmax(inside)))
+        log_odds = min(max(log_in - log_out, -LOG_ODDS_CLIP), LOG_ODDS_CLIP)
+        return log_odds, index - (lo + best)
 
     def run(self, observations: Iterable[Observation],
             state: BocpdState | None = None) -> BocpdTrace:
@@ -463,13 +576,14 @@ def classify_kind(state: BocpdState, change_index: int, previous_change: int | N
     start = max(oldest, c - rule.context)
     if previous_change is not None and oldest <= previous_change < c:
         start = previous_change
-    new = state.window_topics(c, t)
-    preceding = state.window_topics(start, c) if start < c else None
+    half = c + max(1, (t - c) // 2)
+    # every window this may read, in one pass over the state's counts (this runs for every
+    # event served, and five reads of one small window each were most of its cost)
+    new, preceding, first, second, earlier = state.windows_topics([
+        (c, t), (start, c), (c, half), (half, t),
+        (oldest, start) if start - oldest >= rule.min_earlier else (0, 0)])
     if new is None or preceding is None or new.sum() == 0 or preceding.sum() == 0:
         return KindEvidence("abrupt", 0.0, 0.0, None)
-    half = c + max(1, (t - c) // 2)
-    first = state.window_topics(c, half)
-    second = state.window_topics(half, t) if half < t else None
     share = 0.0
     if first is not None and second is not None and first.sum() > 0 and second.sum() > 0:
         axis = preceding - second
@@ -477,8 +591,6 @@ def classify_kind(state: BocpdState, change_index: int, previous_change: int | N
         if norm > 1e-12:
             share = float(np.clip((first - second) @ axis / norm, 0.0, 1.0))
     tv_pre = _tv(new, preceding)
-    earlier = (state.window_topics(oldest, start)
-               if start - oldest >= rule.min_earlier else None)
     tv_earlier = None if earlier is None or earlier.sum() == 0 else _tv(new, earlier)
     if tv_earlier is not None and tv_earlier < rule.recurring_ratio * tv_pre:
         kind: BocpdKind = "recurring"

@@ -166,8 +166,8 @@ class BocpdDrift:
         item) is read from the scorer's text embedding."""
         items = self.items
         if 0 <= row < items.n_rows:
-            topics = tuple(int(k) for k in items.topic_ids[
-                items.topic_offsets[row]:items.topic_offsets[row + 1]])
+            first, stop = items.topic_offsets[row:row + 2].tolist()
+            topics = tuple(items.topic_ids[first:stop].tolist())
             return topics, (items.vectors[row] if items.dim else None)
         if scorer is None or row >= scorer.item_text.shape[0]:
             raise BundleError(f"item row {row} is neither stored nor in the scorer's table")
@@ -192,21 +192,31 @@ class BocpdDrift:
                 rows: Sequence[int], times: Sequence[float]) -> BocpdEngineState:
         """The state after these events (model rows, epoch seconds; oldest first)."""
         bocpd, last = state.bocpd, state.last_time
-        probs, surprise, located, kinds = [], [], [], []
+        config, detector = self.config, self.detector
+        stamps = [float(t) for t in times]
+        if len(stamps) != len(rows):
+            raise ValueError("advance needs one time per row")
+        gaps: list[float | None] = []
+        for time in stamps:
+            gaps.append(None if last is None else time - last)
+            last = time
+        # every event's observation read up front (the step loop below is the cost)
+        read = [self._row(scorer, int(row)) for row in rows]
+        topics = [t if config.use_topics else () for t, _ in read]
+        vectors = (np.stack([v for _, v in read])
+                   if config.use_vector and read and read[0][1] is not None else None)
+        values = detector.normal_matrix(len(read), vectors, None, gaps)
         edges = np.asarray(self.thresholds.edges, dtype=np.int64)
-        values = self.thresholds.values
-        for row, time in zip(rows, times, strict=True):
-            time = float(time)
-            gap = None if last is None else time - last
-            index = bocpd.t
-            bocpd, out = self.detector.step(bocpd, self.observation(scorer, int(row), gap))
-            bar = values[int(np.searchsorted(edges, index, side="right"))]
+        bars = [self.thresholds.values[b] for b in np.searchsorted(
+            edges, np.arange(bocpd.t, bocpd.t + len(read)), side="right").tolist()]
+        probs, surprise, located, kinds = [], [], [], []
+        for event_topics, x, bar in zip(topics, values, bars, strict=True):
+            bocpd, out = detector.step_values(bocpd, event_topics, x)
             probs.append(_probability(out.log_odds - bar))
             surprise.append(-out.log_pred)
             located.append(out.change_index)
             kinds.append(KINDS.index(classify_kind(bocpd, out.change_index, None,
                                                    self.kind_rule).kind))
-            last = time
         return BocpdEngineState(
             bocpd, last,
             np.concatenate([state.probabilities, np.asarray(probs, np.float32)]),
