@@ -159,34 +159,16 @@ class BocpdState:
     def window_topics(self, start: int, stop: int) -> np.ndarray | None:
         """Topic mix (float[K], sums to 1; zeros if no topic) of events ``[start, stop)``
         (absolute 0-based indices), or None when the window is not within the kept ones."""
-        return self.windows_topics([(start, stop)])[0]
-
-    def windows_topics(self, windows: Sequence[tuple[int, int]]) -> list[np.ndarray | None]:
-        """:meth:`window_topics` of each ``(start, stop)``, read together (the same numbers:
-        each mix is its window's counts less the counts after it, clipped at zero, over
-        their sum)."""
         last = self.t - 1
         length = len(self.log_post)
-        slots: list[int | None] = []
-        upto: list[int] = []  # bin holding events start..last
-        after: list[int] = []  # bin holding events stop..last (subtracted), if any
-        for start, stop in windows:
-            if not 0 <= start < stop <= self.t or last - start >= length:
-                slots.append(None)
-                continue
-            slots.append(len(upto))
-            upto.append(last - start)
-            after.append(last - stop if stop <= last else -1)
-        if not upto:
-            return [None] * len(windows)
-        later = np.asarray(after)
-        counts = self.topic_counts[upto]
-        # a window reaching the last event subtracts nothing: x - 0.0 is x
-        counts -= self.topic_counts[later] * (later >= 0)[:, None]
-        np.maximum(counts, 0.0, out=counts)
-        total = counts.sum(axis=1, keepdims=True)
-        mixes = counts / np.where(total > 0, total, 1.0)
-        return [None if slot is None else mixes[slot] for slot in slots]
+        if not 0 <= start < stop <= self.t or last - start >= length:
+            return None
+        counts = self.topic_counts[last - start].copy()
+        if stop <= last:
+            counts -= self.topic_counts[last - stop]
+        counts = np.maximum(counts, 0.0)
+        total = counts.sum()
+        return counts / total if total > 0 else counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,14 +558,13 @@ def classify_kind(state: BocpdState, change_index: int, previous_change: int | N
     start = max(oldest, c - rule.context)
     if previous_change is not None and oldest <= previous_change < c:
         start = previous_change
-    half = c + max(1, (t - c) // 2)
-    # every window this may read, in one pass over the state's counts (this runs for every
-    # event served, and five reads of one small window each were most of its cost)
-    new, preceding, first, second, earlier = state.windows_topics([
-        (c, t), (start, c), (c, half), (half, t),
-        (oldest, start) if start - oldest >= rule.min_earlier else (0, 0)])
+    new = state.window_topics(c, t)
+    preceding = state.window_topics(start, c) if start < c else None
     if new is None or preceding is None or new.sum() == 0 or preceding.sum() == 0:
         return KindEvidence("abrupt", 0.0, 0.0, None)
+    half = c + max(1, (t - c) // 2)
+    first = state.window_topics(c, half)
+    second = state.window_topics(half, t) if half < t else None
     share = 0.0
     if first is not None and second is not None and first.sum() > 0 and second.sum() > 0:
         axis = preceding - second
@@ -591,6 +572,8 @@ def classify_kind(state: BocpdState, change_index: int, previous_change: int | N
         if norm > 1e-12:
             share = float(np.clip((first - second) @ axis / norm, 0.0, 1.0))
     tv_pre = _tv(new, preceding)
+    earlier = (state.window_topics(oldest, start)
+               if start - oldest >= rule.min_earlier else None)
     tv_earlier = None if earlier is None or earlier.sum() == 0 else _tv(new, earlier)
     if tv_earlier is not None and tv_earlier < rule.recurring_ratio * tv_pre:
         kind: BocpdKind = "recurring"
