@@ -2,8 +2,8 @@
 profiling (py-spy) and for before/after timings of the pair's path.
 
     python -m bench.profile_pair                          # median CPU ms per pair
-    python -m bench.profile_pair --seconds 20 --rounds 1  # a loop to profile
-    py-spy record -o out.svg --format flamegraph -- python -m bench.profile_pair ...
+    python -m bench.profile_pair --seconds 40            # pairs for 40 s, to profile
+    py-spy record --pid PID --duration 20 -o out.svg    # once it says the pairs have begun
 
 A pair is `POST /events` (one new event for a user, its timestamp after every earlier one)
 then `GET /recommend/{that user}`, sent as ASGI calls to the app `create_app` builds, inside
@@ -39,6 +39,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -146,8 +147,13 @@ class Pairs:
         self.serial = 0
 
     async def seed(self, events: int) -> None:
+        """`events` events for every user, then one recommendation each: a served user has a
+        drift state to carry forward (the first read of a user replays its whole window, a
+        cost a steady state pays once per user)."""
         for user in self.users:
             await self._post([self._event(user) for _ in range(events)])
+        for user in self.users:
+            await self._recommend(user)
 
     def _event(self, user: str) -> dict[str, Any]:
         self.clock += timedelta(seconds=1)
@@ -165,6 +171,9 @@ class Pairs:
     async def pair(self) -> None:
         user = self.rng.choice(self.users)
         await self._post([self._event(user)])
+        await self._recommend(user)
+
+    async def _recommend(self, user: str) -> None:
         status, body = await self.client.request("GET", f"/recommend/{user}")
         if status != 200 or not json.loads(body)["items"]:
             raise RuntimeError(f"GET /recommend: {status} {body!r}")
@@ -203,6 +212,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         out: dict[str, Any] = {"drift_kind": type(champion.bundle.drift_detector).__name__,
                                "users": args.users, "seeded_events": args.events}
         if args.seconds > 0:
+            # a profiler attached now (py-spy record --pid) sees the pairs alone
+            print(f"pairs from now on, for {args.seconds:g} s", file=sys.stderr, flush=True)
             stop, done = time.monotonic() + args.seconds, 0
             while time.monotonic() < stop:
                 await pairs.pair()
