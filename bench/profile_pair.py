@@ -239,6 +239,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="make pairs for this long instead (for a profiler)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="the app's intra-op threads (1: what each of bench/serve.py's two "
+                        "workers gets on a 2-core machine)")
     args = parser.parse_args()
 
     import torch
@@ -252,7 +255,8 @@ def main() -> None:
         tiny_store(url)  # ml-100k's catalogue (and the tiny users' events)
         settings = Settings(database_url=url, mlflow_tracking_uri=tracking,
                             mlflow_artifact_root=artifacts, model_poll_seconds=0,
-                            data_cache_dir=Path(work) / "cache")
+                            data_cache_dir=Path(work) / "cache",
+                            torch_threads=args.torch_threads)
         out = asyncio.run(run(args, settings))
     print(json.dumps(out), flush=True)
 
