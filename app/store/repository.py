@@ -139,21 +139,34 @@ def ensure_users(session: Session, user_ids: Iterable[str]) -> set[str]:
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
     wanted = sorted(set(user_ids))
     dialect = _dialect(session)
+    if dialect != "postgresql":  # SQLite: the batch holds the database's write lock already
+        return _insert_users(session, dialect, wanted)
+    # Users that exist are locked first and only the others inserted: nearly every batch
+    # is for known users, and then this is one statement, not an insert and a lock. A row
+    # this transaction inserts needs no lock (no one else sees it before the commit).
     created: set[str] = set()
     for _ in range(5):
         if not wanted:
             return created
-        now = utcnow()
-        created.update(session.scalars(_users_insert(dialect),
-                                       [{"user_id": user_id, "created_at": now}
-                                        for user_id in wanted]))
-        if dialect != "postgresql":
-            return created
         held = set(session.scalars(_users_lock(dialect), _ids(session, wanted)))
-        wanted = [user_id for user_id in wanted if user_id not in held]  # erased meanwhile
+        # not held: new, or erased while this waited for the erasure's lock
+        missing = [user_id for user_id in wanted if user_id not in held]
+        new = _insert_users(session, dialect, missing) if missing else set()
+        created.update(new)
+        # not inserted either: another batch created it meanwhile; lock it on the next round
+        wanted = [user_id for user_id in missing if user_id not in new]
     if wanted:
         raise RuntimeError(f"{len(wanted)} user(s) erased again and again during one batch")
     return created
+
+
+def _insert_users(session: Session, dialect: str, user_ids: Sequence[str]) -> set[str]:
+    """Insert these users where they do not exist; returns those inserted."""
+    if not user_ids:
+        return set()
+    now = utcnow()
+    return set(session.scalars(_users_insert(dialect), [{"user_id": user_id, "created_at": now}
+                                                        for user_id in user_ids]))
 
 
 @cache
