@@ -1,9 +1,12 @@
-"""`repository.ensure_users`, the user rows a batch of events needs: created where missing,
-held (PostgreSQL) while the batch is written, in as few statements as the case allows."""
+"""What the store does for a batch of events: `ensure_users` (the user rows, created where
+missing and held on PostgreSQL while the batch is written) and `insert_and_announce_events`
+(the rows, and the notification that tells every serving process), in as few statements as
+the case allows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -12,8 +15,9 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.store.changes import CHANNEL
 from app.store.db import make_engine, make_session_factory, transaction
-from app.store.repository import ensure_users
+from app.store.repository import ensure_users, insert_and_announce_events
 
 
 @pytest.fixture
@@ -82,3 +86,58 @@ def test_a_user_created_meanwhile_is_locked_after_all(database_url: str, engine:
         with psycopg.connect(dsn, autocommit=True) as other, pytest.raises(
                 psycopg.errors.LockNotAvailable):
             other.execute("SELECT 1 FROM users WHERE user_id = 'late' FOR UPDATE NOWAIT")
+
+
+# ------------------------------------------------------------------ events announced
+def _rows(user_ids: list[str], prefix: str) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [{"event_id": f"{prefix}-{i}", "user_id": user_id, "item_id": "i1", "type": "view",
+             "value": None, "text": None, "occurred_at": now, "context": {},
+             "ingested_at": now} for i, user_id in enumerate(user_ids)]
+
+
+def _heard(dsn: str, write: Callable[[], None]) -> list[str]:
+    """The change payloads a listener hears while `write` runs and commits."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        write()
+        return [n.payload for n in listener.notifies(timeout=0.5, stop_after=10)]
+
+
+@pytest.mark.parametrize("users", [["a1", "a1"], ["b2", "b1", "b2"]])
+def test_inserted_events_are_announced_once_per_user(pg_database: str,
+                                                     users: list[str]) -> None:
+    """One user's rows: announced by the insert statement itself (no statement of its own);
+    several users: one payload naming each, as `announce_changes` sends it. A batch of
+    duplicates announces nothing."""
+    _truncate(pg_database)
+    engine = make_engine(pg_database)
+    factory = make_session_factory(engine)
+    dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        with transaction(factory) as session:
+            session.execute(text("INSERT INTO items (item_id, title, categories, attributes, "
+                                 "created_at, updated_at, active) VALUES ('i1', 'I', '[]', "
+                                 "'{}', now(), now(), true)"))
+            ensure_users(session, users)
+        seen = _statements(engine)
+        inserted: set[str] = set()
+
+        def write() -> None:
+            with transaction(factory) as session:
+                inserted.update(insert_and_announce_events(session, _rows(users, "e")))
+
+        assert _heard(dsn, write) == ["\n".join(sorted(set(users)))]
+        assert inserted == {f"e-{i}" for i in range(len(users))}
+        separate = [s for s in seen if s.startswith("SELECT pg_notify")]
+        assert len(separate) == (0 if len(set(users)) == 1 else 1), seen
+        assert _heard(dsn, write) == [] and inserted == {f"e-{i}" for i in range(len(users))}
+    finally:
+        engine.dispose()
+
+
+def _truncate(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE events, users, items RESTART IDENTITY CASCADE"))
+    engine.dispose()

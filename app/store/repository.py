@@ -232,6 +232,11 @@ def _pg_bulk_insert(table: Table, columns: Sequence[Column[Any]], conflict: str)
 # Every column but `seq`, taken from the table definition (app/store/models.py).
 _EVENT_COLUMNS = written_columns(EVENTS)
 _PG_INSERT_EVENTS = _pg_bulk_insert(EVENTS, _EVENT_COLUMNS, conflict="event_id")
+# The same insert, announcing the rows' one user (see `insert_and_announce_events`).
+_PG_INSERT_EVENTS_ANNOUNCED = text(f"""
+    WITH inserted AS ({_PG_INSERT_EVENTS.text})
+    SELECT event_id, pg_notify(:channel, :payload) FROM inserted
+""")
 _SQLITE_INSERT_EVENTS = (sqlite.insert(EVENTS)
                          .on_conflict_do_nothing(index_elements=[EVENTS.c.event_id])
                          .returning(EVENTS.c.event_id))
@@ -263,6 +268,28 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
         arrays = {column.name: _column_values(rows, column) for column in _EVENT_COLUMNS}
         return set(session.scalars(_PG_INSERT_EVENTS, arrays))
     return set(session.scalars(_SQLITE_INSERT_EVENTS, list(rows)))
+
+
+def insert_and_announce_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """`insert_events`, then `announce_changes` for the users of the rows it inserted.
+    Returns the event_ids inserted.
+
+    On PostgreSQL, rows of one user (most batches) are announced by the insert statement
+    itself, a round trip fewer: the notification is sent from each inserted row, and
+    PostgreSQL delivers identical notifications of one transaction once (none when every row
+    was a duplicate, as without inserted rows there is nothing to announce)."""
+    users = {row["user_id"] for row in rows}
+    if len(users) == 1 and _dialect(session) == "postgresql":
+        payloads = change_payloads(users)
+        if len(payloads) == 1:
+            arrays = {column.name: _column_values(rows, column) for column in _EVENT_COLUMNS}
+            found = session.execute(_PG_INSERT_EVENTS_ANNOUNCED,
+                                    {**arrays, "channel": CHANNEL, "payload": payloads[0]})
+            return {event_id for event_id, _ in found}
+    inserted = insert_events(session, rows)
+    announce_changes(session, sorted({row["user_id"] for row in rows
+                                      if row["event_id"] in inserted}))
+    return inserted
 
 
 def announce_changes(session: Session, user_ids: Iterable[str] | None) -> None:
