@@ -24,9 +24,10 @@ Figures, per pair: `service_cpu_ms` is the median of `time.process_time` around 
 few microseconds of the ASGI calls); `service_cpu_ms_mean` the total over a round divided
 by its pairs (background work that ends after a pair's window, such as the impression
 writer's inserts, is counted there);
-`postgres_cpu_ms` the CPU seconds (user + system, from /proc) of every `postgres` process
-over a round divided by its pairs (only whole ticks of 10 ms each are counted, so per round,
-not per pair). Each figure is the median over `--rounds` rounds. The machine may be shared:
+`postgres_cpu_ms` the CPU seconds (user + system, from /proc) of the PostgreSQL backends
+connected to the bench's database over a round divided by its pairs (only whole ticks of
+10 ms each are counted, so per round, not per pair; other clients of the server are left
+out). Each figure is the median over `--rounds` rounds. The machine may be shared:
 compare two versions of the code in the same conditions, alternating, and read the medians.
 """
 
@@ -51,8 +52,10 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import psycopg
+
 from app.core.config import PROJECT_ROOT, Settings
-from bench.common import fresh_database, named_cpu_seconds, process_table
+from bench.common import PG_ADMIN_URL, fresh_database, parse_stat
 
 DRIFT_KIND = "bocpd"  # configs/ml100k.yaml's drift kind
 DRIFT_WINDOW = 200  # configs/ml100k.yaml drift.splice.max_unspliced: the events a request reads
@@ -179,24 +182,46 @@ class Pairs:
             raise RuntimeError(f"GET /recommend: {status} {body!r}")
 
 
-def postgres_seconds() -> float:
-    return named_cpu_seconds(process_table(), "postgres")
+class DatabaseCpu:
+    """CPU seconds of the PostgreSQL backends connected to one database (the app's pool and
+    its listener), from /proc: other clients of the same server (tests, other benches) are
+    not counted, nor are the server's own helpers (a commit's WAL flush is its backend's).
+    A backend that starts between two readings counts from its start."""
+
+    def __init__(self, url: str) -> None:
+        self.database = url.rsplit("/", 1)[1]
+        self.connection = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+
+    def seconds(self) -> dict[int, float]:
+        pids = [pid for (pid,) in self.connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.database,))]
+        ticks = float(os.sysconf("SC_CLK_TCK"))
+        found = {}
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # ended meanwhile
+                found[pid] = parse_stat(Path(f"/proc/{pid}/stat").read_text(), ticks).cpu_s
+        return found
+
+    @staticmethod
+    def spent(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
-async def measure_round(pairs: Pairs, count: int) -> dict[str, float]:
+async def measure_round(pairs: Pairs, database: DatabaseCpu, count: int) -> dict[str, float]:
     """One round of `count` pairs: the median and mean CPU ms of this process per pair, and
-    the PostgreSQL processes' CPU ms per pair."""
+    the database's backends' CPU ms per pair."""
     spent = []
-    database, begun = postgres_seconds(), time.process_time()
+    backends, begun = database.seconds(), time.process_time()
     for _ in range(count):
         start = time.process_time()
         await pairs.pair()
         spent.append(time.process_time() - start)
     total = time.process_time() - begun
-    database = postgres_seconds() - database
+    used = DatabaseCpu.spent(backends, database.seconds())
     return {"service_cpu_ms": 1000 * statistics.median(spent),
             "service_cpu_ms_mean": 1000 * total / count,
-            "postgres_cpu_ms": 1000 * database / count}
+            "postgres_cpu_ms": 1000 * used / count}
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -220,7 +245,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 done += 1
             out["pairs"] = done
             return out
-        rounds = [await measure_round(pairs, args.pairs) for _ in range(args.rounds)]
+        database = DatabaseCpu(settings.database_url)
+        try:
+            rounds = [await measure_round(pairs, database, args.pairs)
+                      for _ in range(args.rounds)]
+        finally:
+            database.connection.close()
         out.update({key: round(statistics.median(r[key] for r in rounds), 3)
                     for key in rounds[0]})
         out["rounds"] = [{k: round(v, 3) for k, v in r.items()} for r in rounds]
