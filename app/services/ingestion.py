@@ -131,13 +131,12 @@ def ingest_events(session: Session, events: Sequence[EventIn], settings: Setting
     # Users only for stored events: a user row whose batch rows were all duplicates would be
     # a user without events (every endpoint answers 404 for it, the drift scan has nothing).
     created = repository.ensure_users(session, {row["user_id"] for row in rows.values()})
-    inserted = repository.insert_events(session, list(rows.values()))
+    # serving processes forget the users' remembered rankings when this commits
+    inserted = repository.insert_and_announce_events(session, list(rows.values()))
     user_ids = sorted({rows[e]["user_id"] for e in inserted})
     if created - set(user_ids):
         repository.drop_users_without_events(session, created - set(user_ids))
     conflicts = _conflicts(session, events, rows, positions, inserted)
-    # serving processes forget these users' remembered rankings when this commits
-    repository.announce_changes(session, user_ids)
     return EventIngestResult(accepted=len(inserted), duplicates=len(events) - len(inserted),
                              user_ids=user_ids, conflicts=conflicts)
 

@@ -139,21 +139,34 @@ def ensure_users(session: Session, user_ids: Iterable[str]) -> set[str]:
     # Sorted so concurrent batches lock users in the same order (no deadlocks).
     wanted = sorted(set(user_ids))
     dialect = _dialect(session)
+    if dialect != "postgresql":  # SQLite: the batch holds the database's write lock already
+        return _insert_users(session, dialect, wanted)
+    # Users that exist are locked first and only the others inserted: nearly every batch
+    # is for known users, and then this is one statement, not an insert and a lock. A row
+    # this transaction inserts needs no lock (no one else sees it before the commit).
     created: set[str] = set()
     for _ in range(5):
         if not wanted:
             return created
-        now = utcnow()
-        created.update(session.scalars(_users_insert(dialect),
-                                       [{"user_id": user_id, "created_at": now}
-                                        for user_id in wanted]))
-        if dialect != "postgresql":
-            return created
         held = set(session.scalars(_users_lock(dialect), _ids(session, wanted)))
-        wanted = [user_id for user_id in wanted if user_id not in held]  # erased meanwhile
+        # not held: new, or erased while this waited for the erasure's lock
+        missing = [user_id for user_id in wanted if user_id not in held]
+        new = _insert_users(session, dialect, missing) if missing else set()
+        created.update(new)
+        # not inserted either: another batch created it meanwhile; lock it on the next round
+        wanted = [user_id for user_id in missing if user_id not in new]
     if wanted:
         raise RuntimeError(f"{len(wanted)} user(s) erased again and again during one batch")
     return created
+
+
+def _insert_users(session: Session, dialect: str, user_ids: Sequence[str]) -> set[str]:
+    """Insert these users where they do not exist; returns those inserted."""
+    if not user_ids:
+        return set()
+    now = utcnow()
+    return set(session.scalars(_users_insert(dialect), [{"user_id": user_id, "created_at": now}
+                                                        for user_id in user_ids]))
 
 
 @cache
@@ -219,6 +232,11 @@ def _pg_bulk_insert(table: Table, columns: Sequence[Column[Any]], conflict: str)
 # Every column but `seq`, taken from the table definition (app/store/models.py).
 _EVENT_COLUMNS = written_columns(EVENTS)
 _PG_INSERT_EVENTS = _pg_bulk_insert(EVENTS, _EVENT_COLUMNS, conflict="event_id")
+# The same insert, announcing the rows' one user (see `insert_and_announce_events`).
+_PG_INSERT_EVENTS_ANNOUNCED = text(f"""
+    WITH inserted AS ({_PG_INSERT_EVENTS.text})
+    SELECT event_id, pg_notify(:channel, :payload) FROM inserted
+""")
 _SQLITE_INSERT_EVENTS = (sqlite.insert(EVENTS)
                          .on_conflict_do_nothing(index_elements=[EVENTS.c.event_id])
                          .returning(EVENTS.c.event_id))
@@ -250,6 +268,28 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
         arrays = {column.name: _column_values(rows, column) for column in _EVENT_COLUMNS}
         return set(session.scalars(_PG_INSERT_EVENTS, arrays))
     return set(session.scalars(_SQLITE_INSERT_EVENTS, list(rows)))
+
+
+def insert_and_announce_events(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """`insert_events`, then `announce_changes` for the users of the rows it inserted.
+    Returns the event_ids inserted.
+
+    On PostgreSQL, rows of one user (most batches) are announced by the insert statement
+    itself, a round trip fewer: the notification is sent from each inserted row, and
+    PostgreSQL delivers identical notifications of one transaction once (none when every row
+    was a duplicate, as without inserted rows there is nothing to announce)."""
+    users = {row["user_id"] for row in rows}
+    if len(users) == 1 and _dialect(session) == "postgresql":
+        payloads = change_payloads(users)
+        if len(payloads) == 1:
+            arrays = {column.name: _column_values(rows, column) for column in _EVENT_COLUMNS}
+            found = session.execute(_PG_INSERT_EVENTS_ANNOUNCED,
+                                    {**arrays, "channel": CHANNEL, "payload": payloads[0]})
+            return {event_id for event_id, _ in found}
+    inserted = insert_events(session, rows)
+    announce_changes(session, sorted({row["user_id"] for row in rows
+                                      if row["event_id"] in inserted}))
+    return inserted
 
 
 def announce_changes(session: Session, user_ids: Iterable[str] | None) -> None:
