@@ -114,6 +114,8 @@ def run_variant(base: RecommenderConfig, name: str, overrides: dict[str, Any], s
         # this process's wall time
         "train_seconds": round(sum(h["seconds"] for h in result.history), 1),
         "wall_seconds": round(result.seconds, 1), "encoder_seconds": round(encoder_s, 1),
+        # the training step as it ran: "train" holds what was asked for ("auto" may be fp32)
+        "precision": result.precision, "compiled": result.compiled,
         "model": dataclasses.asdict(config.model_config(True)),
         "train": dataclasses.asdict(config.train_config()),
     }

@@ -22,6 +22,7 @@ import yaml
 from training.drift.config import DriftConfig
 from training.plan import DEFAULT_MEMORY_GB
 from training.recommender import RecommenderConfig
+from training.speed import BF16_MODES, SPEED_DEFAULTS
 
 SECTIONS = ("run", "recommender", "drift")
 PLAN_MODES = ("auto", "off")
@@ -60,8 +61,15 @@ class TrainingConfig:
                 "drift": asdict(self.drift)}
 
     def digest(self) -> str:
-        """Short hash of the resolved config (tells runs with different settings apart)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Short hash of the resolved config (tells runs with different settings apart).
+
+        The training step's speed options are left out while off, so a config that does not
+        use them keeps the digest it had before they existed."""
+        values = self.to_dict()
+        for key, default in SPEED_DEFAULTS.items():
+            if values["recommender"].get(key) == default:
+                del values["recommender"][key]
+        text = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -105,7 +113,8 @@ def parse_config(data: dict[str, Any]) -> TrainingConfig:
 
 
 def check_budgets(config: TrainingConfig) -> None:
-    """The memory and time budgets are positive numbers; the plan is "auto" or "off"."""
+    """The memory and time budgets are positive numbers; the plan is "auto" or "off"; bf16
+    is "off", "auto" or "on"."""
     if not config.run.memory_gb > 0:
         raise ConfigError(f"run.memory_gb must be positive, got {config.run.memory_gb!r}")
     minutes = config.run.time_budget_minutes
@@ -113,6 +122,9 @@ def check_budgets(config: TrainingConfig) -> None:
                                 or not minutes > 0):
         raise ConfigError(f"run.time_budget_minutes must be a positive number of minutes or "
                           f"null, got {minutes!r}")
+    if config.recommender.bf16 not in BF16_MODES:
+        raise ConfigError(f"recommender.bf16 must be one of {list(BF16_MODES)}, got "
+                          f"{config.recommender.bf16!r}")
     if config.recommender.plan not in PLAN_MODES:
         raise ConfigError(f"recommender.plan must be one of {list(PLAN_MODES)}, got "
                           f"{config.recommender.plan!r}")

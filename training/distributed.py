@@ -74,7 +74,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
                    Path(folder) / STATE_FILE)
         (Path(folder) / RESULT_FILE).write_text(json.dumps({
             "best_epoch": result.best_epoch, "best_val": result.best_val,
-            "averaged": result.averaged, "history": result.history, "world": world}))
+            "averaged": result.averaged, "history": result.history, "world": world,
+            "precision": result.precision, "compiled": result.compiled,
+            "speed_notes": result.speed_notes}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -110,4 +112,6 @@ def train_sequence_model_ray(model: SequenceInterestModel, split: LeaveOneOutSpl
     return SequenceTrainResult(model=model, best_epoch=summary["best_epoch"],
                                best_val=summary["best_val"], averaged=summary["averaged"],
                                history=summary["history"],
-                               seconds=time.perf_counter() - start)
+                               seconds=time.perf_counter() - start,
+                               precision=summary["precision"], compiled=summary["compiled"],
+                               speed_notes=summary["speed_notes"])

@@ -25,7 +25,7 @@ from app.ml.bundle import DriftSettings, InterestModelBundle
 from app.ml.device import resolve_device
 from app.ml.topics import TopicTable, build_topics
 from app.store.db import make_engine
-from training import baselines, budget, plan, quality, registry
+from training import baselines, budget, plan, quality, registry, speed
 from training.baselines import BaselineResult
 from training.blend import BlendFit, fit_blend
 from training.config import TrainingConfig
@@ -228,7 +228,8 @@ def log_to_mlflow(report: TrainingReport, rec: RecommenderResult, drift: DriftRe
                                    "timing": {**rec.timings, **drift.timings}})
         registry.log_metrics_tree(baselines.flat_metrics(report.baselines))
         mlflow.set_tags(baselines.knob_tags(report.baselines))
-        mlflow.set_tags({**plan.plan_tags(report.quality), **budget.budget_tags(report.quality)})
+        mlflow.set_tags({**plan.plan_tags(report.quality), **budget.budget_tags(report.quality),
+                         **speed.speed_tags(report.quality.get("training_step", {}))})
         for key in ("quality", "tables", "drift_cases"):
             mlflow.log_artifact(str(report.outputs[key]))
         model_uri = registry.log_bundle_model(report.outputs["bundle"])
@@ -350,6 +351,7 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
         **{f"drift_{k}_s": round(v, 1) for k, v in drift.timings.items()}}
     report_doc["epochs"] = {name: {"run": int(rec.timings.get(f"{name}_epochs", 0)),
                                    "best": int(epoch)} for name, epoch in rec.best_epochs.items()}
+    report_doc["training_step"] = rec.speed  # bf16 and compile as they ran, for ablations
     report_doc["baselines"] = baselines.report(simple)
     report_doc["blend"] = {**blend.blend.to_json(), "active": blend.blend.active,
                            "grid_val_ndcg@10": {k: round(v, 6) for k, v in blend.grid.items()}}

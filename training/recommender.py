@@ -82,6 +82,11 @@ class RecommenderConfig:
     item_dropout: float = 0.0  # probability of hiding a training input item
     loss_negatives: int = 0  # 0 = full softmax over the catalogue; K = sampled softmax over
     # the target and K uniformly drawn items (a cheaper loss for large catalogues / long windows)
+    # speed of the training step only, both off until a measured ablation says otherwise
+    # (training.speed): bf16 autocast of the CPU step's forward and loss ("off", "auto": where
+    # the CPU has bf16 matrix instructions, "on": required), and torch.compile of its forward
+    bf16: str = "off"
+    compile: bool = False
     # the served ranker: the model's scores plus buy-again and popularity terms whose weights
     # are fitted on validation (training.blend; the grid holds the model alone)
     repeat_blend: bool = True
@@ -106,6 +111,8 @@ class RecommenderConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown recommender config keys: {unknown}")
+        if isinstance(values.get("bf16"), bool):  # YAML 1.1 reads a bare on/off as a bool
+            values = {**values, "bf16": "on" if values["bf16"] else "off"}
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,7 +134,7 @@ class RecommenderConfig:
             batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
             average_top_k=self.average_top_k, grad_clip=self.grad_clip,
             shuffle_ties=self.shuffle_ties, item_dropout=self.item_dropout,
-            loss_negatives=self.loss_negatives)
+            loss_negatives=self.loss_negatives, bf16=self.bf16, compile=self.compile)
 
     def baseline_train_config(self) -> SequenceTrainConfig:
         """sasrec_id's optimisation: the same, with ``baseline_max_epochs`` when set."""
@@ -157,6 +164,8 @@ class RecommenderResult:
     baseline: SequenceInterestModel | None = None  # sasrec_id, when trained
     stopped_by_deadline: dict[str, bool] = field(default_factory=dict)  # stage -> cut short
     skipped: list[str] = field(default_factory=list)  # models left out for lack of time
+    # model -> the training step's "precision" ("fp32"/"bf16"), "compiled" and "notes" (why)
+    speed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prepare_split(dataset: InteractionSnapshot, max_users: int | None,
@@ -289,7 +298,9 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
         averaged={name: run.averaged for name, run in runs.items()},
         baseline=runs["sasrec_id"].model if "sasrec_id" in runs else None,
         stopped_by_deadline={name: run.stopped_by_deadline for name, run in runs.items()},
-        skipped=skipped)
+        skipped=skipped,
+        speed={name: {"precision": run.precision, "compiled": run.compiled,
+                      "notes": list(run.speed_notes)} for name, run in runs.items()})
 
 
 def main() -> None:
@@ -329,7 +340,7 @@ def main() -> None:
                                progress=False)
     print(json.dumps({"seed": args.seed, "config": config.to_dict(), "metrics": result.metrics,
                       "best_epochs": result.best_epochs, "averaged": result.averaged,
-                      "timings": result.timings}, indent=1))
+                      "timings": result.timings, "speed": result.speed}, indent=1))
 
 
 if __name__ == "__main__":

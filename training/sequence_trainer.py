@@ -10,7 +10,10 @@ the same setting resumes after its last epoch (a finished run is not trained aga
 With a ``deadline`` (training.budget), an epoch ends early at the first batch past it, and
 training stops after that epoch's validation with the best validated weights so far
 (``stopped_by_deadline``); its checkpoint is not marked finished, so a run interrupted after
-that goes on from there when started again."""
+that goes on from there when started again.
+
+``bf16`` and ``compile`` (training.speed, both off by default) speed up the training step
+only; the history and the result record which were in effect."""
 
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from app.ml.device import autocast_context
 from app.ml.sequence import SequenceInterestModel
 from training.budget import Deadline
 from training.data.sequences import (
@@ -37,6 +39,13 @@ from training.data.sequences import (
     training_windows,
 )
 from training.evaluate import evaluate_model
+from training.speed import (
+    SPEED_DEFAULTS,
+    CompiledForward,
+    Encode,
+    Precision,
+    training_precision,
+)
 
 SELECT_METRIC = "ndcg@10"
 BIAS_FIELDS = ("time_bias", "position_bias", "bias_buckets")  # SequenceModelConfig, later
@@ -58,6 +67,8 @@ class SequenceTrainConfig:
     item_dropout: float = 0.0  # probability of hiding an input item (its time stays visible)
     loss_negatives: int = 0  # 0 = softmax over the whole catalogue; K > 0 = over the target
     # and K items drawn uniformly (shared by the batch; a draw equal to the target is masked)
+    bf16: str = "off"  # the CPU training step under bf16 autocast: "off", "auto", "on"
+    compile: bool = False  # the training forward through torch.compile (training.speed)
 
 
 @dataclass
@@ -69,6 +80,9 @@ class SequenceTrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     stopped_by_deadline: bool = False  # the time budget ended training before patience did
+    precision: str = "fp32"  # the training step's forward and loss: "fp32" or "bf16"
+    compiled: bool = False  # the training forward ran compiled to the end
+    speed_notes: list[str] = field(default_factory=list)  # why, for each of the two
 
     @property
     def slow_epochs(self) -> int:
@@ -111,17 +125,20 @@ def _warn_slow(name: str, epoch: int, seconds: list[float], ratio: float, log: A
 def window_loss(model: SequenceInterestModel, items: torch.Tensor, times: torch.Tensor,
                 targets: torch.Tensor, negatives: int = 0,
                 generator: torch.Generator | None = None,
-                target_times: torch.Tensor | None = None) -> torch.Tensor:
+                target_times: torch.Tensor | None = None,
+                encode: Encode | None = None) -> torch.Tensor:
     """Mean cross-entropy over all non-pad positions: inputs [B, L] -> scalar.
 
     negatives = 0: full softmax over the catalogue. negatives = K > 0: sampled softmax over
     the target and K items drawn uniformly from 1..N (one draw per batch, shared by every
     position; a draw that equals a position's target is masked out there).
     target_times [B, L]: each target's timestamp, the query time of a model whose time bias
-    uses the request time (ignored by others)."""
+    uses the request time (ignored by others).
+    encode: the model's forward to use (a compiled one in training); the model's own if None."""
     real = targets > 0
     query_times = target_times if model.uses_request_time else None
-    hidden = model(items, times, query_times)[real]  # [P, H]: scoring pads would waste ~20%
+    # [P, H]: scoring pads would waste ~20%
+    hidden = (encode or model)(items, times, query_times)[real]
     wanted = targets[real]
     if negatives <= 0:
         logits = model.item_logits(hidden)  # [P, N+1]
@@ -145,12 +162,27 @@ LossForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Gen
                         torch.Tensor], torch.Tensor]
 
 
+def encoded_loss(model: SequenceInterestModel, encode: Encode) -> LossForward:
+    """window_loss on `model` with its forward pass replaced by `encode` (a compiled one)."""
+
+    def loss(items: torch.Tensor, times: torch.Tensor, targets: torch.Tensor, negatives: int,
+             generator: torch.Generator, target_times: torch.Tensor) -> torch.Tensor:
+        return window_loss(model, items, times, targets, negatives, generator, target_times,
+                           encode=encode)
+
+    return loss
+
+
 def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
                 optimizer: torch.optim.Optimizer, config: SequenceTrainConfig,
                 device: torch.device, generator: torch.Generator, progress: bool,
                 forward: LossForward | None = None, shard: tuple[int, int] = (0, 1),
-                deadline: Deadline | None = None) -> float:
+                deadline: Deadline | None = None,
+                precision: Precision | None = None) -> float:
     """One pass over shuffled windows; returns the mean training loss.
+
+    `precision`: the forward pass and loss's autocast (training.speed); the device's default
+    (app.ml.device.autocast_context) when None.
 
     `deadline`: the pass ends early, after the batch that ends past it (an epoch of a large
     catalogue can outlast a whole time budget).
@@ -164,6 +196,8 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
     batches = order.split(config.batch_size)
     if world > 1:
         batches = tuple(b.tensor_split(world)[rank] for b in batches if len(b) >= world)
+    if precision is None:
+        precision = training_precision("off", device)
     total, done = 0.0, 0
     for batch in tqdm(batches, desc="batches", leave=False, disable=not progress):
         if done and deadline is not None and deadline.expired():
@@ -177,7 +211,7 @@ def train_epoch(model: SequenceInterestModel, windows: TrainingWindows,
         times = windows.times[batch].to(device)
         targets = windows.targets[batch].to(device)
         target_times = windows.target_times[batch].to(device)
-        with autocast_context(device):
+        with precision.autocast():  # the optimizer below keeps fp32 weights and states
             loss = (forward(items, times, targets, config.loss_negatives, generator,
                             target_times)
                     if forward is not None
@@ -244,6 +278,9 @@ def _resumable(setting: dict[str, Any]) -> dict[str, Any]:
         # no attention bias: the same model as one checkpointed before these fields existed
         for key in BIAS_FIELDS:
             model.pop(key, None)
+    for key, default in SPEED_DEFAULTS.items():
+        if train.get(key, default) == default:  # the same run as one from before they existed
+            train.pop(key, None)
     return {**setting, "train": train, "model": model}
 
 
@@ -271,9 +308,12 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     rank validates the same synchronised weights, so all stop at the same epoch.
     `deadline`: end the epoch at the first batch past it (at least one batch is trained),
     validate, stop with the best validated weights, and record the stop on the deadline under
-    ``name``. One process only: data-parallel ranks would not stop at the same batch."""
+    ``name``. One process only: data-parallel ranks would not stop at the same batch.
+    `config.bf16`, `config.compile`: see training.speed; ``"on"`` on a CPU without bf16
+    matrix instructions raises training.speed.Bf16Unsupported before any training."""
     if deadline is not None and shard[1] > 1:
         raise ValueError("a deadline stops one process, not data-parallel ranks")
+    precision = training_precision(config.bf16, device)
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -281,6 +321,17 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
     max_len = model.config.max_len
     fixed_windows = None if config.shuffle_ties else training_windows(split.train, max_len)
     model.to(device)
+    notes = [precision.reason]
+    compiled: CompiledForward | None = None
+    if config.compile and forward is None:
+        compiled = CompiledForward(model, log)
+        if compiled.active:
+            notes.append("the training forward runs through torch.compile")
+            forward = encoded_loss(model, compiled)
+    elif config.compile:
+        notes.append("compile is off: a data-parallel forward is not compiled")
+    if log is not None and (config.bf16 != "off" or config.compile):  # silent when unused
+        log(f"{name}: training step: {'; '.join(notes)}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     top: list[tuple[float, int, StateDict]] = []  # (val, epoch, cpu state), best first
@@ -316,14 +367,16 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         windows = (fixed_windows if fixed_windows is not None
                    else training_windows(shuffle_ties(split.train, rng), max_len))
         loss = train_epoch(model, windows, optimizer, config, device, generator, progress,
-                           forward, shard, deadline)
+                           forward, shard, deadline, precision)
         val = evaluate_model(model, split, device, parts=("val",))["val"]
         score = val[SELECT_METRIC]
         epoch_seconds.append(time.perf_counter() - epoch_start)
         slow = slow_epoch(epoch_seconds)
         history.append({"model": name, "epoch": epoch, "train_loss": loss,
                         **{f"val_{key}": value for key, value in val.items()},
-                        "seconds": epoch_seconds[-1], "slow": slow is not None})
+                        "seconds": epoch_seconds[-1], "slow": slow is not None,
+                        "precision": precision.name,
+                        "compiled": compiled is not None and compiled.active})
         epochs.set_postfix(loss=f"{loss:.3f}", val_ndcg=f"{score:.4f}")
         if log is not None:
             log(f"{name} epoch {epoch}: loss {loss:.4f}, val ndcg@10 {score:.4f}, "
@@ -370,7 +423,11 @@ def train_sequence_model(model: SequenceInterestModel, split: LeaveOneOutSplit,
         else:
             model.load_state_dict(best_state)
     model.eval()
+    if compiled is not None and compiled.failure is not None:
+        notes.append(f"torch.compile fell back to the eager forward: {compiled.failure}")
     return SequenceTrainResult(model=model, best_epoch=best_epoch, best_val=best_val,
                                averaged=averaged, history=history,
                                seconds=time.perf_counter() - start,
-                               stopped_by_deadline=out_of_time)
+                               stopped_by_deadline=out_of_time, precision=precision.name,
+                               compiled=compiled is not None and compiled.active,
+                               speed_notes=notes)

@@ -1,10 +1,14 @@
-"""How many cores this process may really use, and how many torch threads to give it.
+"""How many cores this process may really use, how many torch threads to give it, and
+whether it has bf16 matrix instructions.
 
 `os.cpu_count()` (torch's default thread count) is the machine's cores, not the process's: a
 CPU affinity mask (`taskset`, a cpuset) or a cgroup CPU quota (a container's `cpus` or CPU
 limit) leaves it fewer. More intra-op threads than usable cores do not run in parallel: they
 spin waiting for each other and a step gets several times slower. So training and serving size
 torch's threads by `usable_cores()`, the smaller of the affinity mask and the quota.
+
+`bf16_matmul_support` reads whether the CPU multiplies bf16 matrices in hardware, for
+training's opt-in bf16 step (training.speed).
 
 Standard library only: `app.core` imports nothing else of the project, and training uses it.
 """
@@ -152,3 +156,39 @@ def serving_workers() -> int:
         if value >= 1:
             return value
     return 1
+
+
+CPUINFO = Path("/proc/cpuinfo")
+# x86 flags of bf16 matrix instructions: AVX512-BF16 dot products and AMX tiles. Without one
+# of them a CPU's bf16 matmul converts to fp32 and back, slower than staying in fp32.
+BF16_MATMUL_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def read_cpuinfo(path: Path = CPUINFO) -> str | None:
+    """The text of /proc/cpuinfo; None where there is none (not Linux) or it is unreadable."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first processor listed in /proc/cpuinfo's text (its x86
+    ``flags`` line; every core of a machine lists the same ones)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def bf16_matmul_support(cpuinfo: str | None) -> tuple[bool, str]:
+    """Whether the CPU multiplies bf16 matrices in hardware, read from /proc/cpuinfo's text
+    (None: not readable), and why, in words. Unknown counts as unsupported: bf16 on a CPU
+    without these instructions is emulated and slower."""
+    if cpuinfo is None:
+        return False, "no /proc/cpuinfo to read the CPU's flags from"
+    found = sorted(cpu_flags(cpuinfo) & set(BF16_MATMUL_FLAGS))
+    if found:
+        return True, f"the CPU has {' and '.join(found)}"
+    return False, f"the CPU has neither {' nor '.join(BF16_MATMUL_FLAGS)} in /proc/cpuinfo"
