@@ -48,6 +48,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -645,7 +646,12 @@ def main() -> None:
         "benchmark": "serving latency/throughput and CPU per pair, ml-100k on PostgreSQL "
                      "(and SQLite for the mixed and unchanged-user rows), uvicorn on "
                      "127.0.0.1; MLflow's scoring server beside POST /recommend",
-        "command": "make bench-serve", "machine": machine(), "notes": NOTES, "goals": GOALS})
+        "command": " ".join(["python -m bench.serve", *sys.argv[1:]]),
+        # settings given to the services through the environment (e.g. the on-ingest drift
+        # state or group commit), so a result says which configuration it measured
+        "service_env": {key: value for key, value in sorted(os.environ.items())
+                        if key.startswith("DRIFTREC_") and "URL" not in key},
+        "machine": machine(), "notes": NOTES, "goals": GOALS})
     if forward:
         payload["overhead_ratio_c1"] = {
             name: round(rows["c1"]["p50_ms"] / forward, 2) for name, rows in payload.items()
