@@ -63,13 +63,13 @@ def test_known_users_cost_one_statement_on_postgresql(engine: Engine) -> None:
         assert len(written) == 1 and written[0].startswith("INSERT"), written
 
 
-def test_a_user_created_meanwhile_is_locked_after_all(database_url: str, engine: Engine
-                                                      ) -> None:
-    """Another batch commits the user between this one's lock and its insert: the insert
-    finds it taken (not created by this call), and the next round holds its row."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite serialises writers: no batch commits in between")
-    dsn = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+def test_a_user_created_meanwhile_is_locked_after_all(pg_database: str) -> None:
+    """Another batch commits the user between this one's lock and its insert (PostgreSQL
+    only: SQLite serialises writers): the insert finds it taken (not created by this call),
+    and the next round holds its row."""
+    _truncate(pg_database)
+    engine = make_engine(pg_database)
+    dsn = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
 
     done: list[bool] = []
 
@@ -81,11 +81,15 @@ def test_a_user_created_meanwhile_is_locked_after_all(database_url: str, engine:
 
     event.listen(engine, "before_cursor_execute", create_elsewhere)
     factory = make_session_factory(engine)
-    with transaction(factory) as session:
-        assert ensure_users(session, ["late"]) == set()
-        with psycopg.connect(dsn, autocommit=True) as other, pytest.raises(
-                psycopg.errors.LockNotAvailable):
-            other.execute("SELECT 1 FROM users WHERE user_id = 'late' FOR UPDATE NOWAIT")
+    try:
+        with transaction(factory) as session:
+            assert ensure_users(session, ["late"]) == set()
+            with psycopg.connect(dsn, autocommit=True) as other, pytest.raises(
+                    psycopg.errors.LockNotAvailable):
+                other.execute("SELECT 1 FROM users WHERE user_id = 'late' FOR UPDATE NOWAIT")
+    finally:
+        engine.dispose()
+    assert done, "the other batch's insert never ran"
 
 
 # ------------------------------------------------------------------ events announced
