@@ -95,7 +95,6 @@ def resolve_cuda_bf16(mode: str, supported: bool) -> Precision:
 def training_precision(mode: str, device: torch.device) -> Precision:
     """The training step's precision on `device` for a ``bf16`` setting."""
     if device.type == "cuda":
-        _check_mode(mode)
         return resolve_cuda_bf16(mode, mode != "on" or torch.cuda.is_bf16_supported())
     return resolve_cpu_bf16(mode, None if mode == "off" else read_cpuinfo())
 
