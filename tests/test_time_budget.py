@@ -31,8 +31,9 @@ def test_deadline_counts_down_and_its_shares_share_one_record() -> None:
     clock = FakeClock()
     deadline = Deadline(60.0, clock=clock)
     assert deadline.remaining() == 60.0 and not deadline.expired()
-    model = deadline.until(budget.MODEL_SHARE)
-    assert model.remaining() == pytest.approx(60.0 * budget.MODEL_SHARE)
+    model = budget.stage_deadline(deadline, "ours")
+    assert model is not None
+    assert model.remaining() == pytest.approx(60.0 * budget.DEFAULT_SHARES.ours)
     clock.now += 30.0
     assert model.expired() and not deadline.expired() and deadline.remaining() == 30.0
     model.record_stop("ours")
@@ -46,6 +47,33 @@ def test_deadline_counts_down_and_its_shares_share_one_record() -> None:
         Deadline(-1.0)
     with pytest.raises(ValueError):
         deadline.until(1.5)
+
+
+def test_a_config_moves_the_stages_marks_and_refuses_shares_out_of_order() -> None:
+    from training.config import ConfigError, parse_config
+
+    config = parse_config({"run": {"time_budget_minutes": 10,
+                                   "budget_shares": {"ours": 0.75, "sasrec_id": 0.85}}})
+    shares = config.run.budget_shares
+    assert (shares.encoder, shares.ours, shares.sasrec_id, shares.heldout) == (
+        budget.DEFAULT_SHARES.encoder, 0.75, 0.85, budget.DEFAULT_SHARES.heldout)
+    clock = FakeClock()
+    deadline = budget.deadline_for(10, clock.now, shares)
+    assert deadline is not None
+    deadline.clock = clock
+    ours, baseline = (budget.stage_deadline(deadline, "ours"),
+                      budget.stage_deadline(deadline, "sasrec_id"))
+    assert ours is not None and baseline is not None
+    assert ours.remaining() == pytest.approx(450.0) and baseline.remaining() == pytest.approx(510.0)
+    clock.now += 450.0
+    assert ours.expired() and not baseline.expired()
+    # the defaults leave the digest of a config that does not set them as it was
+    assert parse_config({}).digest() == parse_config({"run": {"budget_shares": {}}}).digest()
+    assert parse_config({"run": {"time_budget_minutes": 10}}).digest() != config.digest()
+    for wrong in ({"ours": 0.9, "sasrec_id": 0.5}, {"ours": 1.5}, {"ours": 0},
+                  {"decoder": 0.5}, {"ours": "most"}):
+        with pytest.raises(ConfigError, match="budget share"):
+            parse_config({"run": {"budget_shares": wrong}})
 
 
 def test_an_expired_budget_stops_after_the_first_epoch_with_the_best_state(

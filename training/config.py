@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from training.budget import DEFAULT_SHARES, StageShares
 from training.drift.config import DriftConfig
 from training.plan import DEFAULT_MEMORY_GB
 from training.recommender import RecommenderConfig
@@ -48,6 +49,8 @@ class RunConfig:
     # this (training.plan; --memory-gb); the measured peak is reported beside it
     time_budget_minutes: float | None = None  # stop the run's stages at their shares of this
     # (training.budget; --time-budget); None: no budget
+    budget_shares: StageShares = DEFAULT_SHARES  # where in the budget each stage stops
+    # (a mapping of encoder / ours / sasrec_id / heldout to shares of the whole)
 
 
 @dataclass
@@ -63,12 +66,15 @@ class TrainingConfig:
     def digest(self) -> str:
         """Short hash of the resolved config (tells runs with different settings apart).
 
-        The training step's speed options are left out while off, so a config that does not
-        use them keeps the digest it had before they existed."""
+        The training step's speed options are left out while off, and the budget's shares
+        while at their defaults, so a config that does not use them keeps the digest it had
+        before they existed."""
         values = self.to_dict()
         for key, default in SPEED_DEFAULTS.items():
             if values["recommender"].get(key) == default:
                 del values["recommender"][key]
+        if self.run.budget_shares == DEFAULT_SHARES:
+            del values["run"]["budget_shares"]
         text = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -100,6 +106,12 @@ def parse_config(data: dict[str, Any]) -> TrainingConfig:
     recommender_values = dict(data.get("recommender") or {})
     if isinstance(recommender_values.get("plan"), bool):  # YAML 1.1 reads a bare off as false
         recommender_values["plan"] = "auto" if recommender_values["plan"] else "off"
+    if "budget_shares" in run_values:
+        try:
+            shares = StageShares.from_dict(run_values["budget_shares"])
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"run.budget_shares: {error}") from error
+        run_values = {**run_values, "budget_shares": shares}
     config = TrainingConfig(
         run=RunConfig(**run_values),
         recommender=RecommenderConfig.from_dict(recommender_values),

@@ -268,7 +268,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     with ``recommender.plan: auto``, its overrides applied; ``run.time_budget_minutes`` stops
     the stages at their shares of it (``training.budget``)."""
     start = time.perf_counter()
-    deadline = budget.deadline_for(config.run.time_budget_minutes)
+    deadline = budget.deadline_for(config.run.time_budget_minutes,
+                                   shares=config.run.budget_shares)
 
     def done(stage: str) -> None:
         log(f"[{time.perf_counter() - start:7.1f} s] {stage}")
@@ -288,7 +289,8 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     planned = plan.plan_training(
         plan.catalogue_size(dataset, config.recommender.max_users), config.recommender,
         config.run.memory_gb * 1024, None if deadline is None else deadline.seconds,
-        plan.measure_flop_rate(config.recommender.hidden_size, torch_device))
+        plan.measure_flop_rate(config.recommender.hidden_size, torch_device),
+        config.run.budget_shares)
     for line in plan.describe_plan(planned, config.recommender):
         log(line)
     config = dataclasses.replace(config,
@@ -322,7 +324,7 @@ def run_training(config: TrainingConfig, device: str = "auto", register: bool = 
     heldout = (heldout_scorer(split, config.recommender.model_config(), rec.model.n_items,
                               rec.item_text_embeddings, config.recommender.train_config(),
                               config.drift, torch_device, seed, progress,
-                              deadline=budget.share(deadline, budget.HELDOUT_SHARE))
+                              deadline=budget.stage_deadline(deadline, "heldout"))
                if config.drift.unseen_view else None)
     # The topics come first: a topic-reading drift kind (bocpd) and the topic baselines read
     # the items' categories, or these clusters where the catalogue has none.

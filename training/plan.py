@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.budget import BASELINE_SHARE, MODEL_SHARE
+from training.budget import DEFAULT_SHARES, StageShares
 from training.data.store import InteractionSnapshot
 from training.evaluate import block_rows
 from training.recommender import RecommenderConfig
@@ -331,9 +331,11 @@ def total_seconds(size: CatalogueSize, config: RecommenderConfig, negatives: int
 # ----------------------------------------------------------------------------- plan
 def plan_training(summary: CatalogueSize, config: RecommenderConfig, memory_budget_mib: float,
                   time_budget_seconds: float | None = None,
-                  flops_per_second: float | None = None) -> TrainingPlan:
+                  flops_per_second: float | None = None,
+                  shares: StageShares = DEFAULT_SHARES) -> TrainingPlan:
     """The plan for ``config`` on a catalogue of ``summary``'s size (module docstring: the
-    rules). ``flops_per_second``: the matmul rate (measured here on the CPU when None)."""
+    rules). ``flops_per_second``: the matmul rate (measured here on the CPU when None);
+    ``shares``: where the time budget's stages stop (training.budget)."""
     rate = flops_per_second or measure_flop_rate(config.hidden_size)
     auto = config.plan == "auto"
     negatives, batch, max_len = config.loss_negatives, config.batch_size, config.max_len
@@ -355,7 +357,7 @@ def plan_training(summary: CatalogueSize, config: RecommenderConfig, memory_budg
                            f"logits would take {logits:,.0f} MiB, over "
                            f"{LOGITS_SHARE:.0%} of the budget")
         elif time_budget_seconds is not None:
-            share = MODEL_SHARE * time_budget_seconds
+            share = shares.ours * time_budget_seconds
             full = epoch_seconds(summary, config, 0, batch, max_len, rate)
             sampled = epoch_seconds(summary, config, SAMPLED_NEGATIVES, batch, max_len, rate)
             if full * MIN_EPOCHS_IN_BUDGET > share and sampled * 2 <= full:
@@ -415,9 +417,9 @@ def plan_training(summary: CatalogueSize, config: RecommenderConfig, memory_budg
     if table > step / 2:
         reasons.append(f"time: projecting the items' text takes {table:.2f} s of a "
                        f"{step:.2f} s step: the catalogue, not the batch, sets a step's cost")
-    if time_budget_seconds is not None and total > time_budget_seconds * BASELINE_SHARE:
+    if time_budget_seconds is not None and total > time_budget_seconds * shares.sasrec_id:
         reasons.append(f"time: the estimate ({duration(total)}) is past the sequence "
-                       f"models' {BASELINE_SHARE:.0%} of the time budget; they stop there "
+                       f"models' {shares.sasrec_id:.0%} of the time budget; they stop there "
                        "with their best validated weights")
     return TrainingPlan(
         loss_negatives=negatives, batch_size=batch, max_len=max_len,

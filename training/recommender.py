@@ -243,7 +243,7 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
 
     encoder, item_text, history = embed_items(config, dataset, split, device, seed, progress,
                                               checkpoint("encoder"), log,
-                                              budget.share(deadline, budget.ENCODER_SHARE))
+                                              budget.stage_deadline(deadline, "encoder"))
     history = list(history)
     timings = {"encoder_s": time.perf_counter() - start}
     if log is not None:
@@ -252,8 +252,7 @@ def train_recommender(config: RecommenderConfig, dataset: InteractionSnapshot, d
     runs: dict[str, SequenceTrainResult] = {}
     skipped: list[str] = []
     for name in ["ours", "sasrec_id"] if config.train_baseline else ["ours"]:
-        stage_deadline = budget.share(deadline, budget.MODEL_SHARE if name == "ours"
-                                      else budget.BASELINE_SHARE)
+        stage_deadline = budget.stage_deadline(deadline, name)
         if name != "ours" and stage_deadline is not None:
             epoch_s = max((h["seconds"] for h in runs["ours"].history), default=0.0)
             if stage_deadline.remaining() < epoch_s:
