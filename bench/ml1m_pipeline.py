@@ -13,8 +13,9 @@ every second, and adds to the quality file the run published (``run.quality_json
 - ``stage_seconds``: the run's own per-stage figures, plus one entry per stage line the run
   logs (``[  t s] stage``), the time from the previous line to it, and ``registration_s``
   from the run's last stage line to the child's exit;
-- ``load_average_max``: the highest 1-minute load average seen (the run was alone when it is
-  about the run's own threads, at most a little over 2 on this 2-core machine);
+- ``load_average_max``: the highest 1-minute load average seen, sampled every second (the run
+  was alone when it is about the run's own threads, at most a little over 2 on this 2-core
+  machine), and ``pipeline_run.load_average_series`` every 30 s to place a peak in the log;
 - the command, the machine and when it ran.
 """
 
@@ -32,10 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, LoadWatch, machine
+from bench.common import ROOT, machine
 from training.config import load_config
 
 DEFAULT_CONFIG = "configs/ml1m.yaml"
+SERIES_EVERY_S = 30.0
+ENVIRONMENT = ("OMP_", "OPENBLAS_", "DRIFTREC_MLFLOW")  # the settings a run records
 STAGE_LINE = re.compile(r"^\[\s*(?P<seconds>[0-9.]+) s\] (?P<stage>.+)$")
 STAGE_KEYS = (  # the run's stage lines (training.pipeline's ``done``) by their first words
     ("store snapshot read", "snapshot_s"),
@@ -71,15 +74,24 @@ def run(config: str, log_path: Path, extra: list[str]) -> dict[str, Any]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     clock = time.perf_counter()
-    with LoadWatch() as load, log_path.open("w") as sink:
-        status = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
-                                cwd=ROOT).returncode
+    peak = (0.0, 0.0)  # (1-minute load average, seconds into the run)
+    series: list[tuple[float, float]] = []  # every SERIES_EVERY_S: to place a peak in the log
+    with log_path.open("w") as sink:
+        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        while child.poll() is None:
+            at, load = time.perf_counter() - clock, os.getloadavg()[0]
+            peak = max(peak, (load, at))
+            if not series or at - series[-1][0] >= SERIES_EVERY_S:
+                series.append((round(at, 1), round(load, 2)))
+            time.sleep(1.0)
+        status = child.returncode
     seconds = time.perf_counter() - clock
     log = log_path.read_text()
     stages = stage_lines(log)
     last = sum(s for _, s in stages)
     return {"command": shlex.join(["python", *command[1:]]), "exit_status": status,
-            "total_seconds": round(seconds, 1), "load_average_max": load.max,
+            "total_seconds": round(seconds, 1), "load_average_max": round(peak[0], 2),
+            "load_average_max_at_s": round(peak[1], 1), "load_average_series": series,
             "logged_stages": stages,
             # process start (imports, config) before the run's clock, and everything after
             # its last stage line: the MLflow registration and the promotion gate
@@ -122,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     quality["load_average_max"] = measured.pop("load_average_max")
     quality["pipeline_run"] = {**measured, "machine": machine(),
                                "environment": {k: v for k, v in os.environ.items()
-                                               if k.startswith(("OMP_", "DRIFTREC_MLFLOW"))},
+                                               if k.startswith(ENVIRONMENT)},
                                "what": "one command from process start to exit: snapshot, "
-                                       "encoder, ours, sasrec_id, simple baselines, blend, "
+                                       "encoder, ours, sasrec_id (when trained), simple "
+                                       "baselines, blend, "
                                        "drift, bundle evaluation, MLflow logging, "
                                        "registration and the promotion gate"}
     published.write_text(json.dumps(quality, indent=2) + "\n")

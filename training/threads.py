@@ -12,14 +12,15 @@ import os
 from collections.abc import Callable
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from app.core.cpus import cpu_budget, torch_threads_for
 
 
 def use_usable_cores(announce: Callable[[str], None] | None = print) -> int:
     """Set torch's intra-op threads (and its inter-op threads, while torch still allows it) to
-    the usable cores, or to OMP_NUM_THREADS when that is set, capped at them; `announce` is
-    told the number and why. Returns the number."""
+    the usable cores, or to OMP_NUM_THREADS when that is set, capped at them, and numpy's BLAS
+    to one thread; `announce` is told the number and why. Returns the number."""
     budget = cpu_budget()
     requested = omp_threads()
     threads = torch_threads_for(1, requested, budget.usable)
@@ -28,6 +29,10 @@ def use_usable_cores(announce: Callable[[str], None] | None = print) -> int:
         # torch refuses once inter-op work has run or the number was set before; its
         # default pool is then kept, which only matters for inter-op parallel work.
         torch.set_num_interop_threads(threads)
+    # numpy's BLAS (OpenBLAS) keeps its own pool, whose idle workers spin for a while after
+    # each call: between torch's steps they compete with torch's threads for the same cores.
+    # The heavy arithmetic is torch's; numpy's matrices in training are small.
+    threadpool_limits(limits=1, user_api="blas")
     if announce is not None:
         why = budget.describe() if requested is None else (
             f"OMP_NUM_THREADS={requested}{', capped' if threads < requested else ''}; "
