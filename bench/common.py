@@ -253,22 +253,34 @@ def named_cpu_seconds(table: dict[int, ProcessCpu], name: str) -> float:
 
 
 class LoadWatch:
-    """The highest 1-minute load average seen while in the block (sampled every second)."""
+    """The highest 1-minute load average seen while in the block (sampled every second), the
+    seconds into the block it was seen at, and with ``series_every_s`` a (seconds, load)
+    sample that often, to place a peak in a long run's log."""
 
-    def __init__(self, every_s: float = 1.0) -> None:
+    def __init__(self, every_s: float = 1.0, series_every_s: float | None = None) -> None:
         self.every_s = every_s
+        self.series_every_s = series_every_s
         self.peak = 0.0
+        self.peak_at_s = 0.0
+        self.series: list[tuple[float, float]] = []
+        self._start = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _sample(self) -> None:
-        self.peak = max(self.peak, os.getloadavg()[0])
+        at, load = time.perf_counter() - self._start, os.getloadavg()[0]
+        if load > self.peak:
+            self.peak, self.peak_at_s = load, at
+        if self.series_every_s is not None and (
+                not self.series or at - self.series[-1][0] >= self.series_every_s):
+            self.series.append((round(at, 1), round(load, 2)))
 
     def _watch(self) -> None:
         while not self._stop.wait(self.every_s):
             self._sample()
 
     def __enter__(self) -> LoadWatch:
+        self._start = time.perf_counter()
         self._sample()
         self._thread.start()
         return self

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, machine
+from bench.common import ROOT, LoadWatch, machine
 from training.config import load_config
 
 DEFAULT_CONFIG = "configs/ml1m.yaml"
@@ -74,24 +74,17 @@ def run(config: str, log_path: Path, extra: list[str]) -> dict[str, Any]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     clock = time.perf_counter()
-    peak = (0.0, 0.0)  # (1-minute load average, seconds into the run)
-    series: list[tuple[float, float]] = []  # every SERIES_EVERY_S: to place a peak in the log
-    with log_path.open("w") as sink:
-        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-        while child.poll() is None:
-            at, load = time.perf_counter() - clock, os.getloadavg()[0]
-            peak = max(peak, (load, at))
-            if not series or at - series[-1][0] >= SERIES_EVERY_S:
-                series.append((round(at, 1), round(load, 2)))
-            time.sleep(1.0)
-        status = child.returncode
+    with LoadWatch(series_every_s=SERIES_EVERY_S) as load, log_path.open("w") as sink:
+        status = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
+                                cwd=ROOT).returncode
     seconds = time.perf_counter() - clock
     log = log_path.read_text()
     stages = stage_lines(log)
     last = sum(s for _, s in stages)
     return {"command": shlex.join(["python", *command[1:]]), "exit_status": status,
-            "total_seconds": round(seconds, 1), "load_average_max": round(peak[0], 2),
-            "load_average_max_at_s": round(peak[1], 1), "load_average_series": series,
+            "total_seconds": round(seconds, 1), "load_average_max": load.max,
+            "load_average_max_at_s": round(load.peak_at_s, 1),
+            "load_average_series": load.series,
             "logged_stages": stages,
             # process start (imports, config) before the run's clock, and everything after
             # its last stage line: the MLflow registration and the promotion gate

@@ -41,7 +41,7 @@ def test_deadline_counts_down_and_its_shares_share_one_record() -> None:
     assert deadline.stopped == ["ours"]
     clock.now += 31.0
     assert deadline.expired() and deadline.remaining() == 0.0
-    assert budget.deadline_for(None) is None and budget.share(None, 0.5) is None
+    assert budget.deadline_for(None) is None and budget.stage_deadline(None, "ours") is None
     assert budget.deadline_for(2.0).seconds == 120.0  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         Deadline(-1.0)

@@ -111,11 +111,6 @@ def deadline_for(minutes: float | None, start: float | None = None,
     return None if minutes is None else Deadline(minutes * 60.0, start, shares=shares)
 
 
-def share(deadline: Deadline | None, fraction: float) -> Deadline | None:
-    """``deadline.until(fraction)``, or None without a budget."""
-    return None if deadline is None else deadline.until(fraction)
-
-
 def stage_deadline(deadline: Deadline | None, stage: str) -> Deadline | None:
     """The mark at which ``stage`` (one of ``STAGES``) stops, or None without a budget."""
     return None if deadline is None else deadline.until(getattr(deadline.shares, stage))
