@@ -1,8 +1,10 @@
 """Helpers for the benchmark scripts: fresh databases, a uvicorn subprocess (ours or MLflow's
-scoring server), CPU seconds of process trees from /proc, the load average, result files."""
+scoring server), CPU seconds of process trees from /proc, the load average and the tasks
+it counts, result files."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -216,11 +218,11 @@ def parse_stat(line: str, ticks_per_s: float) -> ProcessCpu:
     return ProcessCpu(int(pid), int(fields[1]), name, ticks / ticks_per_s)
 
 
-def process_table() -> dict[int, ProcessCpu]:
-    """Every process this machine shows, by pid."""
+def process_table(proc: Path = Path("/proc")) -> dict[int, ProcessCpu]:
+    """Every process this machine shows (``proc``: its /proc), by pid."""
     ticks = float(os.sysconf("SC_CLK_TCK"))
     table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat in proc.glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):  # ended meanwhile
             entry = parse_stat(stat.read_text(), ticks)
             table[entry.pid] = entry
@@ -252,30 +254,120 @@ def named_cpu_seconds(table: dict[int, ProcessCpu], name: str) -> float:
     return sum(entry.cpu_s for entry in table.values() if entry.name == name)
 
 
+class LoadedTask(NamedTuple):
+    """A task (thread) that Linux's load average counts: running or runnable (R) or in
+    uninterruptible sleep (D)."""
+
+    pid: int  # its process
+    tid: int
+    state: str
+    process: str  # the process's name (comm)
+
+
+def loaded_tasks(table: dict[int, ProcessCpu], proc: Path = Path("/proc")
+                 ) -> list[LoadedTask]:
+    """Every R or D task of the processes in ``table`` (``process_table``), read from
+    ``proc``; a task that ends while it is read is skipped."""
+    tasks = []
+    for pid, entry in table.items():
+        for stat in (proc / str(pid) / "task").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError):  # ended meanwhile
+                state = stat.read_text().rpartition(")")[2].split()[0]
+                if state in ("R", "D"):
+                    tasks.append(LoadedTask(pid, int(stat.parent.name), state, entry.name))
+    return tasks
+
+
+class TaskShares:
+    """Who the load average counts, sample by sample: the R and D tasks of a process tree
+    (``root`` and its descendants, less the sampling thread) and of everything else on the
+    machine, with the processes that contribute most of the rest. A load figure over the
+    tree's own threads names the other processes that lifted it."""
+
+    def __init__(self, root: int, proc: Path = Path("/proc"), top: int = 6) -> None:
+        self.root, self.proc, self.top = root, proc, top
+        self.samples = 0
+        self.own_sum = self.others_sum = 0
+        self.own_max = self.others_max = 0
+        self.others_by_process: collections.Counter[str] = collections.Counter()
+        # the last minute of samples: what the 1-minute load average mostly weighs
+        self.recent: collections.deque[tuple[int, int]] = collections.deque(maxlen=60)
+        self._sampler: int | None = None
+
+    def sample(self) -> tuple[int, int]:
+        """One sample: (the tree's R+D tasks, everyone else's)."""
+        table = process_table(self.proc)
+        tree = descendants(table, self.root)
+        own = others = 0
+        for task in loaded_tasks(table, self.proc):
+            if task.tid == self._sampler:
+                continue
+            if task.pid in tree:
+                own += 1
+            else:
+                others += 1
+                self.others_by_process[task.process] += 1
+        self.samples += 1
+        self.own_sum += own
+        self.others_sum += others
+        self.own_max, self.others_max = max(self.own_max, own), max(self.others_max, others)
+        self.recent.append((own, others))
+        return own, others
+
+    def recent_means(self) -> dict[str, float]:
+        """The tree's and the others' mean R+D tasks over the recent samples."""
+        n = max(len(self.recent), 1)
+        return {"run_mean": round(sum(o for o, _ in self.recent) / n, 2),
+                "others_mean": round(sum(x for _, x in self.recent) / n, 2)}
+
+    def exclude_thread(self, native_id: int) -> None:
+        """Leave the thread that takes the samples out of the tree's count."""
+        self._sampler = native_id
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.samples, 1)
+        return {"samples": self.samples,
+                "run_mean": round(self.own_sum / n, 2), "run_max": self.own_max,
+                "others_mean": round(self.others_sum / n, 2), "others_max": self.others_max,
+                "others_by_process": {name: round(count / n, 3) for name, count
+                                      in self.others_by_process.most_common(self.top)}}
+
+
 class LoadWatch:
     """The highest 1-minute load average seen while in the block (sampled every second), the
     seconds into the block it was seen at, and with ``series_every_s`` a (seconds, load)
-    sample that often, to place a peak in a long run's log."""
+    sample that often, to place a peak in a long run's log. With ``tasks_of`` (a pid) it also
+    counts, each sample, the R and D tasks of that process tree and of everything else
+    (``TaskShares``): what the load average was made of."""
 
-    def __init__(self, every_s: float = 1.0, series_every_s: float | None = None) -> None:
+    def __init__(self, every_s: float = 1.0, series_every_s: float | None = None,
+                 tasks_of: int | None = None) -> None:
         self.every_s = every_s
         self.series_every_s = series_every_s
         self.peak = 0.0
         self.peak_at_s = 0.0
         self.series: list[tuple[float, float]] = []
+        self.tasks = TaskShares(tasks_of) if tasks_of is not None else None
+        self.tasks_before_peak: dict[str, float] | None = None  # the minute up to the peak
         self._start = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _sample(self) -> None:
         at, load = time.perf_counter() - self._start, os.getloadavg()[0]
+        if self.tasks is not None:
+            self.tasks.sample()
         if load > self.peak:
             self.peak, self.peak_at_s = load, at
+            if self.tasks is not None:
+                self.tasks_before_peak = self.tasks.recent_means()
         if self.series_every_s is not None and (
                 not self.series or at - self.series[-1][0] >= self.series_every_s):
             self.series.append((round(at, 1), round(load, 2)))
 
     def _watch(self) -> None:
+        if self.tasks is not None:
+            self.tasks.exclude_thread(threading.get_native_id())
         while not self._stop.wait(self.every_s):
             self._sample()
 

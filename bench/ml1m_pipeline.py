@@ -16,6 +16,11 @@ every second, and adds to the quality file the run published (``run.quality_json
 - ``load_average_max``: the highest 1-minute load average seen, sampled every second (the run
   was alone when it is about the run's own threads, at most a little over 2 on this 2-core
   machine), and ``pipeline_run.load_average_series`` every 30 s to place a peak in the log;
+- ``pipeline_run.load_tasks``: what that load average counted, sampled every second from
+  /proc: the running or waiting (R) and uninterruptible (D) threads of this command's process
+  tree and of every other process, the other processes that contributed most, and both
+  means over the minute before the peak. A machine's own services (a broker's periodic
+  health check, say) show there by name;
 - the command, the machine and when it ran.
 """
 
@@ -74,7 +79,8 @@ def run(config: str, log_path: Path, extra: list[str]) -> dict[str, Any]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     clock = time.perf_counter()
-    with LoadWatch(series_every_s=SERIES_EVERY_S) as load, log_path.open("w") as sink:
+    with (LoadWatch(series_every_s=SERIES_EVERY_S, tasks_of=os.getpid()) as load,
+          log_path.open("w") as sink):
         status = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
                                 cwd=ROOT).returncode
     seconds = time.perf_counter() - clock
@@ -85,6 +91,9 @@ def run(config: str, log_path: Path, extra: list[str]) -> dict[str, Any]:
             "total_seconds": round(seconds, 1), "load_average_max": load.max,
             "load_average_max_at_s": round(load.peak_at_s, 1),
             "load_average_series": load.series,
+            # what the load average counted: this command's threads and everyone else's
+            "load_tasks": {**(load.tasks.summary() if load.tasks else {}),
+                           "before_peak": load.tasks_before_peak},
             "logged_stages": stages,
             # process start (imports, config) before the run's clock, and everything after
             # its last stage line: the MLflow registration and the promotion gate
