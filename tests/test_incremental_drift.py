@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from app.ml.bundle import DriftSettings, InterestModelBundle
-from app.ml.drift_head import N_FEATURES, DriftHead
-from app.ml.incremental import IncrementalDrift, drift_window_start
+from app.ml.drift_head import FEATURE_NAMES, N_FEATURES, DriftHead, drift_features_and_hidden
+from app.ml.incremental import TAIL, IncrementalDrift, drift_window_start, step_features
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
 from app.ml.topics import topics_from_categories
 from app.services.interest_state import InterestStates
@@ -128,6 +128,33 @@ def test_extending_equals_the_replay_for_many_histories_and_splits() -> None:
         assert state.n == len(idx)
         np.testing.assert_allclose(state.probabilities, probs, atol=TOLERANCE, rtol=0)
         np.testing.assert_allclose(state.surprise, surprise, atol=TOLERANCE * 10, rtol=1e-5)
+
+
+def test_a_steps_feature_rows_are_the_replays_rows_for_states_of_any_length() -> None:
+    """The batched feature rows of one step, for states from empty to past the feature
+    windows' reach (TAIL events), equal the replay's rows of the same events, column by
+    column."""
+    model, head = _model_and_head(seed=5)
+    engine = IncrementalDrift(model, head)
+    rng = np.random.default_rng(5)
+    length = 2 * TAIL + 10
+    idx = rng.integers(1, N_ITEMS + 1, (6, length)).astype(np.int64)
+    ts = 1e9 + np.cumsum(rng.choice([0.0, 30.0, 3_600.0, 86_400.0 * 40], size=(6, length)),
+                         axis=1)
+    features, hidden = drift_features_and_hidden(model, torch.from_numpy(idx),
+                                                 torch.from_numpy(ts))
+    surprise_col, rank_col = FEATURE_NAMES.index("surprise"), FEATURE_NAMES.index("log_rank")
+    at = [0, 1, 4, TAIL - 1, TAIL + 3, length - 1]  # the new event's index, one per user
+    states = engine.start([(idx[b, :t], ts[b, :t]) for b, t in enumerate(at)])
+    rows = step_features(states, [int(idx[b, t]) for b, t in enumerate(at)],
+                         [float(ts[b, t]) for b, t in enumerate(at)],
+                         [float(features[b, t, surprise_col]) for b, t in enumerate(at)],
+                         [float(features[b, t, rank_col]) for b, t in enumerate(at)],
+                         torch.stack([hidden[b, t] for b, t in enumerate(at)]),
+                         model.item_text.float(), model.item_table().float())
+    expected = torch.stack([features[b, t] for b, t in enumerate(at)])
+    assert rows.shape == (len(at), N_FEATURES)
+    torch.testing.assert_close(rows, expected, atol=2e-5, rtol=1e-5)
 
 
 def test_a_replayed_state_continues_like_one_built_event_by_event() -> None:

@@ -212,10 +212,8 @@ class IncrementalDrift:
                 log_rank[later[k]] = rank
         text = scorer.item_text.float().cpu()
         table = scorer.item_table().float().cpu()
-        features = torch.stack([
-            self._features(s, items[b], times[b], surprise[b], log_rank[b], new_hidden[b],
-                           text, table)
-            for b, s in enumerate(states)])
+        features = step_features(states, items, times, surprise, log_rank, new_hidden,
+                                 text, table)
         gru = torch.stack([s.gru if s.gru is not None else torch.zeros(
             self.head.gru.hidden_size) for s in states])
         logits_head, gru_states = self.head.run(features.unsqueeze(1).to(device),
@@ -233,49 +231,75 @@ class IncrementalDrift:
                 gru_after[b].clone()))
         return result
 
-    @staticmethod
-    def _features(state: DriftState, item: int, time: float, surprise: float, log_rank: float,
-                  hidden: torch.Tensor, text: torch.Tensor, table: torch.Tensor
+
+TAIL = LONG + 2 * SHORT + 1  # the events a new event's window means read, itself included
+
+
+def step_features(states: Sequence[DriftState], items: Sequence[int], times: Sequence[float],
+                  surprise: Sequence[float], log_rank: Sequence[float],
+                  new_hidden: torch.Tensor, text: torch.Tensor, table: torch.Tensor
                   ) -> torch.Tensor:
-        """The new event's feature row (FEATURE_NAMES order), as drift_features computes it."""
-        t = state.n
-        past = state.surprise
-        values = np.append(past, np.float32(surprise))
+    """Each state's new event's feature row (FEATURE_NAMES order), as drift_features computes
+    it for that event: FloatTensor[len(states), N_FEATURES]. One batch of window means over
+    each state's last ``TAIL`` events (right-padded), not a row at a time: a step's cost is
+    then a few tensor operations whatever the number of states."""
+    count = len(states)
+    t = np.asarray([s.n for s in states], np.int64)  # the new event's index in its history
+    first = np.maximum(t - TAIL + 1, 0)  # the tail's first event
+    idx = np.zeros((count, TAIL), np.int64)
+    tail_surprise = np.zeros((count, TAIL), np.float32)
+    past_all = np.zeros(count, np.float64)
+    gaps = np.zeros(count, np.float64)
+    backs = []
+    for b, state in enumerate(states):
+        width = int(t[b] - first[b])
+        idx[b, :width] = state.item_idx[first[b]:]
+        idx[b, width] = items[b]
+        tail_surprise[b, :width] = state.surprise[first[b]:]
+        tail_surprise[b, width] = surprise[b]
+        if t[b] > 0:
+            past_all[b] = float(state.surprise.mean())
+            gaps[b] = times[b] - float(state.times[-1])
+            backs.append(state.hidden[max(0, int(t[b]) - SHORT) - int(t[b]) + len(state.hidden)])
+        else:
+            backs.append(new_hidden[b])
+    position = torch.from_numpy(first[:, None] + np.arange(TAIL)[None, :])  # [B, TAIL] event
+    newest = torch.from_numpy(t)
+    valid = position <= newest[:, None]
 
-        def mean(start: int, stop: int) -> float:
-            start, stop = max(start, 0), max(stop, 0)
-            return float(values[start:stop].mean()) if stop > start else 0.0
+    def window_mean(space: torch.Tensor, start: torch.Tensor, stop: torch.Tensor
+                    ) -> torch.Tensor:
+        """Mean over events [max(start, 0), max(stop, 0)) of each row; zeros when empty."""
+        lo, hi = start.clamp(min=0)[:, None], stop.clamp(min=0)[:, None]
+        mask = ((position >= lo) & (position < hi) & valid).to(space.dtype)
+        n = mask.sum(1)
+        if space.dim() == 3:
+            total = (space * mask.unsqueeze(-1)).sum(1)
+            return torch.where(n[:, None] > 0, total / n.clamp(min=1.0)[:, None], 0.0)
+        total = (space * mask).sum(1)
+        return torch.where(n > 0, total / n.clamp(min=1.0), 0.0)
 
-        past_s = mean(t - LONG - SHORT, t - SHORT + 1)
-        recent_s = mean(t - SHORT + 1, t + 1)
-        past_all = float(past[:t].mean()) if t > 0 else 0.0
-        window = np.append(state.item_idx[max(0, t - LONG - 2 * SHORT):], np.int64(item))
-        offset = t + 1 - len(window)  # window[k] is event offset + k
-        emb = text[torch.from_numpy(window)]
-        items = table[torch.from_numpy(window)]
-
-        def window_mean(space: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-            start, stop = max(start, 0) - offset, max(stop, 0) - offset
-            if stop <= start:
-                return space.new_zeros(space.shape[1])
-            return space[start:stop].mean(dim=0)
-
-        shifts = []
-        for space, short in ((emb, SHORT), (emb, 2 * SHORT), (items, SHORT)):
-            recent = window_mean(space, t - short + 1, t + 1)
-            before = window_mean(space, t - LONG - short + 1, t - short + 1)
-            shifts.append(float(_cos_distance(recent, before)))
-        before_t = window_mean(emb, t - LONG, t)
-        back = state.hidden[max(0, t - SHORT) - t + len(state.hidden)] if t > 0 else hidden
-        gap = time - float(state.times[-1]) if t > 0 else 0.0
-        return feature_matrix({
-            "surprise": surprise,
-            "surprise_vs_past": surprise - past_all * (t > 0),
-            "recent_surprise_vs_past": recent_s - past_s,
-            "log_rank": log_rank,
-            "text_shift": shifts[0], "text_shift_6": shifts[1], "item_shift": shifts[2],
-            "item_vs_past_text": float(_cos_distance(emb[-1], before_t)),
-            "hidden_change": float(_cos_distance(hidden, back)),
-            "log_position": math.log1p(t),
-            "log_gap": float(np.float32(math.log1p(max(gap, 0.0)))),
-        })
+    tail_idx = torch.from_numpy(idx)
+    emb, item_rows = text[tail_idx], table[tail_idx]  # [B, TAIL, D]
+    values = torch.from_numpy(tail_surprise)
+    past_s = window_mean(values, newest - LONG - SHORT, newest - SHORT + 1)
+    recent_s = window_mean(values, newest - SHORT + 1, newest + 1)
+    shifts = []
+    for space, short in ((emb, SHORT), (emb, 2 * SHORT), (item_rows, SHORT)):
+        recent = window_mean(space, newest - short + 1, newest + 1)
+        before = window_mean(space, newest - LONG - short + 1, newest - short + 1)
+        shifts.append(_cos_distance(recent, before))
+    before_t = window_mean(emb, newest - LONG, newest)
+    new_text = text[torch.as_tensor(list(items), dtype=torch.long)]
+    now = torch.as_tensor(list(surprise), dtype=torch.float64)
+    return feature_matrix({
+        "surprise": now,
+        "surprise_vs_past": now - torch.from_numpy(past_all) * (newest > 0),
+        "recent_surprise_vs_past": recent_s - past_s,
+        "log_rank": torch.as_tensor(list(log_rank), dtype=torch.float32),
+        "text_shift": shifts[0], "text_shift_6": shifts[1], "item_shift": shifts[2],
+        "item_vs_past_text": _cos_distance(new_text, before_t),
+        "hidden_change": _cos_distance(new_hidden, torch.stack(backs)),
+        "log_position": torch.log1p(newest.double()).float(),
+        "log_gap": torch.log1p(torch.from_numpy(gaps).clamp(min=0)).float(),
+    })
