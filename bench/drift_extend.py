@@ -27,7 +27,7 @@ from app.ml.drift_head import DriftHead
 from app.ml.incremental import IncrementalDrift
 from app.ml.sequence import SequenceInterestModel, SequenceModelConfig
 from bench.common import LoadWatch, machine, write_result
-from training.quality import SERVED_CHUNK, SERVED_FIRST
+from training.quality import SERVED_FIRST, served_states
 
 ITEMS, TEXT_DIM = 3883, 384
 
@@ -49,15 +49,10 @@ def cases(count: int, events: int, seed: int = 0) -> list[tuple[np.ndarray, np.n
 
 
 def one_pass(drift: IncrementalDrift, windows: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Seconds to build every case's state from its first events and extend it to the end."""
+    """Seconds to build every case's state from its first events and extend it to the end,
+    as training's check of the bundle does."""
     start = time.perf_counter()
-    states = drift.start([(idx[:SERVED_FIRST], ts[:SERVED_FIRST]) for idx, ts in windows])
-    done = SERVED_FIRST
-    while done < max(len(idx) for idx, _ in windows):
-        states = drift.extend([(state, idx[done:done + SERVED_CHUNK],
-                                ts[done:done + SERVED_CHUNK])
-                               for state, (idx, ts) in zip(states, windows, strict=True)])
-        done += SERVED_CHUNK
+    served_states(drift, windows)
     return time.perf_counter() - start
 
 

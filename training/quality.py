@@ -19,6 +19,7 @@ from app.domain.drift import ChangePoint
 from app.ml.bundle import InterestModelBundle
 from app.ml.incremental import engine_for
 from app.ml.parts import EventTrace
+from app.ml.parts.protocols import IncrementalEngine
 from training.data.sequences import LeaveOneOutSplit, UserSequence
 from training.drift.evaluation import evaluate_alarms
 from training.drift.splicing import DriftCase
@@ -110,17 +111,24 @@ def served_traces(bundle: InterestModelBundle, cases: Sequence[DriftCase],
             continue
         windows = [(np.asarray(c.items[-width:], np.int64),
                     np.asarray(c.times[-width:], np.float64)) for c in chunk]
-        states = engine.start([(idx[:SERVED_FIRST], ts[:SERVED_FIRST]) for idx, ts in windows])
-        done = min(SERVED_FIRST, max(len(idx) for idx, _ in windows))
-        while any(done < len(idx) for idx, _ in windows):
-            todo = [b for b, (idx, _) in enumerate(windows) if done < len(idx)]
-            grown = engine.extend([(states[b], windows[b][0][done:done + SERVED_CHUNK],
-                                    windows[b][1][done:done + SERVED_CHUNK]) for b in todo])
-            for b, state in zip(todo, grown, strict=True):
-                states[b] = state
-            done += SERVED_CHUNK
-        out.extend(state.trace() for state in states)
+        out.extend(state.trace() for state in served_states(engine, windows))
     return out
+
+
+def served_states(engine: IncrementalEngine, windows: Sequence[tuple[np.ndarray, np.ndarray]]
+                  ) -> list[Any]:
+    """Each window's state as serving carries it: built from its first ``SERVED_FIRST``
+    events, then extended ``SERVED_CHUNK`` events at a time to its end."""
+    states = engine.start([(idx[:SERVED_FIRST], ts[:SERVED_FIRST]) for idx, ts in windows])
+    done = min(SERVED_FIRST, max((len(idx) for idx, _ in windows), default=0))
+    while any(done < len(idx) for idx, _ in windows):
+        todo = [b for b, (idx, _) in enumerate(windows) if done < len(idx)]
+        grown = engine.extend([(states[b], windows[b][0][done:done + SERVED_CHUNK],
+                                windows[b][1][done:done + SERVED_CHUNK]) for b in todo])
+        for b, state in zip(todo, grown, strict=True):
+            states[b] = state
+        done += SERVED_CHUNK
+    return states
 
 
 def _sequence(case: DriftCase) -> UserSequence:

@@ -271,19 +271,15 @@ def step_features(states: Sequence[DriftState], items: Sequence[int], times: Seq
                     ) -> torch.Tensor:
         """Mean over events [max(start, 0), max(stop, 0)) of each row; zeros when empty."""
         lo, hi = start.clamp(min=0)[:, None], stop.clamp(min=0)[:, None]
-        mask = ((position >= lo) & (position < hi) & valid).to(space.dtype)
+        mask = ((position >= lo) & (position < hi) & valid).to(space.dtype).unsqueeze(-1)
         n = mask.sum(1)
-        if space.dim() == 3:
-            total = (space * mask.unsqueeze(-1)).sum(1)
-            return torch.where(n[:, None] > 0, total / n.clamp(min=1.0)[:, None], 0.0)
-        total = (space * mask).sum(1)
-        return torch.where(n > 0, total / n.clamp(min=1.0), 0.0)
+        return torch.where(n > 0, (space * mask).sum(1) / n.clamp(min=1.0), 0.0)
 
     tail_idx = torch.from_numpy(idx)
     emb, item_rows = text[tail_idx], table[tail_idx]  # [B, TAIL, D]
-    values = torch.from_numpy(tail_surprise)
-    past_s = window_mean(values, newest - LONG - SHORT, newest - SHORT + 1)
-    recent_s = window_mean(values, newest - SHORT + 1, newest + 1)
+    values = torch.from_numpy(tail_surprise).unsqueeze(-1)  # [B, TAIL, 1]
+    past_s = window_mean(values, newest - LONG - SHORT, newest - SHORT + 1)[:, 0]
+    recent_s = window_mean(values, newest - SHORT + 1, newest + 1)[:, 0]
     shifts = []
     for space, short in ((emb, SHORT), (emb, 2 * SHORT), (item_rows, SHORT)):
         recent = window_mean(space, newest - short + 1, newest + 1)
